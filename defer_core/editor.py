@@ -1,0 +1,170 @@
+"""One DEFER edit: a fresh Adam over the adaptor's heads, `n_iter` steps of the prompt-masked
+causal-LM loss; the adaptor persists from edit to edit.
+
+Two ways to take a step, same numbers:
+* plain: the whole model forward with labels, as the reference does;
+* fast: everything below the edited decoder layer is frozen and does not depend on the
+  adaptor, so its output is computed once per edit; each step runs only the layers from the
+  edited one up, and only the target positions go through the LM head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adaptor import DeferAdaptor
+from .errors import DeferInputError
+from .hparams import DeferHParams
+from .models import LoadedModel
+from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
+from .tokens import PromptTarget
+
+log = logging.getLogger(__name__)
+
+EDIT_PATHS = ("fast", "plain")
+StepLoss = Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EditStats:
+    losses: list[float]
+    seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once the inputs it needs are captured."""
+
+
+class DeferEditor:
+    """Attaches a DEFER adaptor to one Linear of a loaded model and edits it record by record."""
+
+    def __init__(self, loaded: LoadedModel, hparams: DeferHParams, *, seed: int = 0, edit_path: str = "fast") -> None:
+        if edit_path not in EDIT_PATHS:
+            raise DeferInputError(f"edit_path must be one of {', '.join(EDIT_PATHS)}, got {edit_path!r}")
+        self.loaded = loaded
+        self.hparams = hparams
+        self.seed = seed
+        self.path: ModulePath = parse_module_path(hparams.module_path)
+        base = resolve_module(loaded.model, self.path)
+        if isinstance(base, DeferAdaptor):
+            raise DeferInputError(f"module path {hparams.module_path!r} already carries a DEFER adaptor")
+        if not isinstance(base, nn.Linear):
+            raise DeferInputError(f"module path {hparams.module_path!r} names a {type(base).__name__}, DEFER needs a Linear")
+        self.adaptor = DeferAdaptor(base, hparams.threshold)
+        self.adaptor.reset_heads(seed)
+        replace_module(loaded.model, self.path, self.adaptor)
+        self.layer_index = decoder_layer_index(self.path)
+        self.edit_path = edit_path if self._fast_path_possible() else "plain"
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    def _decoder_layers(self) -> nn.ModuleList | None:
+        layers = getattr(self.model.get_decoder(), "layers", None)
+        return layers if isinstance(layers, nn.ModuleList) else None
+
+    def _fast_path_possible(self) -> bool:
+        decoder = self.model.get_decoder()
+        possible = self.layer_index is not None and self._decoder_layers() is not None and hasattr(decoder, "norm")
+        if not possible and self.layer_index is not None:
+            log.warning("fast edit path needs a Llama-style decoder (layers, norm); using the plain path")
+        return possible
+
+    def reset(self) -> None:
+        """Back to the unedited model (the same initial heads as at attach)."""
+        self.adaptor.reset_heads(self.seed)
+
+    def detach(self) -> None:
+        """Put the original Linear back; the model is exactly as loaded."""
+        replace_module(self.model, self.path, self.adaptor.base)
+
+    def edit(self, probe: PromptTarget) -> EditStats:
+        """Train the adaptor's heads on one (prompt, target) for n_iter steps."""
+        start = time.perf_counter()
+        device = self.loaded.device
+        input_ids = torch.tensor([probe.ids], dtype=torch.long, device=device)
+        self.adaptor.untrained = False
+        self.adaptor.train(True)
+        try:
+            step_loss = self._fast_step(input_ids, probe.n_prompt) if self.edit_path == "fast" else self._plain_step(input_ids, probe.n_prompt)
+            optimizer = torch.optim.Adam(self.adaptor.head_parameters(), lr=self.hparams.edit_lr)
+            losses = []
+            for _ in range(self.hparams.n_iter):
+                loss = step_loss()
+                losses.append(loss.detach())
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        finally:
+            self.adaptor.train(False)
+        return EditStats(losses=torch.stack(losses).float().cpu().tolist(), seconds=time.perf_counter() - start)
+
+    def _plain_step(self, input_ids: torch.Tensor, n_prompt: int) -> StepLoss:
+        labels = input_ids.clone()
+        labels[:, :n_prompt] = -100
+        return lambda: self.model(input_ids=input_ids, labels=labels, use_cache=False).loss
+
+    def _fast_step(self, input_ids: torch.Tensor, n_prompt: int) -> StepLoss:
+        layers = self._decoder_layers()
+        assert layers is not None and self.layer_index is not None
+        hidden_in, layer_kwargs = self._capture_layer_input(layers[self.layer_index], input_ids)
+        suffix = list(layers)[self.layer_index :]
+        norm = self.model.get_decoder().norm
+        head = self.model.get_output_embeddings()
+        predict_from = torch.arange(n_prompt - 1, input_ids.shape[1] - 1, device=input_ids.device)
+        targets = input_ids[0, n_prompt:]
+
+        def step() -> torch.Tensor:
+            hidden = hidden_in
+            for layer in suffix:
+                output = layer(hidden, **layer_kwargs)
+                hidden = output[0] if isinstance(output, tuple) else output
+            logits = head(norm(hidden[0, predict_from])).float()
+            return F.cross_entropy(logits, targets)
+
+        return step
+
+    @torch.no_grad()
+    def _capture_layer_input(self, layer: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Run the model up to `layer` and keep what that layer is called with."""
+        captured: dict = {}
+
+        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+            captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+            captured["args"] = args[1:]
+            raise _StopForward
+
+        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.model(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if captured.get("args"):
+            raise RuntimeError("fast edit path expects decoder layers called with keyword arguments")
+        return captured["hidden"], captured["kwargs"]
+
+
+@contextlib.contextmanager
+def attached_editor(loaded: LoadedModel, hparams: DeferHParams, *, seed: int = 0, edit_path: str = "fast") -> Iterator[DeferEditor]:
+    """An editor whose adaptor is removed again on exit, so a cached model is reusable."""
+    editor = DeferEditor(loaded, hparams, seed=seed, edit_path=edit_path)
+    try:
+        yield editor
+    finally:
+        editor.detach()

@@ -1,0 +1,111 @@
+"""Rel / Gen / Loc of an edited model over a set of records, under each scoring.
+
+Rel scores the edit prompts, Gen the rephrased prompts, both as token accuracy against the new
+target. Loc is the fraction of the locality answer's predicted tokens that are unchanged from
+the unedited model. The unedited predictions do not depend on the trial, so they are computed
+once per model and record set (`UneditedLocality`) and reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Sequence
+
+from .adaptor import DeferAdaptor
+from .data import EditRecord
+from .models import LoadedModel
+from .results import metric_key
+from .scoring import generation_predictions, teacher_forced_predictions, token_accuracy
+from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, prompt_target
+
+
+@dataclass
+class RecordProbes:
+    """Every token layout one record needs, tokenized once."""
+
+    edit: PromptTarget
+    tf_rel: PromptTarget
+    tf_gen: PromptTarget
+    tf_loc: PromptTarget
+    gen_rel: GenerationProbe
+    gen_gen: GenerationProbe
+    gen_loc: GenerationProbe
+
+
+def build_probes(loaded: LoadedModel, record: EditRecord) -> RecordProbes:
+    tok = loaded.tokenizer
+    edit = prompt_target(tok, record.prompt, record.target)
+    return RecordProbes(
+        edit=edit,
+        tf_rel=edit,
+        tf_gen=prompt_target(tok, record.rephrase, record.target),
+        tf_loc=prompt_target(tok, record.locality_prompt, record.locality_answer),
+        gen_rel=generation_probe(tok, record.prompt, record.target),
+        gen_gen=generation_probe(tok, record.rephrase, record.target),
+        gen_loc=generation_probe(tok, record.locality_prompt, record.locality_answer),
+    )
+
+
+@dataclass
+class Scorer:
+    """Scores probes on the model as it is now (with or without a trained adaptor)."""
+
+    loaded: LoadedModel
+    batch_size: int = 32
+    _eos: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        model = self.loaded.model
+        self._eos = eos_token_ids(model.config, getattr(model, "generation_config", None), self.loaded.tokenizer)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.loaded.tokenizer.pad_token_id)
+
+    def predict(self, adaptor: DeferAdaptor | None, scoring: str, probes: Sequence[PromptTarget | GenerationProbe]) -> list[list[int]]:
+        model = self.loaded.model
+        if scoring == "tf":
+            return teacher_forced_predictions(model, adaptor, probes, self.pad_id, self.batch_size)  # type: ignore[arg-type]
+        return generation_predictions(model, adaptor, probes, self.pad_id, self._eos, self.batch_size)  # type: ignore[arg-type]
+
+
+@dataclass
+class UneditedLocality:
+    """The unedited model's locality predictions per scoring, keyed by record id."""
+
+    predictions: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    def ensure(
+        self, scorer: Scorer, adaptor: DeferAdaptor, records: Sequence[EditRecord], probes: Sequence[RecordProbes], scoring: str
+    ) -> None:
+        known = self.predictions.setdefault(scoring, {})
+        missing = [(r, p) for r, p in zip(records, probes) if r.record_id not in known]
+        if not missing:
+            return
+        with adaptor.bypassed():
+            predicted = scorer.predict(adaptor, scoring, [getattr(p, f"{scoring}_loc") for _, p in missing])
+        for (record, _), tokens in zip(missing, predicted):
+            known[record.record_id] = tokens
+
+
+def evaluate(
+    scorer: Scorer,
+    adaptor: DeferAdaptor,
+    records: Sequence[EditRecord],
+    probes: Sequence[RecordProbes],
+    scorings: Sequence[str],
+    unedited: UneditedLocality,
+) -> dict[str, float]:
+    """Mean Rel, Gen and Loc over `records` for each scoring, keyed `rel_tf`, `loc_gen`, ..."""
+    metrics: dict[str, float] = {}
+    for scoring in scorings:
+        unedited.ensure(scorer, adaptor, records, probes, scoring)
+        for metric in ("rel", "gen"):
+            chosen = [getattr(p, f"{scoring}_{metric}") for p in probes]
+            predicted = scorer.predict(adaptor, scoring, chosen)
+            metrics[metric_key(metric, scoring)] = fmean(token_accuracy(a, b.target_ids) for a, b in zip(predicted, chosen))
+        predicted_loc = scorer.predict(adaptor, scoring, [getattr(p, f"{scoring}_loc") for p in probes])
+        before = unedited.predictions[scoring]
+        metrics[metric_key("loc", scoring)] = fmean(token_accuracy(a, before[r.record_id]) for a, r in zip(predicted_loc, records))
+    return metrics

@@ -1,0 +1,148 @@
+"""EasyEdit DEFER hyperparameters: read EasyEdit's YAML unchanged, write the same shape.
+
+EasyEdit's `hparams/DEFER/*.yaml` has exactly the keys of `DeferHyperParams`. PyYAML reads
+`7e-5` (no dot) as a string, so numeric keys are coerced here, as EasyEdit's own loader does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DeferInputError
+
+REQUIRED_KEYS = ("alg_name", "model_name", "device", "inner_params", "edit_lr", "n_iter", "threshold")
+OPTIONAL_KEYS = ("batch_size", "max_length", "model_parallel")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeferHParams:
+    """The DEFER hyperparameters one trial runs with (EasyEdit's `DeferHyperParams`)."""
+
+    model_name: str
+    inner_params: tuple[str, ...]
+    edit_lr: float
+    n_iter: int
+    threshold: float
+    device: int | str = 0
+    alg_name: str = "DEFER"
+    batch_size: int = 1
+    max_length: int = 30
+    model_parallel: bool = False
+
+    @property
+    def module_path(self) -> str:
+        """The one Linear the adaptor wraps (DEFER uses only the first inner param)."""
+        return self.inner_params[0]
+
+    def replace(self, **changes: Any) -> "DeferHParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_easyedit_dict(self) -> dict[str, Any]:
+        """The mapping EasyEdit's `DeferHyperParams(**config)` accepts, in its file's key order."""
+        return {
+            "alg_name": self.alg_name,
+            "model_name": self.model_name,
+            "device": self.device,
+            "inner_params": list(self.inner_params),
+            "edit_lr": float(self.edit_lr),
+            "n_iter": int(self.n_iter),
+            "threshold": float(self.threshold),
+            "batch_size": int(self.batch_size),
+            "max_length": int(self.max_length),
+            "model_parallel": bool(self.model_parallel),
+        }
+
+
+def _as_float(value: Any, key: str, source: str) -> float:
+    if isinstance(value, bool):
+        raise DeferInputError(f"{source}: key '{key}' must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DeferInputError(f"{source}: key '{key}' must be a number, got {value!r}") from None
+
+
+def _as_int(value: Any, key: str, source: str) -> int:
+    number = _as_float(value, key, source)
+    if not number.is_integer():
+        raise DeferInputError(f"{source}: key '{key}' must be an integer, got {value!r}")
+    return int(number)
+
+
+def hparams_from_dict(config: Any, source: str = "<hparams>") -> DeferHParams:
+    """Validate an EasyEdit DEFER mapping; every problem names `source` and the key."""
+    if not isinstance(config, dict):
+        raise DeferInputError(f"{source}: expected a mapping of DEFER hyperparameters, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise DeferInputError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; expected {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise DeferInputError(f"{source}: missing key(s) {', '.join(missing)}")
+    if config["alg_name"] != "DEFER":
+        raise DeferInputError(f"{source}: key 'alg_name' must be 'DEFER', got {config['alg_name']!r}")
+    inner = config["inner_params"]
+    if isinstance(inner, str):
+        inner = [inner]
+    if not isinstance(inner, list) or not inner or not all(isinstance(p, str) and p for p in inner):
+        raise DeferInputError(f"{source}: key 'inner_params' must be a non-empty list of module paths, got {inner!r}")
+    if not isinstance(config["model_name"], str) or not config["model_name"]:
+        raise DeferInputError(f"{source}: key 'model_name' must be a non-empty string")
+    device = config["device"]
+    if not isinstance(device, (int, str)) or isinstance(device, bool):
+        raise DeferInputError(f"{source}: key 'device' must be an integer or a device string, got {device!r}")
+    hparams = DeferHParams(
+        alg_name="DEFER",
+        model_name=config["model_name"],
+        device=device,
+        inner_params=tuple(inner),
+        edit_lr=_as_float(config["edit_lr"], "edit_lr", source),
+        n_iter=_as_int(config["n_iter"], "n_iter", source),
+        threshold=_as_float(config["threshold"], "threshold", source),
+        batch_size=_as_int(config.get("batch_size", 1), "batch_size", source),
+        max_length=_as_int(config.get("max_length", 30), "max_length", source),
+        model_parallel=bool(config.get("model_parallel", False)),
+    )
+    if hparams.edit_lr <= 0:
+        raise DeferInputError(f"{source}: key 'edit_lr' must be > 0, got {hparams.edit_lr}")
+    if hparams.n_iter < 1:
+        raise DeferInputError(f"{source}: key 'n_iter' must be >= 1, got {hparams.n_iter}")
+    if not 0.0 <= hparams.threshold <= 1.0:
+        raise DeferInputError(f"{source}: key 'threshold' must be in [0, 1], got {hparams.threshold}")
+    return hparams
+
+
+def load_hparams(path: str | os.PathLike[str]) -> DeferHParams:
+    """Read an EasyEdit DEFER hparams YAML (EasyEdit's own files load unchanged)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DeferInputError(f"{path}: cannot read hparams file ({error.strerror})") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise DeferInputError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return hparams_from_dict(config, source=str(path))
+
+
+def dump_hparams(hparams: DeferHParams) -> str:
+    """YAML text in EasyEdit's DEFER layout; floats are written so PyYAML reads them back as floats."""
+    return yaml.safe_dump(hparams.to_easyedit_dict(), sort_keys=False)
+
+
+def save_hparams(hparams: DeferHParams, path: str | os.PathLike[str]) -> Path:
+    """Write atomically: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(dump_hparams(hparams), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,133 @@
+"""Teacher-forced and generation scoring in padded batches, identical to one row at a time.
+
+Rows are right-padded, so causal attention never lets a real token see a pad and positions
+stay 0..n-1 as when the row is alone; the adaptor is keyed on each row's last real token.
+Only the positions that are scored go through the LM head.
+
+Generation repeats the whole sequence at every step (EasyEdit's `use_cache=False`): DEFER's
+gate looks at the current last token and its decision applies to every position, which a KV
+cache would freeze at older decisions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .adaptor import DeferAdaptor
+from .tokens import GenerationProbe, PromptTarget
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    width = int(lengths.max())
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    return ids, mask, lengths
+
+
+@torch.no_grad()
+def argmax_at(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    rows: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    pad_id: int,
+) -> list[list[int]]:
+    """For each row, the argmax next token at each listed position, in one padded forward."""
+    device = next(model.parameters()).device
+    ids, mask, lengths = _pad(rows, pad_id, device)
+    keyed = adaptor.keyed_on(lengths - 1) if adaptor is not None else _nothing()
+    with keyed:
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    row_index = torch.cat([torch.full((len(p),), r, device=device) for r, p in enumerate(positions)])
+    col_index = torch.cat([torch.tensor(list(p), dtype=torch.long, device=device) for p in positions])
+    tokens = model.get_output_embeddings()(hidden[row_index, col_index]).argmax(dim=-1).tolist()
+    out, start = [], 0
+    for p in positions:
+        out.append(tokens[start : start + len(p)])
+        start += len(p)
+    return out
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _batches(count: int, batch_size: int) -> list[range]:
+    return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def _by_length(lengths: Sequence[int]) -> list[int]:
+    """Group rows of similar length so padding wastes little; results are re-ordered back."""
+    return sorted(range(len(lengths)), key=lambda index: lengths[index])
+
+
+def teacher_forced_predictions(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    probes: Sequence[PromptTarget],
+    pad_id: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[list[int]]:
+    """The model's argmax at each target position given the true previous tokens."""
+    order = _by_length([len(p.ids) for p in probes])
+    results: list[list[int]] = [[] for _ in probes]
+    for batch in _batches(len(order), batch_size):
+        chosen = [probes[order[i]] for i in batch]
+        predictions = argmax_at(
+            model, adaptor, [p.ids for p in chosen], [range(p.n_prompt - 1, len(p.ids) - 1) for p in chosen], pad_id
+        )
+        for i, prediction in zip(batch, predictions):
+            results[order[i]] = prediction
+    return results
+
+
+@torch.no_grad()
+def generation_predictions(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    probes: Sequence[GenerationProbe],
+    pad_id: int,
+    eos_ids: frozenset[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[list[int]]:
+    """Greedy-generate len(target) tokens per probe; return the last len(target) ids of prompt +
+    generation, as EasyEdit slices `generate`'s output (a row stops at EOS, like generate)."""
+    order = _by_length([len(p.prompt_ids) for p in probes])
+    results: list[list[int]] = [[] for _ in probes]
+    for batch in _batches(len(order), batch_size):
+        sequences = [list(probes[order[i]].prompt_ids) for i in batch]
+        budgets = [len(probes[order[i]].target_ids) for i in batch]
+        produced = [0] * len(batch)
+        active = [k for k in range(len(batch)) if budgets[k] > 0]
+        while active:
+            rows = [sequences[k] for k in active]
+            next_tokens = argmax_at(model, adaptor, rows, [[len(row) - 1] for row in rows], pad_id)
+            still_active = []
+            for k, (token,) in zip(active, next_tokens):
+                sequences[k].append(token)
+                produced[k] += 1
+                if produced[k] < budgets[k] and token not in eos_ids:
+                    still_active.append(k)
+            active = still_active
+        for k, i in enumerate(batch):
+            results[order[i]] = sequences[k][-budgets[k] :]
+    return results
+
+
+def token_accuracy(predicted: Sequence[int], expected: Sequence[int]) -> float:
+    """Fraction of positions where the two agree (EasyEdit's np.mean(np.equal(...)))."""
+    if len(predicted) != len(expected) or not expected:
+        raise ValueError(f"cannot compare {len(predicted)} predicted with {len(expected)} expected tokens")
+    return sum(int(a == b) for a, b in zip(predicted, expected)) / len(expected)
