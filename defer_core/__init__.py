@@ -12,7 +12,8 @@ from .hparams import DeferHParams, dump_hparams, hparams_from_dict, load_hparams
 from .models import EMBEDDED_MODEL, TINY_MODEL, LoadedModel, load_model, tiny_llama
 from .module_path import parse_module_path, resolve_module
 from .results import METRICS, PROTOCOLS, SCORINGS, EditOutcome, MilestoneResult, TrialResult, metric_key
-from .trial import TrialPlan, default_milestones, run_trial
+from .packed import PackedDeferAdaptor, PackedDeferEditor
+from .trial import TrialPlan, default_milestones, run_trial, run_trials
 
 __all__ = [
     "DeferAdaptor",
@@ -43,6 +44,9 @@ __all__ = [
     "resolve_data_path",
     "resolve_module",
     "run_trial",
+    "run_trials",
+    "PackedDeferAdaptor",
+    "PackedDeferEditor",
     "save_hparams",
     "tiny_llama",
 ]

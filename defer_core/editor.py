@@ -120,7 +120,7 @@ class DeferEditor:
     def _fast_step(self, input_ids: torch.Tensor, n_prompt: int) -> StepLoss:
         layers = self._decoder_layers()
         assert layers is not None and self.layer_index is not None
-        hidden_in, layer_kwargs = self._capture_layer_input(layers[self.layer_index], input_ids)
+        hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], input_ids)
         suffix = list(layers)[self.layer_index :]
         norm = self.model.get_decoder().norm
         head = self.model.get_output_embeddings()
@@ -137,27 +137,28 @@ class DeferEditor:
 
         return step
 
-    @torch.no_grad()
-    def _capture_layer_input(self, layer: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Run the model up to `layer` and keep what that layer is called with."""
-        captured: dict = {}
 
-        def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
-            captured["args"] = args[1:]
-            raise _StopForward
+@torch.no_grad()
+def capture_layer_input(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Run the model up to `layer` and keep what that layer is called with (hidden states and
+    the keyword arguments: mask, rotary embeddings, positions); the rest of the forward is skipped."""
+    captured: dict = {}
 
-        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            self.model(input_ids=input_ids, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if captured.get("args"):
-            raise RuntimeError("fast edit path expects decoder layers called with keyword arguments")
-        return captured["hidden"], captured["kwargs"]
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(args) > 1:
+            raise RuntimeError("the fast edit path expects decoder layers called with keyword arguments")
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["hidden"], captured["kwargs"]
 
 
 @contextlib.contextmanager

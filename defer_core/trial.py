@@ -7,19 +7,23 @@ roll back, take the next T'; report the mean over the floor(T / T') chunks.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
+from .adaptor import DeferAdaptor
 from .data import EditRecord
-from .editor import EDIT_PATHS, attached_editor
+from .editor import EDIT_PATHS, DeferEditor, EditStats
 from .errors import DeferInputError
 from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, evaluate
 from .hparams import DeferHParams
 from .models import LoadedModel
 from .results import PROTOCOLS, SCORINGS, EditOutcome, MilestoneResult, TrialResult
+from .packed import PackedDeferAdaptor, PackedDeferEditor
 from .scoring import token_accuracy
+from .tokens import PromptTarget
 
 OnEdit = Callable[[EditOutcome], None]
 OnMilestone = Callable[[MilestoneResult], None]
@@ -57,6 +61,18 @@ def default_milestones(total: int) -> tuple[int, ...]:
     return tuple(points + [total])
 
 
+class _Editor(Protocol):
+    """What the trial loop needs: K members edited together, each scored on its own."""
+
+    size: int
+
+    def edit(self, probe: PromptTarget) -> list[EditStats]: ...
+
+    def reset(self) -> None: ...
+
+    def member(self, index: int) -> contextlib.AbstractContextManager: ...
+
+
 _EVALUATION_CACHE: dict[tuple[int, tuple[str, ...]], UneditedLocality] = {}
 
 
@@ -64,6 +80,58 @@ def unedited_locality_for(loaded: LoadedModel, records: Sequence[EditRecord]) ->
     """Shared by every trial on the same loaded model in this process."""
     key = (id(loaded.model), tuple(r.record_id for r in records))
     return _EVALUATION_CACHE.setdefault(key, UneditedLocality())
+
+
+class _SingleEditor:
+    """One DeferEditor seen as a pack of one, so one loop serves single and packed trials."""
+
+    size = 1
+
+    def __init__(self, editor: DeferEditor) -> None:
+        self.editor = editor
+        self.adaptor = editor.adaptor
+
+    def edit(self, probe: PromptTarget) -> list[EditStats]:
+        return [self.editor.edit(probe)]
+
+    def reset(self) -> None:
+        self.editor.reset()
+
+    @contextlib.contextmanager
+    def member(self, index: int) -> Iterator[DeferAdaptor]:
+        yield self.editor.adaptor
+
+
+@contextlib.contextmanager
+def _editor_for(loaded: LoadedModel, hparams: Sequence[DeferHParams], seeds: Sequence[int], edit_path: str) -> Iterator[_Editor]:
+    if len(hparams) == 1:
+        editor = DeferEditor(loaded, hparams[0], seed=seeds[0], edit_path=edit_path)
+        wrapped: _Editor = _SingleEditor(editor)
+    else:
+        editor = PackedDeferEditor(loaded, hparams, seeds)
+        wrapped = _PackedView(editor)
+    try:
+        yield wrapped
+    finally:
+        editor.detach()
+
+
+class _PackedView:
+    def __init__(self, editor: PackedDeferEditor) -> None:
+        self.editor = editor
+        self.size = editor.size
+        self.adaptor = editor.adaptor
+
+    def edit(self, probe: PromptTarget) -> list[EditStats]:
+        return self.editor.edit(probe)
+
+    def reset(self) -> None:
+        self.editor.reset()
+
+    @contextlib.contextmanager
+    def member(self, index: int) -> Iterator[PackedDeferAdaptor]:
+        with self.editor.adaptor.member(index):
+            yield self.editor.adaptor
 
 
 def run_trial(
@@ -78,67 +146,111 @@ def run_trial(
     unedited: UneditedLocality | None = None,
     eval_batch_size: int = 32,
 ) -> TrialResult:
+    """One trial: the records edited in order, metrics at every milestone."""
+    (result,) = run_trials(
+        loaded,
+        records,
+        [hparams],
+        plan,
+        seeds=[seed],
+        on_edit=(lambda _, outcome: on_edit(outcome)) if on_edit else None,
+        on_milestone=(lambda _, milestone: on_milestone(milestone)) if on_milestone else None,
+        unedited=unedited,
+        eval_batch_size=eval_batch_size,
+    )
+    return result
+
+
+def run_trials(
+    loaded: LoadedModel,
+    records: Sequence[EditRecord],
+    hparams: Sequence[DeferHParams],
+    plan: TrialPlan,
+    *,
+    seeds: Sequence[int],
+    on_edit: Callable[[int, EditOutcome], None] | None = None,
+    on_milestone: Callable[[int, MilestoneResult], None] | None = None,
+    unedited: UneditedLocality | None = None,
+    eval_batch_size: int = 32,
+) -> list[TrialResult]:
+    """K trials on the same module in lockstep (packed into one forward pass when K > 1);
+    callbacks get the member index. Each result equals that trial run alone."""
     if len(records) < plan.total_records:
         raise DeferInputError(f"the plan needs {plan.total_records} records, got {len(records)}")
+    if len(seeds) != len(hparams) or not hparams:
+        raise DeferInputError(f"need one seed per trial, got {len(seeds)} seeds for {len(hparams)} trials")
     records = list(records[: plan.total_records])
     probes = [build_probes(loaded, record) for record in records]
     scorer = Scorer(loaded, batch_size=eval_batch_size)
     unedited = unedited or unedited_locality_for(loaded, records)
-    result = TrialResult()
+    results = [TrialResult() for _ in hparams]
 
-    def record_edit(outcome: EditOutcome) -> None:
-        result.edits.append(outcome)
+    def record_edit(k: int, outcome: EditOutcome) -> None:
+        results[k].edits.append(outcome)
         if on_edit:
-            on_edit(outcome)
+            on_edit(k, outcome)
 
-    def record_milestone(milestone: MilestoneResult) -> None:
-        result.milestones.append(milestone)
+    def record_milestone(k: int, milestone: MilestoneResult) -> None:
+        results[k].milestones.append(milestone)
         if on_milestone:
-            on_milestone(milestone)
+            on_milestone(k, milestone)
 
-    with attached_editor(loaded, hparams, seed=seed, edit_path=plan.edit_path) as editor:
+    with _editor_for(loaded, hparams, seeds, plan.edit_path) as editor:
         run = _run_stream if plan.protocol == "stream" else _run_chunks
         run(editor, scorer, records, probes, plan, unedited, record_edit, record_milestone)
-    return result
+    return results
 
 
-def _edit_one(editor, scorer: Scorer, index: int, record: EditRecord, probe: RecordProbes, chunk: int) -> EditOutcome:
-    stats = editor.edit(probe.edit)
-    (predicted,) = scorer.predict(editor.adaptor, "tf", [probe.edit])
-    return EditOutcome(
-        index=index,
-        record_id=record.record_id,
-        final_loss=stats.final_loss,
-        seconds=stats.seconds,
-        success=token_accuracy(predicted, probe.edit.target_ids),
-        chunk=chunk,
-    )
+def _edit_all(editor: _Editor, scorer: Scorer, index: int, record: EditRecord, probe: RecordProbes, chunk: int, on_edit) -> None:
+    for k, stats in enumerate(editor.edit(probe.edit)):
+        with editor.member(k) as adaptor:
+            (predicted,) = scorer.predict(adaptor, "tf", [probe.edit])
+        on_edit(k, EditOutcome(
+            index=index,
+            record_id=record.record_id,
+            final_loss=stats.final_loss,
+            seconds=stats.seconds,
+            success=token_accuracy(predicted, probe.edit.target_ids),
+            chunk=chunk,
+        ))
 
 
-def _run_stream(editor, scorer, records, probes, plan, unedited, on_edit: OnEdit, on_milestone: OnMilestone) -> None:
+def _evaluate_all(editor: _Editor, scorer: Scorer, records, probes, scorings, unedited) -> list[dict[str, float]]:
+    metrics = []
+    for k in range(editor.size):
+        with editor.member(k) as adaptor:
+            metrics.append(evaluate(scorer, adaptor, records, probes, scorings, unedited))
+    return metrics
+
+
+def _run_stream(editor: _Editor, scorer, records, probes, plan, unedited, on_edit, on_milestone) -> None:
     milestones = set(plan.milestones)
     for index, (record, probe) in enumerate(zip(records, probes), start=1):
-        on_edit(_edit_one(editor, scorer, index, record, probe, chunk=0))
+        _edit_all(editor, scorer, index, record, probe, 0, on_edit)
         if index in milestones:
             start = time.perf_counter()
-            metrics = evaluate(scorer, editor.adaptor, records[:index], probes[:index], plan.scorings, unedited)
-            on_milestone(MilestoneResult(n_edits=index, protocol="stream", metrics=metrics, seconds=time.perf_counter() - start))
+            per_member = _evaluate_all(editor, scorer, records[:index], probes[:index], plan.scorings, unedited)
+            seconds = (time.perf_counter() - start) / editor.size
+            for k, metrics in enumerate(per_member):
+                on_milestone(k, MilestoneResult(n_edits=index, protocol="stream", metrics=metrics, seconds=seconds))
 
 
-def _run_chunks(editor, scorer, records, probes, plan, unedited, on_edit: OnEdit, on_milestone: OnMilestone) -> None:
+def _run_chunks(editor: _Editor, scorer, records, probes, plan, unedited, on_edit, on_milestone) -> None:
     edit_index = 0
     for size in plan.milestones:
-        per_chunk: list[dict[str, float]] = []
+        per_chunk: list[list[dict[str, float]]] = []
         seconds = 0.0
         for chunk in range(len(records) // size):
             editor.reset()
             span = slice(chunk * size, (chunk + 1) * size)
             for record, probe in zip(records[span], probes[span]):
                 edit_index += 1
-                on_edit(_edit_one(editor, scorer, edit_index, record, probe, chunk=chunk))
+                _edit_all(editor, scorer, edit_index, record, probe, chunk, on_edit)
             start = time.perf_counter()
-            per_chunk.append(evaluate(scorer, editor.adaptor, records[span], probes[span], plan.scorings, unedited))
-            seconds += time.perf_counter() - start
-        metrics = {key: fmean(m[key] for m in per_chunk) for key in per_chunk[0]}
-        on_milestone(MilestoneResult(n_edits=size, protocol="chunks", metrics=metrics, seconds=seconds))
+            per_chunk.append(_evaluate_all(editor, scorer, records[span], probes[span], plan.scorings, unedited))
+            seconds += (time.perf_counter() - start) / editor.size
+        for k in range(editor.size):
+            chunks_k = [chunk_metrics[k] for chunk_metrics in per_chunk]
+            metrics = {key: fmean(m[key] for m in chunks_k) for key in chunks_k[0]}
+            on_milestone(k, MilestoneResult(n_edits=size, protocol="chunks", metrics=metrics, seconds=seconds))
     editor.reset()
