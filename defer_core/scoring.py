@@ -20,6 +20,9 @@ from .adaptor import DeferAdaptor
 from .tokens import GenerationProbe, PromptTarget
 
 DEFAULT_BATCH_SIZE = 32
+# A row that stops at EOS before prompt + generation reach len(target) tokens (where EasyEdit's
+# np.equal would fail) is left-filled with this id, which matches no real token.
+NOT_GENERATED = -1
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,7 +106,8 @@ def generation_predictions(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[list[int]]:
     """Greedy-generate len(target) tokens per probe; return the last len(target) ids of prompt +
-    generation, as EasyEdit slices `generate`'s output (a row stops at EOS, like generate)."""
+    generation, as EasyEdit slices `generate`'s output (a row stops at EOS, like generate, and
+    the window may then include prompt tokens; if even that is short, NOT_GENERATED fills it)."""
     order = _by_length([len(p.prompt_ids) for p in probes])
     results: list[list[int]] = [[] for _ in probes]
     for batch in _batches(len(order), batch_size):
@@ -122,7 +126,8 @@ def generation_predictions(
                     still_active.append(k)
             active = still_active
         for k, i in enumerate(batch):
-            results[order[i]] = sequences[k][-budgets[k] :]
+            window = sequences[k][-budgets[k] :]
+            results[order[i]] = [NOT_GENERATED] * (budgets[k] - len(window)) + window
     return results
 
 

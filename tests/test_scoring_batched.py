@@ -24,3 +24,22 @@ def test_batched_equals_one_at_a_time_with_a_trained_adaptor(tiny, zsre_records,
     with editor.adaptor.bypassed():
         unedited = Scorer(tiny, batch_size=1).predict(editor.adaptor, scoring, rows)
     assert batched != unedited, "the adaptor must change some answers, or the comparison proves nothing"
+
+
+def test_generation_stopping_at_eos_matches_generate_and_fills_short_windows(tiny):
+    from defer_core.scoring import NOT_GENERATED, generation_predictions
+    from defer_core.tokens import GenerationProbe
+
+    prompt = tuple(tiny.tokenizer("Who wrote it?")["input_ids"])
+    first = generation_predictions(tiny.model, None, [GenerationProbe(prompt, (5,))], 2, frozenset())[0][0]
+    long_window = GenerationProbe(prompt, tuple(range(len(prompt) + 4)))
+    short_window = GenerationProbe(prompt, (7, 8, 9, 10))
+    got = generation_predictions(tiny.model, None, [long_window, short_window], 2, frozenset({first}))
+    # the first generated token is EOS, so the row stops after one token, as generate() does
+    assert got[1] == list(prompt[-3:]) + [first]
+    assert got[0] == [NOT_GENERATED] * 3 + list(prompt) + [first]
+    import torch
+
+    reference = tiny.model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=4, do_sample=False, use_cache=False,
+                                    eos_token_id=first, pad_token_id=first)[0].tolist()
+    assert reference[-4:] == got[1]
