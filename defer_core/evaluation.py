@@ -8,7 +8,12 @@ once per model and record set (`UneditedLocality`) and reused.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import fmean
 from typing import Sequence
 
@@ -72,9 +77,27 @@ class Scorer:
 
 @dataclass
 class UneditedLocality:
-    """The unedited model's locality predictions per scoring, keyed by record id."""
+    """The unedited model's locality predictions per scoring, keyed by record id; with a `path`
+    they are read from and written to a JSON file, so every trial of a sweep shares them."""
 
     predictions: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def on_disk(cls, path: Path) -> "UneditedLocality":
+        try:
+            predictions = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            predictions = {}  # a damaged cache is recomputed, never trusted
+        return cls(predictions=predictions, path=path)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.predictions), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def ensure(
         self, scorer: Scorer, adaptor: DeferAdaptor, records: Sequence[EditRecord], probes: Sequence[RecordProbes], scoring: str
@@ -87,6 +110,19 @@ class UneditedLocality:
             predicted = scorer.predict(adaptor, scoring, [getattr(p, f"{scoring}_loc") for _, p in missing])
         for (record, _), tokens in zip(missing, predicted):
             known[record.record_id] = tokens
+        self.save()
+
+
+def unedited_cache_file(cache_dir: Path, loaded: LoadedModel, records: Sequence[EditRecord]) -> Path:
+    """One file per model and record set: the name carries a hash of both."""
+    digest = hashlib.sha256()
+    digest.update(loaded.name.encode())
+    digest.update(json.dumps(loaded.model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(str(next(loaded.model.parameters()).dtype).encode())
+    for record in records:
+        digest.update(json.dumps(dataclasses.astuple(record)).encode())
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in loaded.name)
+    return cache_dir / f"unedited-{safe_name}-{digest.hexdigest()[:16]}.json"
 
 
 def evaluate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import fmean
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -17,7 +18,7 @@ from .adaptor import DeferAdaptor
 from .data import EditRecord
 from .editor import EDIT_PATHS, DeferEditor, EditStats
 from .errors import DeferInputError
-from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, evaluate
+from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, evaluate, unedited_cache_file
 from .hparams import DeferHParams
 from .models import LoadedModel
 from .results import PROTOCOLS, SCORINGS, EditOutcome, MilestoneResult, TrialResult
@@ -73,13 +74,17 @@ class _Editor(Protocol):
     def member(self, index: int) -> contextlib.AbstractContextManager: ...
 
 
-_EVALUATION_CACHE: dict[tuple[int, tuple[str, ...]], UneditedLocality] = {}
+_EVALUATION_CACHE: dict[tuple[int, tuple[str, ...], str], UneditedLocality] = {}
 
 
-def unedited_locality_for(loaded: LoadedModel, records: Sequence[EditRecord]) -> UneditedLocality:
-    """Shared by every trial on the same loaded model in this process."""
-    key = (id(loaded.model), tuple(r.record_id for r in records))
-    return _EVALUATION_CACHE.setdefault(key, UneditedLocality())
+def unedited_locality_for(loaded: LoadedModel, records: Sequence[EditRecord], cache_dir: Path | None = None) -> UneditedLocality:
+    """Shared by every trial on the same loaded model in this process, and through `cache_dir`
+    (a sweep's output directory) by every process of the sweep."""
+    key = (id(loaded.model), tuple(r.record_id for r in records), str(cache_dir))
+    if key not in _EVALUATION_CACHE:
+        path = unedited_cache_file(cache_dir, loaded, records) if cache_dir is not None else None
+        _EVALUATION_CACHE[key] = UneditedLocality.on_disk(path) if path else UneditedLocality()
+    return _EVALUATION_CACHE[key]
 
 
 class _SingleEditor:
@@ -144,6 +149,7 @@ def run_trial(
     on_edit: OnEdit | None = None,
     on_milestone: OnMilestone | None = None,
     unedited: UneditedLocality | None = None,
+    cache_dir: Path | None = None,
     eval_batch_size: int = 32,
 ) -> TrialResult:
     """One trial: the records edited in order, metrics at every milestone."""
@@ -156,6 +162,7 @@ def run_trial(
         on_edit=(lambda _, outcome: on_edit(outcome)) if on_edit else None,
         on_milestone=(lambda _, milestone: on_milestone(milestone)) if on_milestone else None,
         unedited=unedited,
+        cache_dir=cache_dir,
         eval_batch_size=eval_batch_size,
     )
     return result
@@ -171,6 +178,7 @@ def run_trials(
     on_edit: Callable[[int, EditOutcome], None] | None = None,
     on_milestone: Callable[[int, MilestoneResult], None] | None = None,
     unedited: UneditedLocality | None = None,
+    cache_dir: Path | None = None,
     eval_batch_size: int = 32,
 ) -> list[TrialResult]:
     """K trials on the same module in lockstep (packed into one forward pass when K > 1);
@@ -182,7 +190,7 @@ def run_trials(
     records = list(records[: plan.total_records])
     probes = [build_probes(loaded, record) for record in records]
     scorer = Scorer(loaded, batch_size=eval_batch_size)
-    unedited = unedited or unedited_locality_for(loaded, records)
+    unedited = unedited or unedited_locality_for(loaded, records, cache_dir)
     results = [TrialResult() for _ in hparams]
 
     def record_edit(k: int, outcome: EditOutcome) -> None:

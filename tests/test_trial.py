@@ -55,3 +55,27 @@ def test_fast_and_plain_trials_agree(zsre_records):
 def test_bad_plans_are_rejected(plan_args, message):
     with pytest.raises(DeferInputError, match=message):
         TrialPlan(**plan_args)
+
+
+def test_unedited_predictions_are_cached_on_disk_and_reused(tmp_path, zsre_records):
+    from defer_core.evaluation import unedited_cache_file
+    from defer_core.trial import unedited_locality_for
+
+    loaded = tiny_llama(seed=0)
+    plan = TrialPlan(milestones=(2,))
+    hparams = tiny_hparams(threshold=0.99)  # the gate stays closed: Loc is 1 against true unedited predictions
+    first = run_trial(loaded, zsre_records[:2], hparams, plan, cache_dir=tmp_path)
+    assert first.milestones[0].metrics["loc_tf"] == 1.0
+    (cache_file,) = tmp_path.glob("unedited-*.json")
+    assert cache_file == unedited_cache_file(tmp_path, loaded, zsre_records[:2])
+    stored = cache_file.read_text()
+    # a new process sees the file: poison one prediction and check the trial uses the stored values
+    import json
+
+    poisoned = json.loads(stored)
+    poisoned["tf"][zsre_records[0].record_id] = [-5] * len(poisoned["tf"][zsre_records[0].record_id])
+    cache_file.write_text(json.dumps(poisoned))
+    other = tiny_llama(seed=0)
+    second = run_trial(other, zsre_records[:2], hparams, plan, cache_dir=tmp_path)
+    assert second.milestones[0].metrics["loc_tf"] < first.milestones[0].metrics["loc_tf"]
+    assert unedited_locality_for(other, zsre_records[:2], tmp_path).predictions["tf"][zsre_records[0].record_id][0] == -5
