@@ -1,0 +1,102 @@
+"""Export a sweep's best configuration (or a point of its Pareto front) as EasyEdit DEFER YAML.
+
+Candidates are the trials that reached T (status complete in the Parquet trials table): a
+pruned trial's metrics are from an earlier milestone and not comparable. The YAML is written
+by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams read it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from defer_core.errors import DeferInputError
+from defer_core.hparams import DeferHParams, save_hparams
+
+from .layout import SweepLayout, load_state, require_sweep_dir
+from .ranking import pareto_front, rank_by
+from .records import COMPLETE, METRIC_COLUMNS
+from .sinks.mlflow_sink import MlflowSink
+from .sinks.parquet_sink import read_table
+from .space import hparams_for
+from .spec import Objective, SweepSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen trial, why it was chosen, and its hyperparameters."""
+
+    row: dict[str, Any]
+    reason: str
+    hparams: DeferHParams
+
+
+def completed_rows(layout: SweepLayout) -> list[dict[str, Any]]:
+    table = read_table(layout.parquet, "trials")
+    return [row for row in table.to_pylist() if row["status"] == COMPLETE]
+
+
+def _objective(spec: SweepSpec, name: str | None) -> Objective:
+    if name is None:
+        return spec.objectives[0]
+    for objective in spec.objectives:
+        if objective.metric == name:
+            return objective
+    if name in METRIC_COLUMNS:
+        return Objective(name, "maximize")  # every reported metric is an accuracy: higher is better
+    raise DeferInputError(f"--objective {name!r}: not a metric of this sweep (objectives: {', '.join(o.metric for o in spec.objectives)}; any of {', '.join(METRIC_COLUMNS)})")
+
+
+def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = None, pareto_index: int | None = None) -> Choice:
+    """Best by one objective (default: the spec's first) or the K-th Pareto point (0-based,
+    sorted best-first by the first objective)."""
+    if not rows:
+        raise DeferInputError(f"sweep '{spec.name}': no trial has completed all {spec.T} edits yet; nothing to export")
+    if pareto_index is not None:
+        front = pareto_front(rows, spec.objectives)
+        if not 0 <= pareto_index < len(front):
+            raise DeferInputError(f"--pareto-index {pareto_index}: the Pareto front has {len(front)} trial(s) (valid 0..{len(front) - 1})")
+        row = front[pareto_index]
+        values = ", ".join(f"{o.metric}={row[o.metric]:.4f}" for o in spec.objectives)
+        reason = f"Pareto point {pareto_index} of {len(front)} ({values})"
+    else:
+        chosen = _objective(spec, objective)
+        ranked = rank_by(rows, chosen)
+        if not ranked:
+            raise DeferInputError(f"--objective {chosen.metric}: no completed trial reported it (scorings: {', '.join(spec.scorings)})")
+        row = ranked[0]
+        reason = f"best {chosen.metric}={row[chosen.metric]:.4f} ({chosen.direction})"
+    return Choice(row=row, reason=reason, hparams=hparams_for(spec, row))
+
+
+def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None, mlflow: MlflowSink | None = None) -> tuple[Path, Choice]:
+    """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
+    chosen = choose(spec, completed_rows(layout), objective, pareto_index)
+    target = save_hparams(chosen.hparams, output or layout.best_yaml)
+    if mlflow is not None:
+        mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.reason": chosen.reason})
+    log.info("exported %s: trial %s, %s", target, chosen.row["trial_id"], chosen.reason)
+    return target, chosen
+
+
+def mlflow_for(layout: SweepLayout) -> MlflowSink | None:
+    state = load_state(layout)
+    if state is None:
+        return None
+    return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """`defer-sweep export OUT_DIR [--objective NAME | --pareto-index K] [-o FILE]`."""
+    layout = require_sweep_dir(args.output_dir)
+    spec = load_spec(layout.spec)
+    output = Path(args.output).expanduser().resolve() if args.output else None
+    target, chosen = export_best(layout, spec, output, args.objective, args.pareto_index, mlflow_for(layout))
+    print(f"wrote {target}: trial {chosen.row['trial_id']} ({chosen.reason})")
+    print(f"  {chosen.hparams.module_path}  edit_lr={chosen.hparams.edit_lr:g}  n_iter={chosen.hparams.n_iter}  threshold={chosen.hparams.threshold:g}")
+    return 0

@@ -1,0 +1,1 @@
+"""Where the driver persists trial results: MLflow runs and a Parquet dataset."""

@@ -1,0 +1,213 @@
+"""MLflow: one parent run per sweep, one nested run per trial.
+
+Runs are found again by tags (`defer_sweep.sweep_id`, `defer_sweep.trial_id`) rather than
+created blindly, and each (metric, step) is logged once, so a resumed sweep that re-runs an
+interrupted trial neither duplicates the run nor its metric points. Uses MlflowClient only
+(no fluent active-run state), so nothing depends on which run is "current" in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+log = logging.getLogger(__name__)
+
+TAG_SWEEP = "defer_sweep.sweep_id"
+TAG_TRIAL = "defer_sweep.trial_id"
+TAG_ROLE = "defer_sweep.role"
+TAG_STATUS = "status"
+TAG_ERROR = "error"
+_RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+_TAG_LIMIT = 5000
+
+
+def default_tracking_uri(db_path: Path) -> str:
+    """MLflow >= 3.7 defaults to SQLite and refuses new file stores: a SQLite file in OUT."""
+    return f"sqlite:///{db_path}"
+
+
+class MlflowSink:
+    """Writes the sweep's runs; the client is created lazily so the object pickles (Tune
+    pickles callbacks into its experiment state)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_id: str, artifact_location: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.sweep_id = sweep_id
+        self.artifact_location = artifact_location
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        self._parent_id: str | None = None
+        self._trial_runs: dict[str, str] = {}
+        self._logged: dict[str, set[tuple[str, int]]] = {}
+        self._history_loaded: dict[str, set[str]] = {}
+        self._created: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("tracking_uri", "experiment", "sweep_id", "artifact_location")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+            else:
+                self._experiment_id = found.experiment_id
+        return self._experiment_id
+
+    def _find_runs(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def find_parent(self) -> str | None:
+        runs = self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'sweep'")
+        return runs[0].info.run_id if runs else None
+
+    # -- the sweep's parent run -------------------------------------------------------------
+
+    def open_sweep(self, run_name: str, params: Mapping[str, Any], spec_file: Path) -> str:
+        """Get or create the parent run and mark it running again."""
+        parent = self.find_parent()
+        if parent is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "sweep"})
+            parent = run.info.run_id
+            self.client.log_batch(parent, params=[Param(k, _param(v)) for k, v in params.items()])
+            self.client.log_artifact(parent, str(spec_file))
+        else:
+            self.client.update_run(parent, status="RUNNING")
+        self._parent_id = parent
+        return parent
+
+    @property
+    def parent_id(self) -> str:
+        if self._parent_id is None:
+            self._parent_id = self.find_parent()
+            if self._parent_id is None:
+                raise RuntimeError(f"no MLflow parent run for sweep {self.sweep_id}; call open_sweep first")
+        return self._parent_id
+
+    def close_sweep(self, status: str, summary: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.parent_id, tags=[RunTag(f"trials.{k}", str(v)) for k, v in summary.items()])
+        self.client.set_terminated(self.parent_id, status=status)
+
+    def log_best(self, best_yaml: Path, tags: Mapping[str, Any]) -> None:
+        self.client.log_artifact(self.parent_id, str(best_yaml))
+        self.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _sweep_trial_runs(self) -> list[Any]:
+        return self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'trial'")
+
+    def trial_ids(self) -> set[str]:
+        return {run.data.tags[TAG_TRIAL] for run in self._sweep_trial_runs()}
+
+    def delete_trial_run(self, trial_id: str) -> None:
+        """Soft-deletes (MLflow's lifecycle 'deleted') the run of a trial that no longer exists."""
+        run_id = self._trial_run(trial_id)
+        if run_id is not None:
+            self.client.delete_run(run_id)
+            self._trial_runs.pop(trial_id, None)
+
+    def delete_trial_runs(self) -> int:
+        """Fresh start in a directory whose Tune state is gone: its old trial runs are stale."""
+        runs = self._sweep_trial_runs()
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
+
+    # -- nested trial runs --------------------------------------------------------------------
+
+    def start_trial(self, trial_id: str, run_name: str, params: Mapping[str, Any]) -> str:
+        run_id = self._trial_run(trial_id)
+        if run_id is None:
+            tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_ROLE: "trial", TAG_STATUS: "running"}
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+            self._created.add(run_id)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_STATUS, "running")
+        self._trial_runs[trial_id] = run_id
+        return run_id
+
+    def _trial_run(self, trial_id: str) -> str | None:
+        if trial_id in self._trial_runs:
+            return self._trial_runs[trial_id]
+        runs = self._find_runs(f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_SWEEP}` = '{self.sweep_id}'")
+        if not runs:
+            return None
+        run_id = runs[0].info.run_id
+        self._trial_runs[trial_id] = run_id
+        return run_id
+
+    def _already_logged(self, run_id: str, keys: Iterable[str]) -> set[tuple[str, int]]:
+        """(key, step) pairs already in the store; a key's history is read once per process,
+        and never for a run this process created."""
+        logged = self._logged.setdefault(run_id, set())
+        if run_id in self._created:
+            return logged
+        loaded = self._history_loaded.setdefault(run_id, set())
+        for key in set(keys) - loaded:
+            logged.update((key, int(point.step)) for point in self.client.get_metric_history(run_id, key))
+            loaded.add(key)
+        return logged
+
+    def log_metrics(self, trial_id: str, points: Iterable[tuple[str, float, int]]) -> int:
+        """Logs (key, value, step) points not logged before; returns how many were new."""
+        run_id = self._trial_run(trial_id)
+        if run_id is None:
+            raise RuntimeError(f"no MLflow run for trial {trial_id}")
+        points = [(k, float(v), int(s)) for k, v, s in points if v is not None]
+        logged = self._already_logged(run_id, {k for k, _, _ in points})
+        now = int(time.time() * 1000)
+        new = [Metric(k, v, now, s) for k, v, s in points if (k, s) not in logged]
+        for start in range(0, len(new), _BATCH):
+            self.client.log_batch(run_id, metrics=new[start : start + _BATCH])
+        logged.update((m.key, m.step) for m in new)
+        return len(new)
+
+    def finish_trial(self, trial_id: str, status: str, error: str | None, short_error: str | None) -> None:
+        run_id = self._trial_run(trial_id)
+        if run_id is None:
+            return
+        tags = [RunTag(TAG_STATUS, status)]
+        if short_error:
+            tags.append(RunTag(TAG_ERROR, short_error[:_TAG_LIMIT]))
+        self.client.log_batch(run_id, tags=tags)
+        if error:
+            self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, status=_RUN_STATUS[status])
+
+
+def _param(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+

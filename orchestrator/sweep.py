@@ -1,0 +1,312 @@
+"""Run, resume and finish a sweep: spec → Ray Tune (OptunaSearch + milestone ASHA) → results.
+
+Resume uses Tune's own experiment restore (Tuner.can_restore / Tuner.restore on OUT/tune):
+finished trials stay finished, interrupted ones run again from scratch, and the Optuna study
+continues in its RDB storage. Running `defer-sweep run SPEC` again on the same output
+directory resumes too; a different spec in the same directory is refused.
+
+The library functions here log; only the *_command functions (the CLI layer) print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import ray
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+
+from defer_core.errors import DeferInputError
+
+from .export import export_best
+from .layout import SweepLayout, SweepState, atomic_write_text, load_state, new_sweep_id, require_sweep_dir, save_state
+from .persistence import ResultsCallback, recorded_trials
+from .preflight import check_model, load_spec_records
+from .progress import ProgressCallback, Sink
+from .records import COMPLETE, FAILED, FINAL_STATUSES, PRUNED
+from .scheduler import make_scheduler
+from .search import default_storage_url, delete_study_if_exists, fail_orphaned_trials, make_searcher
+from .sinks.mlflow_sink import MlflowSink, default_tracking_uri
+from .sinks.parquet_sink import ParquetSink, read_table
+from .spec import SweepSpec, load_spec, spec_to_yaml
+from .trainable import TrialSettings, defer_trainable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "defer-sweep"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Tune snapshots its experiment state at most this often (seconds); a short period keeps the
+# window small in which a killed driver forgets that a trial finished.
+CHECKPOINT_PERIOD_S = "2"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    layout: SweepLayout
+    state: SweepState
+    counts: dict[str, int]
+    finished: bool
+    best_yaml: Path | None
+    best_reason: str | None
+
+
+def _quiet_sink(line: str) -> None:
+    log.info("%s", line)
+
+
+# -- output directory and sweep state ------------------------------------------------------------
+
+
+def new_state(spec: SweepSpec, layout: SweepLayout) -> SweepState:
+    sweep_id = new_sweep_id()
+    return SweepState(
+        sweep_id=sweep_id,
+        mlflow_tracking_uri=spec.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(layout.mlflow_db),
+        mlflow_experiment=spec.mlflow_experiment or DEFAULT_EXPERIMENT,
+        optuna_storage=spec.optuna_storage or default_storage_url(str(layout.optuna_db)),
+        optuna_study_name=spec.optuna_study_name or f"{spec.name}-{sweep_id}",
+    )
+
+
+def mlflow_sink(layout: SweepLayout, state: SweepState) -> MlflowSink:
+    local = state.mlflow_tracking_uri == default_tracking_uri(layout.mlflow_db)
+    return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id, str(layout.mlflow_artifacts) if local else None)
+
+
+def _sweep_params(spec: SweepSpec) -> dict[str, object]:
+    return {
+        "model": spec.model.name,
+        "dtype": spec.model.dtype,
+        "T": spec.T,
+        "milestones": ",".join(map(str, spec.milestones)),
+        "protocol": spec.protocol,
+        "scorings": ",".join(spec.scorings),
+        "objectives": ",".join(f"{o.direction} {o.metric}" for o in spec.objectives),
+        "num_trials": spec.num_trials,
+        "concurrency": spec.concurrency,
+        "module_template": spec.search_space.module_template,
+        "early_stopping": "off" if spec.early_stopping is None else f"{spec.early_stopping.metric} grace={spec.early_stopping.grace_edits} rf={spec.early_stopping.reduction_factor:g}",
+        "seed": spec.seed,
+    }
+
+
+def _reset_partial(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -> None:
+    """The directory has a sweep whose Tune state never got saved: start it over cleanly."""
+    if delete_study_if_exists(state.optuna_storage, state.optuna_study_name):
+        log.warning("%s: no restorable Tune state; restarting the sweep (old Optuna study deleted)", layout.root)
+    ParquetSink(layout.parquet).clear()
+    if mlflow.find_parent() is not None:
+        mlflow.delete_trial_runs()
+
+
+# -- Ray and Tune ----------------------------------------------------------------------------------------
+
+
+def _set_tune_env(verbose_ray: bool) -> None:
+    """Tune reads these from the driver's environment; explicit user settings win."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
+    # Parquet and MLflow are the record; of Tune's loggers only JSON is kept (added as a
+    # callback), the CSV and TensorBoard ones would duplicate it (and TensorBoard warns
+    # about the per-edit list in each result).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if not verbose_ray:
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # our progress line shows the error
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, no banner
+
+
+@contextmanager
+def ray_session(spec: SweepSpec, verbose_ray: bool) -> Iterator[None]:
+    """Connect to a running cluster (RAY_ADDRESS, or one started with `ray start`, as under
+    `ray submit`) or start a local instance; shut down only what we started."""
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, object] = {
+        "include_dashboard": False,
+        "logging_level": logging.INFO if verbose_ray else logging.WARNING,
+        "log_to_driver": verbose_ray,
+        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}},
+    }
+    address = spec.ray_address
+    if spec.ray_num_cpus:  # a CPU count only makes sense for an instance we start
+        address = address or "local"
+        if address == "local":
+            kwargs["num_cpus"] = spec.ray_num_cpus
+    ray.init(address=address, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def trial_dirname(trial: tune.experiment.Trial) -> str:
+    return trial.trial_id
+
+
+def _trainable(spec: SweepSpec, records: list, recorded: dict | None = None) -> object:
+    settings = TrialSettings(spec=spec, records=tuple(records), recorded=recorded or {})
+    resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(defer_trainable, settings=settings), resources)
+
+
+def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records: list, sink: Sink, mlflow: MlflowSink, verbose_ray: bool) -> tune.Tuner:
+    scheduler, scheduler_callbacks = make_scheduler(spec)
+    callbacks = [
+        ResultsCallback(spec, state.sweep_id, ParquetSink(layout.parquet), mlflow),
+        ProgressCallback(spec, sink, layout.parquet),
+        *scheduler_callbacks,
+        JsonLoggerCallback(),  # Tune's own result.json per trial, which its ExperimentAnalysis reads
+    ]
+    return tune.Tuner(
+        _trainable(spec, records),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec, state.optuna_storage, state.optuna_study_name),
+            scheduler=scheduler,
+            num_samples=spec.num_trials,
+            max_concurrent_trials=spec.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=layout.tune_dir.name,
+            storage_path=str(layout.tune_dir.parent),
+            callbacks=callbacks,
+            verbose=2 if verbose_ray else 0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+# -- the sweep -----------------------------------------------------------------------------------------
+
+
+def status_counts(layout: SweepLayout) -> dict[str, int]:
+    rows = read_table(layout.parquet, "trials").column("status").to_pylist()
+    return {status: rows.count(status) for status in (*FINAL_STATUSES, "running")}
+
+
+def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False) -> SweepOutcome:
+    """Start the sweep in `layout`, or continue it if the directory already holds it."""
+    check_model(spec, str(layout.spec if layout.spec.is_file() else spec.name))
+    records = load_spec_records(spec)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    state = load_state(layout)
+    if state is None:
+        state = new_state(spec, layout)
+        atomic_write_text(layout.spec, spec_to_yaml(spec))
+        save_state(layout, state)
+    mlflow = mlflow_sink(layout, state)
+    restorable = tune.Tuner.can_restore(str(layout.tune_dir))
+    if not restorable:
+        _reset_partial(spec, layout, state, mlflow)
+    mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
+    _set_tune_env(verbose_ray)
+    with ray_session(spec, verbose_ray):
+        if restorable:
+            log.info("resuming the Tune experiment in %s", layout.tune_dir)
+            trainable = _trainable(spec, records, recorded_trials(layout.parquet))
+            tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        else:
+            tuner = _new_tuner(spec, layout, state, records, sink, mlflow, verbose_ray)
+        tuner.fit()
+    return finish(spec, layout, state, mlflow)
+
+
+def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -> SweepOutcome:
+    """After fit: if every trial ended, tidy Optuna, write best.yaml and close the MLflow run."""
+    counts = status_counts(layout)
+    done = sum(counts[s] for s in FINAL_STATUSES)
+    finished = done >= spec.num_trials
+    best_yaml = reason = None
+    if not finished:
+        return SweepOutcome(layout, state, counts, False, None, None)
+    orphans = fail_orphaned_trials(state.optuna_storage, state.optuna_study_name)
+    if orphans:
+        log.warning("marked %d Optuna trial(s) lost with an earlier driver as FAIL", orphans)
+    if counts[COMPLETE]:
+        best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
+        reason = f"trial {chosen.row['trial_id']}: {chosen.reason}"
+    mlflow.close_sweep("FINISHED", {k: counts[k] for k in (COMPLETE, PRUNED, FAILED)})
+    return SweepOutcome(layout, state, counts, True, best_yaml, reason)
+
+
+def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verbose_ray: bool = False) -> SweepOutcome:
+    layout = require_sweep_dir(output_dir)
+    spec = load_spec(layout.spec)
+    if spec.output_dir != layout.root:
+        spec = spec.with_output_dir(layout.root)  # the directory was moved: it is the truth
+    return execute(spec, layout, sink=sink, verbose_ray=verbose_ray)
+
+
+def prepare(spec: SweepSpec) -> SweepLayout:
+    """Refuse to mix two different sweeps in one output directory."""
+    layout = SweepLayout(spec.output_dir)
+    if layout.spec.is_file():
+        existing = load_spec(layout.spec)
+        if existing != spec:
+            raise DeferInputError(
+                f"{layout.root}: holds a different sweep (its spec.yaml differs from this spec); "
+                f"choose another output_dir, or continue that sweep with `defer-sweep resume {layout.root}`"
+            )
+    return layout
+
+
+# -- CLI layer -----------------------------------------------------------------------------------------
+
+
+def print_line(line: str) -> None:
+    """The progress sink the CLI uses (a module-level function, so Tune can pickle it)."""
+    print(line, flush=True)
+
+
+def _quiet_libraries(verbose_ray: bool) -> None:
+    import optuna
+
+    if not verbose_ray:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # on resume, Tune warns about trials that had not written results yet: expected here
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+def report(outcome: SweepOutcome) -> int:
+    layout, state = outcome.layout, outcome.state
+    counts = outcome.counts
+    print(f"trials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, {counts[FAILED]} failed" + (f", {counts['running']} unfinished" if counts["running"] else ""))
+    if not outcome.finished:
+        print(f"sweep not finished; continue it with: defer-sweep resume {layout.root}", file=sys.stderr)
+        return 130
+    print(f"MLflow store:    {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}')")
+    print(f"Parquet dataset: {layout.parquet}  (tables: trials/, milestones/, edits/)")
+    if outcome.best_yaml:
+        print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
+    else:
+        print("best.yaml:       not written (no trial completed all edits)")
+    print(f"open the MLflow UI: mlflow ui --backend-store-uri {state.mlflow_tracking_uri}")
+    return 0
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """`defer-sweep run SPEC [--output-dir DIR]`: start, or continue, the sweep."""
+    spec = load_spec(args.spec)
+    if getattr(args, "output_dir", None):
+        spec = spec.with_output_dir(args.output_dir)
+    layout = prepare(spec)
+    _quiet_libraries(args.verbose_ray)
+    print(f"sweep '{spec.name}': {spec.num_trials} trials of {spec.model.name}, T={spec.T}, output {layout.root}", flush=True)
+    return report(execute(spec, layout, sink=print_line, verbose_ray=args.verbose_ray))
+
+
+def resume_sweep_command(args: argparse.Namespace) -> int:
+    """`defer-sweep resume OUT_DIR`: continue an interrupted sweep from its directory alone."""
+    _quiet_libraries(args.verbose_ray)
+    layout = require_sweep_dir(args.output_dir)
+    print(f"resuming the sweep in {layout.root}", flush=True)
+    return report(resume(layout.root, sink=print_line, verbose_ray=args.verbose_ray))

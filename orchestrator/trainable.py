@@ -1,0 +1,136 @@
+"""The Ray Tune function trainable: one DEFER continual-editing trial per call.
+
+Workers compute, the driver persists: a trial reports its milestone metrics and the edit
+outcomes since the previous milestone through `tune.report`, and never writes MLflow or
+Parquet itself. The loaded model is cached at module level, so a worker process that Tune
+reuses for later trials (reuse_actors) loads it once; each trial only attaches a fresh
+adaptor (run_trial does that and detaches it again, also when the scheduler stops the trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ray import tune
+
+from defer_core.data import EditRecord
+from defer_core.models import LoadedModel, load_model
+from defer_core.results import METRICS, EditOutcome, MilestoneResult
+from defer_core.trial import TrialPlan, run_trial
+
+from .search import N_EDITS
+from .space import hparams_for
+from .spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+EDITS_KEY = "edits"
+EVAL_SECONDS = "eval_seconds"
+WORKER_PID = "worker_pid"
+MODEL_LOAD_SECONDS = "model_load_seconds"  # 0.0 when the worker had the model cached
+REPLAYED = "replayed"
+
+_MODEL_CACHE: dict[tuple[str, str, str | None], LoadedModel] = {}
+
+
+@dataclass(frozen=True)
+class RecordedTrial:
+    """A trial the driver had already persisted as finished when a killed sweep was resumed.
+    Tune may still consider it running (it died between the driver's write and Tune's next
+    state snapshot); it is replayed from this record instead of computed again."""
+
+    status: str  # complete | pruned | failed
+    last_report: Mapping[str, Any] | None
+    error: str | None = None
+
+
+class RecordedTrialFailure(RuntimeError):
+    """Replays the failure of a trial that failed before the driver was killed."""
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Everything a worker needs besides the proposed config; records travel with it, so
+    workers on other nodes need no data files."""
+
+    spec: SweepSpec
+    records: tuple[EditRecord, ...]
+    recorded: Mapping[str, RecordedTrial] = dataclasses.field(default_factory=dict)
+
+
+def cached_model(name: str, dtype: str, device: str | None) -> tuple[LoadedModel, float]:
+    """One model per worker process; a different spec's model replaces it. Returns the model
+    and the seconds spent loading it now (0.0 when it was cached)."""
+    key = (name, dtype, device)
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key], 0.0
+    _MODEL_CACHE.clear()
+    log.info("loading model %s (dtype=%s, device=%s) in worker %d", name, dtype, device or "auto", os.getpid())
+    start = time.perf_counter()
+    _MODEL_CACHE[key] = load_model(name, dtype=dtype, device=device)
+    return _MODEL_CACHE[key], time.perf_counter() - start
+
+
+def with_mean_metrics(metrics: Mapping[str, float], scorings: tuple[str, ...]) -> dict[str, float]:
+    """Adds mean_{scoring} = mean(rel, gen, loc) for each scoring that has all three."""
+    out = dict(metrics)
+    for scoring in scorings:
+        parts = [metrics.get(f"{m}_{scoring}") for m in METRICS]
+        if all(p is not None for p in parts):
+            out[f"mean_{scoring}"] = math.fsum(parts) / len(parts)
+    return out
+
+
+def milestone_report(milestone: MilestoneResult, edits: list[EditOutcome], scorings: tuple[str, ...], load_seconds: float) -> dict[str, Any]:
+    return {
+        **with_mean_metrics(milestone.metrics, scorings),
+        N_EDITS: int(milestone.n_edits),
+        EVAL_SECONDS: float(milestone.seconds),
+        EDITS_KEY: [dataclasses.asdict(e) for e in edits],
+        WORKER_PID: os.getpid(),
+        MODEL_LOAD_SECONDS: load_seconds,
+    }
+
+
+def _set_threads(cpus: float) -> None:
+    import torch
+
+    threads = max(1, int(cpus))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def replay(recorded: RecordedTrial) -> None:
+    """Tell Tune the recorded outcome: the last milestone again (so the scheduler and the
+    searcher see where it ended), or the recorded failure."""
+    if recorded.last_report is not None:
+        tune.report({**recorded.last_report, REPLAYED: True, EDITS_KEY: []})
+    if recorded.status == "failed":
+        raise RecordedTrialFailure(recorded.error or "failed before the sweep was resumed")
+
+
+def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Runs one trial; `tune.report` after each milestone is where the scheduler may stop it."""
+    recorded = settings.recorded.get(tune.get_context().get_trial_id())
+    if recorded is not None:
+        replay(recorded)
+        return
+    spec = settings.spec
+    _set_threads(spec.cpus_per_trial)
+    loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
+    hparams = hparams_for(spec, config)
+    plan = TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings)
+    pending: list[EditOutcome] = []
+
+    def on_milestone(milestone: MilestoneResult) -> None:
+        report = milestone_report(milestone, pending, spec.scorings, load_seconds)
+        pending.clear()
+        tune.report(report)
+
+    run_trial(loaded, settings.records, hparams, plan, seed=spec.seed, on_edit=pending.append, on_milestone=on_milestone)

@@ -1,0 +1,151 @@
+"""Sweep spec validation: every bad spec fails before anything starts, naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from defer_core.errors import DeferInputError
+from orchestrator.cli import main
+from orchestrator.preflight import check_model
+from orchestrator.space import hparams_for, optuna_distributions
+from orchestrator.spec import Choice, FloatRange, IntRange, load_spec, spec_from_dict
+
+from .orchestrator_support import SPECS
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = yaml.safe_load((SPECS / "tiny.yaml").read_text())
+
+
+def with_change(path: str, value) -> dict:
+    """TINY with one dotted key set (value None deletes it)."""
+    data = copy.deepcopy(TINY)
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("T", None, "missing required key 'T'"),
+        ("T", 0, "key 'T' must be >= 1"),
+        ("Tee", 5, "unknown key 'Tee'"),
+        ("milestones", [4, 2], "key 'milestones' must be distinct and ascending"),
+        ("milestones", [2, 8], "key 'milestones' has 8 > T=6"),
+        ("protocol", "waves", "key 'protocol' must be one of stream, chunks"),
+        ("scorings", ["tf", "beam"], "key 'scorings' has 'beam'"),
+        ("search_space.layer", {"low": 3, "high": 1}, "key 'search_space.layer.low' must be <= high"),
+        ("search_space.module_template", "model.layers[27].mlp.down_proj", "key 'search_space.module_template' must contain {layer}"),
+        ("search_space.module_template", "model.layers[{layer}].mlp.{proj}", "key 'search_space.module_template' may only use the field {layer}"),
+        ("search_space.module_template", "model.layers[{layer}].mlp.down_proj.weight", "drop the '.weight' suffix"),
+        ("search_space.edit_lr", {"low": 0, "high": 0.1, "log": True}, "key 'search_space.edit_lr.low' must be > 0 for a log range"),
+        ("search_space.edit_lr", "fast", "key 'search_space.edit_lr' must be a number"),
+        ("search_space.threshold", {"low": 0.2, "high": 1.5}, "key 'search_space.threshold' must lie in [0, 1]"),
+        ("search_space.n_iter", [5, 0], "key 'search_space.n_iter' must be >= 1"),
+        ("search_space.n_iter", {"low": 1, "high": 4}, "key 'search_space.n_iter' must be an integer or a list"),
+        ("initial_points", [{"layer": 9, "edit_lr": 0.01, "n_iter": 5, "threshold": 0.5}], "key 'initial_points[0].layer' = 9 lies outside the search space"),
+        ("initial_points", [{"layer": 2, "edit_lr": 0.01, "threshold": 0.5}], "missing required key 'initial_points[0].n_iter'"),
+        ("objectives", [{"metric": "rel_gen", "direction": "maximize"}], "key 'objectives[0].metric' = 'rel_gen' is not reported under scorings ['tf']"),
+        ("objectives", [{"metric": "rel_tf", "direction": "up"}], "key 'objectives[0].direction' must be one of maximize, minimize"),
+        ("objectives", [], "key 'objectives' must be a non-empty list"),
+        ("num_trials", 0, "key 'num_trials' must be >= 1"),
+        ("concurrency", 1.5, "key 'concurrency' must be an integer"),
+        ("resources_per_trial.gpu", -1, "key 'resources_per_trial.gpu' must be >= 0.0"),
+        ("resources_per_trial.cpu", 0, "key 'resources_per_trial.cpu' must be > 0"),
+        ("early_stopping.grace_edits", 3, "key 'early_stopping.grace_edits' = 3 must be a milestone before T"),
+        ("early_stopping.reduction_factor", 1, "key 'early_stopping.reduction_factor' must be > 1"),
+        ("early_stopping.metric", "loc_gen", "key 'early_stopping.metric' = 'loc_gen' is not reported"),
+        ("optuna.population_size", 8, "key 'optuna.population_size' only applies to multi-objective sweeps"),
+        ("mlflow.tracking_url", "x", "unknown key 'mlflow.tracking_url'"),
+        ("model.name", None, "missing required key 'model.name'"),
+        ("model.dtype", "int8", "key 'model.dtype' must be one of"),
+    ],
+)
+def test_invalid_spec_names_the_key(path: str, value, expected: str) -> None:
+    with pytest.raises(DeferInputError) as caught:
+        spec_from_dict(with_change(path, value), source="tiny.yaml")
+    message = str(caught.value)
+    assert message.startswith("tiny.yaml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_tiny_spec_parses_into_a_search_space() -> None:
+    spec = load_spec(SPECS / "tiny.yaml")
+    space = spec.search_space
+    assert space.layer == IntRange(1, 3)
+    assert space.edit_lr == FloatRange(1e-3, 1e-1, log=True)
+    assert space.n_iter == Choice((2, 5))
+    assert spec.milestones == (2, 4, 6) and spec.T == 6
+    assert spec.early_stopping is not None and spec.early_stopping.metric == "rel_tf"
+    distributions = optuna_distributions(spec)
+    assert distributions["layer"].low == 1 and distributions["layer"].high == 3
+    assert distributions["edit_lr"].log is True
+    hparams = hparams_for(spec, {"layer": 3, "edit_lr": 0.01, "n_iter": 5, "threshold": 0.4})
+    assert hparams.inner_params == ("model.layers[3].mlp.down_proj.weight",)
+
+
+def test_fixed_parameters_are_not_searched_and_milestones_end_at_T() -> None:
+    data = with_change("search_space.threshold", 0.5)
+    data["milestones"] = [2, 4]
+    data["initial_points"] = [{"layer": 2, "edit_lr": 0.05, "n_iter": 5}]
+    spec = spec_from_dict(data)
+    assert "threshold" not in optuna_distributions(spec)
+    assert spec.milestones == (2, 4, 6)
+    assert hparams_for(spec, {"layer": 1, "edit_lr": 0.01, "n_iter": 2}).threshold == 0.5
+
+
+@pytest.mark.parametrize("name", ["llama2-7b-zsre.yaml", "smollm2-zsre-demo.yaml"])
+def test_shipped_specs_are_valid(name: str) -> None:
+    spec = load_spec(ROOT / "search_spaces" / name)
+    assert spec.initial_points, "EasyEdit's defaults are enqueued first"
+    first = spec.initial_points[0]
+    assert first["layer"] == 27 and first["edit_lr"] == pytest.approx(7e-5) and first["threshold"] == 0.5
+    assert spec.multi_objective
+
+
+def test_llama_spec_is_the_seed_setup() -> None:
+    spec = load_spec(ROOT / "search_spaces" / "llama2-7b-zsre.yaml")
+    assert spec.model.name == "meta-llama/Llama-2-7b-hf" and spec.model.dtype == "bfloat16"
+    assert spec.T == 1000 and spec.milestones[-1] == 1000
+    assert spec.search_space.layer_bounds()[0] <= 27 <= spec.search_space.layer_bounds()[1]
+    assert spec.initial_points[0]["n_iter"] == 100
+    assert 0 < spec.gpus_per_trial < 1
+
+
+def test_layer_range_beyond_the_model_fails_before_the_sweep(tmp_path: Path) -> None:
+    spec = spec_from_dict(with_change("search_space.layer", {"low": 2, "high": 4}), source="tiny.yaml")
+    with pytest.raises(DeferInputError, match=r"key 'search_space.layer' goes up to 4 but tiny-llama has 4 layers"):
+        check_model(spec, "tiny.yaml")
+
+
+def test_template_naming_a_missing_module_fails_before_the_sweep() -> None:
+    spec = spec_from_dict(with_change("search_space.module_template", "model.layers[{layer}].mlp.out_proj"), source="tiny.yaml")
+    with pytest.raises(DeferInputError, match=r"key 'search_space.module_template' gives 'model.layers\[1\].mlp.out_proj'.*no submodule 'out_proj'"):
+        check_model(spec, "tiny.yaml")
+
+
+def test_cli_run_with_an_invalid_spec_exits_2_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = with_change("num_trials", -3)
+    data["output_dir"] = str(tmp_path / "never")
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"defer-sweep: error: {spec}: key 'num_trials' must be >= 1, got -3"
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_resume_of_a_directory_that_is_no_sweep_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "not a sweep output directory" in capsys.readouterr().err
