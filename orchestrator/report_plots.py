@@ -1,0 +1,215 @@
+"""The report's figures, drawn with matplotlib's Agg backend at one fixed size (1000x600 px).
+
+Figures are built with the object API and an explicit Agg canvas, never pyplot: no display
+is needed and the process's global backend (e.g. in the sweep driver) is left alone.
+
+Each function takes plain rows (dicts of the Parquet trials / milestones tables) and returns a
+Figure; `png_bytes` renders it. Nothing here reads files or knows about MLflow: report.py
+gathers the data and decides what to draw.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
+COMPLETE_COLOR = "#4c72b0"
+PRUNED_COLOR = "#9a9a9a"
+FAILED_COLOR = "#8c564b"
+FRONT_COLOR = "#dd8452"
+BEST_COLOR = "#c44e52"
+
+Row = Mapping[str, Any]
+METRIC_LABELS = {"rel": "Rel (edit prompts)", "gen": "Gen (rephrased prompts)", "loc": "Loc (unrelated prompts)"}
+SCORING_LABELS = {"tf": "teacher-forced", "gen": "generation"}
+
+
+def new_figure() -> Figure:
+    """A figure of exactly WIDTH_PX x HEIGHT_PX pixels (never saved with bbox_inches='tight',
+    which would change the size)."""
+    figure = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def trial_label(row: Row) -> str:
+    number = row.get("optuna_trial")
+    return f"#{number}" if number is not None else str(row.get("trial_id", "?"))
+
+
+def scoring_title(scoring: str) -> str:
+    return f"{scoring} ({SCORING_LABELS.get(scoring, scoring)})"
+
+
+def _unit_axes(ax: Any) -> None:
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(True, alpha=0.3)
+
+
+def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int) -> Figure:
+    """Rel vs Loc at T for completed trials; the non-dominated ones joined and labelled."""
+    rel, loc = f"rel_{scoring}", f"loc_{scoring}"
+    figure = new_figure()
+    ax = figure.add_subplot()
+    front_ids = {r["trial_id"] for r in front}
+    others = [r for r in rows if r["trial_id"] not in front_ids]
+    ax.scatter([r[rel] for r in others], [r[loc] for r in others], s=45, color=COMPLETE_COLOR, alpha=0.6, label=f"completed trial ({len(others)})", zorder=2)
+    if front:
+        ordered = sorted(front, key=lambda r: (r[rel], -r[loc]))
+        xs, ys = [r[rel] for r in ordered], [r[loc] for r in ordered]
+        ax.step(xs, ys, where="pre", color=FRONT_COLOR, linewidth=1.5, alpha=0.8, zorder=3)
+        ax.scatter(xs, ys, s=90, color=FRONT_COLOR, edgecolor="black", linewidth=0.8, label=f"Pareto front ({len(front)})", zorder=4)
+        labels: dict[tuple[float, float], list[str]] = {}
+        for r in ordered:  # trials with equal values share one label: "#1, #4"
+            labels.setdefault((r[rel], r[loc]), []).append(trial_label(r))
+        for (x, y), names in labels.items():
+            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    if best is not None and best.get(rel) is not None and best.get(loc) is not None:
+        ax.scatter([best[rel]], [best[loc]], s=260, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, label=f"best.yaml ({trial_label(best)})", zorder=5)
+    _unit_axes(ax)
+    ax.set_xlabel(f"Rel at T={T} ({scoring})")
+    ax.set_ylabel(f"Loc at T={T} ({scoring})")
+    title = f"Pareto front of Rel vs Loc, {scoring_title(scoring)} scoring, {len(rows)} completed trial(s)"
+    if n_not_shown:
+        title += f"\n({n_not_shown} pruned/failed trial(s) not shown: they have no values at T)"
+    ax.set_title(title)
+    if not rows:
+        ax.text(0.5, 0.5, "no completed trial", ha="center", va="center", transform=ax.transAxes, fontsize=14, color="dimgray")
+    else:
+        ax.legend(loc="best", fontsize=9)
+    return figure
+
+
+def _edit_axis(ax: Any, milestones: Sequence[int]) -> None:
+    if milestones and min(milestones) > 0 and max(milestones) / min(milestones) >= 20:
+        ax.set_xscale("log")
+    if milestones:
+        ax.set_xticks(list(milestones))
+        ax.set_xticklabels([str(m) for m in milestones])
+        ax.minorticks_off()
+
+
+def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapping[str, Sequence[Row]], best: Row | None, front_ids: set[str], milestones: Sequence[int]) -> Figure:
+    """Rel, Gen and Loc against the number of edits: one line per trial, the best on top."""
+    figure = new_figure()
+    axes = figure.subplots(1, 3, sharey=True)
+    best_id = best["trial_id"] if best is not None else None
+    styles = {"complete": ("-", COMPLETE_COLOR, 0.45), "pruned": ("--", PRUNED_COLOR, 0.7), "failed": (":", FAILED_COLOR, 0.7)}
+    for ax, metric in zip(axes, ("rel", "gen", "loc")):
+        key = f"{metric}_{scoring}"
+        for trial in trials:
+            points = [(m["n_edits"], m[key]) for m in milestones_by_trial.get(trial["trial_id"], []) if m.get(key) is not None]
+            if not points or trial["trial_id"] == best_id:
+                continue
+            xs, ys = zip(*points)
+            if trial["trial_id"] in front_ids:
+                ax.plot(xs, ys, "-o", color=FRONT_COLOR, linewidth=1.6, markersize=4, alpha=0.9, zorder=3)
+                continue
+            style, color, alpha = styles.get(trial["status"], styles["complete"])
+            ax.plot(xs, ys, style, color=color, linewidth=1.0, alpha=alpha, marker="o", markersize=3, zorder=2)
+            if trial["status"] != "complete":
+                ax.plot(xs[-1:], ys[-1:], "x", color=color, markersize=7, zorder=2)
+        if best_id is not None:
+            points = [(m["n_edits"], m[key]) for m in milestones_by_trial.get(best_id, []) if m.get(key) is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, "-o", color=BEST_COLOR, linewidth=3.0, markersize=7, zorder=5)
+        _edit_axis(ax, milestones)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(METRIC_LABELS[metric])
+        ax.set_xlabel("number of edits")
+    axes[0].set_ylabel(f"accuracy ({scoring})")
+    handles = [
+        Line2D([], [], color=COMPLETE_COLOR, marker="o", markersize=3, alpha=0.6, label="completed"),
+        Line2D([], [], color=PRUNED_COLOR, linestyle="--", marker="x", label="pruned (stopped early)"),
+    ]
+    if any(t["status"] == "failed" for t in trials):
+        handles.append(Line2D([], [], color=FAILED_COLOR, linestyle=":", marker="x", label="failed"))
+    if front_ids:
+        handles.append(Line2D([], [], color=FRONT_COLOR, marker="o", label="Pareto front"))
+    if best is not None:
+        handles.append(Line2D([], [], color=BEST_COLOR, linewidth=3, marker="o", label=f"best.yaml ({trial_label(best)})"))
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9)
+    figure.suptitle(f"Rel / Gen / Loc vs number of edits, {scoring_title(scoring)} scoring, {len(trials)} trial(s)")
+    return figure
+
+
+def importance_figure(importances: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
+    """importances[objective][evaluator][param] (normalised to sum 1): grouped horizontal bars,
+    one panel per objective."""
+    figure = new_figure()
+    objectives = list(importances)
+    axes = figure.subplots(1, len(objectives), squeeze=False)[0]
+    for ax, objective in zip(axes, objectives):
+        by_evaluator = importances[objective]
+        evaluators = list(by_evaluator)
+        params = sorted({p for values in by_evaluator.values() for p in values}, key=lambda p: -max(v.get(p, 0.0) for v in by_evaluator.values()))
+        height = 0.8 / max(1, len(evaluators))
+        for index, evaluator in enumerate(evaluators):
+            ys = [i + (index - (len(evaluators) - 1) / 2) * height for i in range(len(params))]
+            values = [by_evaluator[evaluator].get(p, 0.0) for p in params]
+            bars = ax.barh(ys, values, height=height * 0.95, label=evaluator, color=("#55a868", "#8172b3", "#64b5cd")[index % 3])
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
+        ax.set_yticks(range(len(params)))
+        ax.set_yticklabels(params)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.1)
+        ax.set_xlabel("importance (normalised, sums to 1)")
+        ax.set_title(f"for {objective}")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=9)
+    figure.suptitle("Hyperparameter importance (Optuna evaluators, completed trials)")
+    return figure
+
+
+def params_figure(objective: str, direction: str, params: Sequence[tuple[str, bool, Sequence[Any] | None]], trials: Sequence[Row], best: Row | None, T: int) -> Figure:
+    """One panel per searched hyperparameter: the objective's value against it.
+
+    params: (name, log_scale, categorical_choices_or_None). Completed trials at T; pruned
+    trials at their last milestone (hollow grey: not comparable, but they show where the
+    search stopped early)."""
+    figure = new_figure()
+    columns = max(1, len(params))
+    axes = figure.subplots(1, columns, sharey=True, squeeze=False)[0]
+    best_id = best["trial_id"] if best is not None else None
+    for ax, (name, log_scale, choices) in zip(axes, params):
+        complete = [t for t in trials if t["status"] == "complete" and t.get(objective) is not None]
+        stopped = [t for t in trials if t["status"] != "complete" and t.get(objective) is not None]
+        ax.scatter([t[name] for t in stopped], [t[objective] for t in stopped], s=40, facecolors="none", edgecolors=PRUNED_COLOR, label="pruned (value at its last milestone)", zorder=2)
+        ax.scatter([t[name] for t in complete], [t[objective] for t in complete], s=45, color=COMPLETE_COLOR, alpha=0.75, label=f"completed (value at T={T})", zorder=3)
+        best_row = next((t for t in complete if t["trial_id"] == best_id), None)
+        if best_row is not None:
+            ax.scatter([best_row[name]], [best_row[objective]], s=260, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, label=f"best.yaml ({trial_label(best_row)})", zorder=4)
+        if log_scale:
+            ax.set_xscale("log")
+        if choices:
+            ax.set_xticks(list(choices))
+            ax.set_xticklabels([str(c) for c in choices])
+            ax.minorticks_off()
+        elif name == "layer":
+            values = [int(t[name]) for t in trials if t.get(name) is not None]
+            if values:
+                ax.set_xticks(range(min(values), max(values) + 1))
+        ax.set_xlabel(name)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"{objective} ({direction})")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=9)
+    figure.suptitle(f"Hyperparameters vs objective {objective}")
+    return figure
+
