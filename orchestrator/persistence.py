@@ -67,12 +67,7 @@ class ResultsCallback(Callback):
         if self._recorded is not None:
             return
         self._recorded = final_trial_ids(self.parquet.root, FINAL_STATUSES)
-        known = {t.trial_id for t in trials}
-        for trial_id in sorted(self.parquet.trial_ids() - known):
-            log.warning("trial %s was started after the last saved Tune state of a killed driver; dropping its partial results", trial_id)
-            self.parquet.remove_trial(trial_id)
-        for trial_id in sorted(self.mlflow.trial_ids() - known):
-            self.mlflow.delete_trial_run(trial_id)
+        drop_unknown_trials(self.parquet, self.mlflow, {t.trial_id for t in trials})
 
     def _start(self, trial: Trial) -> TrialLog:
         entry = TrialLog.start(self.spec, trial.trial_id, trial.config)
@@ -143,3 +138,14 @@ def recorded_trials(parquet_root: Path) -> dict[str, RecordedTrial]:
             report.update({N_EDITS: last["n_edits"], EVAL_SECONDS: last["eval_seconds"]})
         recorded[row["trial_id"]] = RecordedTrial(status=row["status"], last_report=report, error=row["error"] if row["status"] == FAILED else None)
     return recorded
+
+
+def drop_unknown_trials(parquet: ParquetSink, mlflow: MlflowSink, known: set[str]) -> list[str]:
+    """Removes the Parquet files and MLflow runs of trials Tune does not know: trials a killed
+    driver started after its last saved experiment state, which Tune will never resume."""
+    dropped = sorted((parquet.trial_ids() | mlflow.trial_ids()) - known)
+    for trial_id in dropped:
+        log.warning("trial %s was started after the last saved Tune state of a killed driver; dropping its partial results", trial_id)
+        parquet.remove_trial(trial_id)
+        mlflow.delete_trial_run(trial_id)
+    return dropped

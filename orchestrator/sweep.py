@@ -16,7 +16,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import ray
@@ -27,7 +27,7 @@ from defer_core.errors import DeferInputError
 
 from .export import export_best
 from .layout import SweepLayout, SweepState, atomic_write_text, load_state, new_sweep_id, require_sweep_dir, save_state
-from .persistence import ResultsCallback, recorded_trials
+from .persistence import ResultsCallback, drop_unknown_trials, recorded_trials
 from .preflight import check_model, load_spec_records
 from .progress import ProgressCallback, Sink
 from .records import COMPLETE, FAILED, FINAL_STATUSES, PRUNED
@@ -215,7 +215,11 @@ def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, v
             tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
         else:
             tuner = _new_tuner(spec, layout, state, records, sink, mlflow, verbose_ray)
-        tuner.fit()
+        grid = tuner.fit()
+    # Trial directories are named by trial id (trial_dirname): what Tune knows after fit.
+    known = {PurePosixPath(result.path).name for result in grid}
+    if known:
+        drop_unknown_trials(ParquetSink(layout.parquet), mlflow, known)
     return finish(spec, layout, state, mlflow)
 
 
@@ -225,7 +229,8 @@ def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: Mlfl
     done = sum(counts[s] for s in FINAL_STATUSES)
     finished = done >= spec.num_trials
     best_yaml = reason = None
-    if not finished:
+    if not finished:  # interrupted (Ctrl-C): resumable, so the parent run is KILLED, not FAILED
+        mlflow.close_sweep("KILLED", {k: counts[k] for k in (COMPLETE, PRUNED, FAILED, "running")})
         return SweepOutcome(layout, state, counts, False, None, None)
     orphans = fail_orphaned_trials(state.optuna_storage, state.optuna_study_name)
     if orphans:

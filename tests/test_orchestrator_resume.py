@@ -62,7 +62,11 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     )
     out = tmp_path / "killed"
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(cli("run", str(spec)), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Tune snapshots its state once, at its first step (before any trial ends), and not again
+    # before the kill: the finished trial is one Tune will think unfinished, the case where
+    # the driver's own record must stop it from running twice.
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "600"}
+    first = subprocess.Popen(cli("run", str(spec)), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_a_finished_trial(first, out)
     finally:
@@ -76,6 +80,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming the sweep" in resumed.stdout and "best.yaml:" in resumed.stdout
 
+    trial_lines = [line for line in resumed.stdout.splitlines() if line.startswith("[")]
+    assert len(trial_lines) == NUM_TRIALS - len(finished_before)
     trials = parquet_rows(out, "trials")
     ids = [t["trial_id"] for t in trials]
     assert len(ids) == NUM_TRIALS == len(set(ids))
@@ -83,6 +89,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     for trial_id, row in finished_before.items():  # not run again: same row, same finish time
         after = next(t for t in trials if t["trial_id"] == trial_id)
         assert after["finished_at"] == row["finished_at"] and after["status"] == row["status"]
+        assert not [line for line in trial_lines if trial_id in line]  # replayed from the record, silently
     milestones = parquet_rows(out, "milestones")
     assert len({(m["trial_id"], m["n_edits"]) for m in milestones}) == len(milestones)
     edits = parquet_rows(out, "edits")

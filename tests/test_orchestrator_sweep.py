@@ -14,10 +14,12 @@ from transformers import LlamaConfig
 from defer_core import load_hparams
 from orchestrator.cli import main
 from orchestrator.layout import SweepLayout
+from orchestrator.sinks.mlflow_sink import MlflowSink
+from orchestrator.sinks.parquet_sink import ParquetSink
 from orchestrator.spec import load_spec
 from orchestrator.sweep import execute, prepare
 
-from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, tiny_spec
+from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, state, tiny_spec
 
 GOOD = {"layer": 2, "edit_lr": 5.0e-2, "n_iter": 5, "threshold": 0.5}
 BAD = {"layer": 2, "edit_lr": 1.0e-3, "n_iter": 2, "threshold": 0.7}  # learns nothing in 2 edits: rel_tf 0 at 2
@@ -170,6 +172,23 @@ def test_rerunning_a_finished_sweep_runs_nothing_again(finished_sweep: Path) -> 
     assert after == before
     _, children, _ = mlflow_runs(finished_sweep)
     assert len(children_by_trial(children)) == 4
+
+
+def test_results_of_a_trial_tune_never_saved_are_dropped_on_resume(finished_sweep: Path) -> None:
+    """A driver killed right after starting a trial, before Tune saved its state, leaves that
+    trial's rows and MLflow run behind; Tune will not resume it, so the next run drops them."""
+    layout = SweepLayout(finished_sweep)
+    info = state(finished_sweep)
+    row = {**parquet_rows(finished_sweep, "trials")[0], "trial_id": "lost0001", "status": "running", "finished_at": None}
+    ParquetSink(layout.parquet).write("trials", "lost0001", [row])
+    sink = MlflowSink(info["mlflow_tracking_uri"], info["mlflow_experiment"], info["sweep_id"])
+    sink.start_trial("lost0001", "lost", {"layer": 1})
+    assert "lost0001" in children_by_trial(mlflow_runs(finished_sweep)[1])
+
+    spec = load_spec(finished_sweep / "spec.yaml")
+    execute(spec, prepare(spec))
+    assert "lost0001" not in {t["trial_id"] for t in parquet_rows(finished_sweep, "trials")}
+    assert "lost0001" not in children_by_trial(mlflow_runs(finished_sweep)[1])
 
 
 def test_a_different_spec_in_the_same_output_dir_is_refused(finished_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
