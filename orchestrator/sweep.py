@@ -97,7 +97,7 @@ def _sweep_params(spec: SweepSpec) -> dict[str, object]:
     }
 
 
-def _reset_partial(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -> None:
+def _reset_partial(layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -> None:
     """The directory has a sweep whose Tune state never got saved: start it over cleanly."""
     if delete_study_if_exists(state.optuna_storage, state.optuna_study_name):
         log.warning("%s: no restorable Tune state; restarting the sweep (old Optuna study deleted)", layout.root)
@@ -205,7 +205,7 @@ def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, v
     mlflow = mlflow_sink(layout, state)
     restorable = tune.Tuner.can_restore(str(layout.tune_dir))
     if not restorable:
-        _reset_partial(spec, layout, state, mlflow)
+        _reset_partial(layout, state, mlflow)
     mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
     _set_tune_env(verbose_ray)
     with ray_session(spec, verbose_ray):
@@ -246,7 +246,8 @@ def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verb
     layout = require_sweep_dir(output_dir)
     spec = load_spec(layout.spec)
     if spec.output_dir != layout.root:
-        spec = spec.with_output_dir(layout.root)  # the directory was moved: it is the truth
+        # Tune's pickled state, the Optuna URL and the callbacks hold absolute paths.
+        raise DeferInputError(f"{layout.root}: this sweep was created in {spec.output_dir}; resume it there (moving a sweep directory is not supported)")
     return execute(spec, layout, sink=sink, verbose_ray=verbose_ray)
 
 

@@ -149,3 +149,12 @@ def test_cli_run_with_an_invalid_spec_exits_2_and_starts_nothing(tmp_path: Path,
 def test_cli_resume_of_a_directory_that_is_no_sweep_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["resume", str(tmp_path)]) == 2
     assert "not a sweep output directory" in capsys.readouterr().err
+
+
+def test_resume_of_a_moved_sweep_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "spec.yaml").write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "original")}))
+    (moved / "sweep.json").write_text("{}")
+    assert main(["resume", str(moved)]) == 2
+    assert f"this sweep was created in {tmp_path / 'original'}; resume it there" in capsys.readouterr().err
