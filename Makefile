@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 sweep: $(STAMP)
-	$(VENV)/bin/defer-sweep trial hparams/DEFER/llama-7b.yaml --T 10 --milestones 1,10 --model smollm2-135m
+	$(VENV)/bin/defer-sweep run search_spaces/smollm2-zsre-demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from .search import N_EDITS, OPTUNA_TRIAL
 from .space import full_config, module_for
 from .spec import SweepSpec, all_metric_names
-from .trainable import EDITS_KEY, EVAL_SECONDS, MODEL_LOAD_SECONDS, WORKER_PID
+from .trainable import EDITS_KEY, EVAL_SECONDS, MODEL_LOAD_SECONDS, NODE_ID, WORKER_PID
 
 RUNNING, COMPLETE, PRUNED, FAILED = "running", "complete", "pruned", "failed"
 FINAL_STATUSES = (COMPLETE, PRUNED, FAILED)
@@ -70,6 +70,7 @@ class TrialLog:
     finished_at: dt.datetime | None = None
     seconds: float | None = None
     worker_pid: int | None = None
+    node_id: str | None = None
     model_load_seconds: float | None = None
 
     @classmethod
@@ -98,6 +99,7 @@ class TrialLog:
         self.seconds = row["elapsed_seconds"]
         if result.get(WORKER_PID) is not None:
             self.worker_pid = int(result[WORKER_PID])
+            self.node_id = result.get(NODE_ID)
             self.model_load_seconds = float(result.get(MODEL_LOAD_SECONDS, 0.0))
         return row
 
@@ -126,6 +128,7 @@ class TrialLog:
             **{key: last.get(key) for key in METRIC_COLUMNS},
             "seconds": self.seconds,
             "worker_pid": self.worker_pid,
+            "node_id": self.node_id,
             "model_load_seconds": self.model_load_seconds,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -131,6 +131,7 @@ class SweepSpec:
     mlflow_experiment: str | None = None
     ray_address: str | None = None
     ray_num_cpus: int | None = None
+    ray_max_failures: int = 0
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -475,7 +476,7 @@ def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep
     mlflow = reader.sub("mlflow")
     mlflow.check_keys({"tracking_uri", "experiment"})
     ray = reader.sub("ray")
-    ray.check_keys({"address", "num_cpus"})
+    ray.check_keys({"address", "num_cpus", "max_failures"})
     population = optuna.integer("population_size", minimum=2)
     if population is not None and len(objectives) == 1:
         raise optuna.fail("population_size", "only applies to multi-objective sweeps (NSGA-II)")
@@ -506,6 +507,7 @@ def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep
         mlflow_experiment=mlflow.string("experiment"),
         ray_address=ray.string("address"),
         ray_num_cpus=ray.integer("num_cpus", minimum=1),
+        ray_max_failures=ray.integer("max_failures", 0, minimum=0),
         raw=dict(data),
     )
 

@@ -55,6 +55,7 @@ class SweepOutcome:
     finished: bool
     best_yaml: Path | None
     best_reason: str | None
+    report_html: Path | None = None
 
 
 def _quiet_sink(line: str) -> None:
@@ -179,7 +180,7 @@ def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records:
             storage_path=str(layout.tune_dir.parent),
             callbacks=callbacks,
             verbose=2 if verbose_ray else 0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=spec.ray_max_failures),
         ),
     )
 
@@ -238,8 +239,20 @@ def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: Mlfl
     if counts[COMPLETE]:
         best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
         reason = f"trial {chosen.row['trial_id']}: {chosen.reason}"
+    report_html = _write_report(layout)
     mlflow.close_sweep("FINISHED", {k: counts[k] for k in (COMPLETE, PRUNED, FAILED)})
-    return SweepOutcome(layout, state, counts, True, best_yaml, reason)
+    return SweepOutcome(layout, state, counts, True, best_yaml, reason, report_html)
+
+
+def _write_report(layout: SweepLayout) -> Path | None:
+    """The HTML report (also logged to the parent run); a plotting problem must not fail a finished sweep."""
+    from .report import write_report
+
+    try:
+        return write_report(layout.root)
+    except Exception as error:  # noqa: BLE001 - the sweep's results are already safe on disk
+        log.warning("report not written: %s", error)
+        return None
 
 
 def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verbose_ray: bool = False) -> SweepOutcome:
@@ -275,6 +288,8 @@ def print_line(line: str) -> None:
 def _quiet_libraries(verbose_ray: bool) -> None:
     import optuna
 
+    # with an http tracking URI MLflow prints "View run ... at ..." for every run it ends
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if not verbose_ray:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -295,6 +310,8 @@ def report(outcome: SweepOutcome) -> int:
         print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
     else:
         print("best.yaml:       not written (no trial completed all edits)")
+    if outcome.report_html:
+        print(f"report:          {outcome.report_html}")
     print(f"open the MLflow UI: mlflow ui --backend-store-uri {state.mlflow_tracking_uri}")
     return 0
 

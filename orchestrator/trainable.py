@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from ray import tune
 
 from defer_core.data import EditRecord
-from defer_core.models import LoadedModel, load_model
+from defer_core.models import LoadedModel, cache_dir, load_model
 from defer_core.results import METRICS, EditOutcome, MilestoneResult
 from defer_core.trial import TrialPlan, run_trial
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 EDITS_KEY = "edits"
 EVAL_SECONDS = "eval_seconds"
 WORKER_PID = "worker_pid"
+NODE_ID = "node_id"
 MODEL_LOAD_SECONDS = "model_load_seconds"  # 0.0 when the worker had the model cached
 REPLAYED = "replayed"
 
@@ -94,8 +95,16 @@ def milestone_report(milestone: MilestoneResult, edits: list[EditOutcome], scori
         EVAL_SECONDS: float(milestone.seconds),
         EDITS_KEY: [dataclasses.asdict(e) for e in edits],
         WORKER_PID: os.getpid(),
+        NODE_ID: _node_id(),
         MODEL_LOAD_SECONDS: load_seconds,
     }
+
+
+def _node_id() -> str | None:
+    """The Ray node the trial runs on (which machine of a cluster did the work)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _set_threads(cpus: float) -> None:
@@ -133,4 +142,13 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         pending.clear()
         tune.report(report)
 
-    run_trial(loaded, settings.records, hparams, plan, seed=spec.seed, on_edit=pending.append, on_milestone=on_milestone)
+    run_trial(
+        loaded,
+        settings.records,
+        hparams,
+        plan,
+        seed=spec.seed,
+        on_edit=pending.append,
+        on_milestone=on_milestone,
+        cache_dir=cache_dir() / "unedited",  # per node: every trial of the sweep on this machine shares it
+    )

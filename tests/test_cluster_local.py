@@ -307,12 +307,13 @@ def test_trials_ran_on_both_nodes(swept: Observed) -> None:
     nodes = {swept.pid_nodes[row["worker_pid"]] for row in rows if row["worker_pid"] is not None}
     assert nodes == {"head", "worker"}
     assert swept.node_ids["head"] != swept.node_ids["worker"]
-    # Where the trainable reports the Ray node id itself, it names the same nodes.
+    # The node id each trial reports names the node whose worker process ran it.
     by_name = {v: k for k, v in swept.node_ids.items()}
+    reported = {by_name.get(row["node_id"]) for row in rows if row["worker_pid"] is not None}
+    assert reported == {"head", "worker"}
     for row in rows:
-        reported = row.get("node_id")
-        if reported and row["worker_pid"] is not None:
-            assert by_name.get(reported) == swept.pid_nodes[row["worker_pid"]], row
+        if row["worker_pid"] is not None:
+            assert by_name.get(row["node_id"]) == swept.pid_nodes[row["worker_pid"]], row
 
 
 def test_the_lost_trial_is_retried_or_recorded_failed(swept: Observed) -> None:

@@ -41,6 +41,7 @@ TRIALS_SCHEMA = pa.schema(
         *_METRICS,
         pa.field("seconds", pa.float64()),
         pa.field("worker_pid", pa.int64()),
+        pa.field("node_id", pa.string()),
         pa.field("model_load_seconds", pa.float64()),
         pa.field("started_at", _TIME),
         pa.field("finished_at", _TIME),
