@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import DeferInputError
+from .files import atomic_write_text, read_yaml
 
 REQUIRED_KEYS = ("alg_name", "model_name", "device", "inner_params", "edit_lr", "n_iter", "threshold")
 OPTIONAL_KEYS = ("batch_size", "max_length", "model_parallel")
@@ -121,16 +122,7 @@ def hparams_from_dict(config: Any, source: str = "<hparams>") -> DeferHParams:
 
 def load_hparams(path: str | os.PathLike[str]) -> DeferHParams:
     """Read an EasyEdit DEFER hparams YAML (EasyEdit's own files load unchanged)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise DeferInputError(f"{path}: cannot read hparams file ({error.strerror})") from None
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise DeferInputError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    return hparams_from_dict(config, source=str(path))
+    return hparams_from_dict(read_yaml(path, "hparams file"), source=str(path))
 
 
 def dump_hparams(hparams: DeferHParams) -> str:
@@ -140,9 +132,4 @@ def dump_hparams(hparams: DeferHParams) -> str:
 
 def save_hparams(hparams: DeferHParams, path: str | os.PathLike[str]) -> Path:
     """Write atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dump_hparams(hparams), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(path), dump_hparams(hparams))

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from defer_core.errors import DeferInputError
+from defer_core.files import atomic_write_text
 
 TUNE_EXPERIMENT = "tune"
 
@@ -69,13 +70,6 @@ class SweepState:
     mlflow_experiment: str
     optuna_storage: str
     optuna_study_name: str
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def new_sweep_id() -> str:

@@ -38,10 +38,11 @@ import optuna
 from optuna.trial import TrialState
 
 from defer_core.errors import DeferInputError
+from defer_core.files import atomic_write_bytes, atomic_write_text
 from defer_core.hparams import dump_hparams
 
 from .export import Choice, choose
-from .layout import SweepLayout, SweepState, atomic_write_text, load_state, require_sweep_dir
+from .layout import SweepLayout, SweepState, load_state, require_sweep_dir
 from .ranking import pareto_front, rank_by
 from .records import COMPLETE, FAILED, PRUNED
 from .sinks.mlflow_sink import MlflowSink
@@ -412,12 +413,6 @@ def render_html(data: SweepData, plot_list: Sequence[Plot], importance: Importan
 # -- files and MLflow -------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
 def _best_yaml_notes(data: SweepData) -> list[str]:
     if data.choice is None or not data.layout.best_yaml.is_file():
         return []
@@ -463,7 +458,7 @@ def _write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike
     plot_list = build_plots(data, importance)
     written = set()
     for plot in plot_list:
-        _atomic_write_bytes(target / f"{plot.name}.png", plot.png)
+        atomic_write_bytes(target / f"{plot.name}.png", plot.png)
         written.add(f"{plot.name}.png")
     for stale in target.glob("*.png"):  # a plot an earlier report had and this one has not
         if _is_report_png(stale.name) and stale.name not in written:

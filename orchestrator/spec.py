@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from defer_core.errors import DeferInputError
+from defer_core.files import read_yaml
 from defer_core.results import METRICS, PROTOCOLS, SCORINGS
 
 DERIVED_METRICS = ("mean",)  # mean_{scoring} = mean of rel, gen and loc under that scoring
@@ -515,14 +516,7 @@ def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep
 def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
     """Read and validate a spec YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise DeferInputError(f"{path}: cannot read sweep spec ({error.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise DeferInputError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    data = read_yaml(path, "sweep spec")
     if data is None:
         raise DeferInputError(f"{path}: the sweep spec is empty")
     return spec_from_dict(data, source=str(path), default_name=path.stem)

@@ -26,7 +26,9 @@ from ray.tune.logger import JsonLoggerCallback
 from defer_core.errors import DeferInputError
 
 from .export import export_best
-from .layout import SweepLayout, SweepState, atomic_write_text, load_state, new_sweep_id, require_sweep_dir, save_state
+from defer_core.files import atomic_write_text
+
+from .layout import SweepLayout, SweepState, load_state, new_sweep_id, require_sweep_dir, save_state
 from .persistence import ResultsCallback, drop_unknown_trials, recorded_trials
 from .preflight import check_model, load_spec_records
 from .progress import ProgressCallback, Sink
