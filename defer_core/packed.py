@@ -77,10 +77,6 @@ class PackedDeferAdaptor(nn.Module):
                 stack.enter_context(member.bypassed())
             yield
 
-    def train(self, mode: bool = True) -> "PackedDeferAdaptor":
-        super().train(mode)
-        return self
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.selected is not None:
             return self.members[self.selected](x)
