@@ -21,7 +21,7 @@ from .data import EditRecord
 from .files import atomic_write_text
 from .models import LoadedModel
 from .results import metric_key
-from .scoring import generation_predictions, teacher_forced_predictions, token_accuracy
+from .scoring import both_scorings, generation_predictions, teacher_forced_predictions, token_accuracy
 from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, prompt_target
 
 
@@ -58,6 +58,7 @@ class Scorer:
 
     loaded: LoadedModel
     batch_size: int = 32
+    reuse_prefix: bool = True  # False: generation re-runs every layer per step, as the reference
     _eos: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,7 +73,11 @@ class Scorer:
         model = self.loaded.model
         if scoring == "tf":
             return teacher_forced_predictions(model, adaptor, probes, self.pad_id, self.batch_size)  # type: ignore[arg-type]
-        return generation_predictions(model, adaptor, probes, self.pad_id, self._eos, self.batch_size)  # type: ignore[arg-type]
+        return generation_predictions(model, adaptor, probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)  # type: ignore[arg-type]
+
+    def predict_both(self, adaptor: DeferAdaptor | None, tf_probes: Sequence[PromptTarget], gen_probes: Sequence[GenerationProbe]) -> tuple[list[list[int]], list[list[int]]]:
+        """tf and gen predictions of the same prompts, sharing the frozen layers' work."""
+        return both_scorings(self.loaded.model, adaptor, tf_probes, gen_probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)
 
 
 @dataclass
@@ -131,14 +136,21 @@ def evaluate(
     unedited: UneditedLocality,
 ) -> dict[str, float]:
     """Mean Rel, Gen and Loc over `records` for each scoring, keyed `rel_tf`, `loc_gen`, ..."""
-    metrics: dict[str, float] = {}
     for scoring in scorings:
         unedited.ensure(scorer, adaptor, records, probes, scoring)
-        for metric in ("rel", "gen"):
-            chosen = [getattr(p, f"{scoring}_{metric}") for p in probes]
-            predicted = scorer.predict(adaptor, scoring, chosen)
-            metrics[metric_key(metric, scoring)] = fmean(token_accuracy(a, b.target_ids) for a, b in zip(predicted, chosen))
-        predicted_loc = scorer.predict(adaptor, scoring, [getattr(p, f"{scoring}_loc") for p in probes])
+    predicted: dict[tuple[str, str], list[list[int]]] = {}
+    for kind in ("rel", "gen", "loc"):
+        if "tf" in scorings and "gen" in scorings:
+            both = scorer.predict_both(adaptor, [getattr(p, f"tf_{kind}") for p in probes], [getattr(p, f"gen_{kind}") for p in probes])
+            predicted[("tf", kind)], predicted[("gen", kind)] = both
+        else:
+            for scoring in scorings:
+                predicted[(scoring, kind)] = scorer.predict(adaptor, scoring, [getattr(p, f"{scoring}_{kind}") for p in probes])
+    metrics: dict[str, float] = {}
+    for scoring in scorings:
+        for kind in ("rel", "gen"):
+            expected = [getattr(p, f"{scoring}_{kind}").target_ids for p in probes]
+            metrics[metric_key(kind, scoring)] = fmean(token_accuracy(a, b) for a, b in zip(predicted[(scoring, kind)], expected))
         before = unedited.predictions[scoring]
-        metrics[metric_key("loc", scoring)] = fmean(token_accuracy(a, before[r.record_id]) for a, r in zip(predicted_loc, records))
+        metrics[metric_key("loc", scoring)] = fmean(token_accuracy(a, before[r.record_id]) for a, r in zip(predicted[(scoring, "loc")], records))
     return metrics

@@ -4,19 +4,23 @@ Rows are right-padded, so causal attention never lets a real token see a pad and
 stay 0..n-1 as when the row is alone; the adaptor is keyed on each row's last real token.
 Only the positions that are scored go through the LM head.
 
-Generation repeats the whole sequence at every step (EasyEdit's `use_cache=False`): DEFER's
-gate looks at the current last token and its decision applies to every position, which a KV
-cache would freeze at older decisions.
+Generation re-runs the layers from the edited one up over the whole sequence at every step
+(EasyEdit's `use_cache=False`): DEFER's gate looks at the current last token and its decision
+applies to every position, which a full KV cache would freeze at older decisions. The layers
+below the adaptor are frozen, so by default their keys and values are cached
+(`prefix_generation`); `reuse_prefix=False` re-runs everything, as the reference does.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from .adaptor import DeferAdaptor
+from .prefix_generation import frozen_layer_count, generate_reusing_prefix, shares_prefix, teacher_forced_and_generated
 from .tokens import GenerationProbe, PromptTarget
 
 DEFAULT_BATCH_SIZE = 32
@@ -46,7 +50,7 @@ def argmax_at(
     """For each row, the argmax next token at each listed position, in one padded forward."""
     device = next(model.parameters()).device
     ids, mask, lengths = _pad(rows, pad_id, device)
-    keyed = adaptor.keyed_on(lengths - 1) if adaptor is not None else _nothing()
+    keyed = adaptor.keyed_on(lengths - 1) if adaptor is not None else contextlib.nullcontext()
     with keyed:
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     row_index = torch.cat([torch.full((len(p),), r, device=device) for r, p in enumerate(positions)])
@@ -57,14 +61,6 @@ def argmax_at(
         out.append(tokens[start : start + len(p)])
         start += len(p)
     return out
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _batches(count: int, batch_size: int) -> list[range]:
@@ -104,31 +100,91 @@ def generation_predictions(
     pad_id: int,
     eos_ids: frozenset[int],
     batch_size: int = DEFAULT_BATCH_SIZE,
+    reuse_prefix: bool = True,
 ) -> list[list[int]]:
     """Greedy-generate len(target) tokens per probe; return the last len(target) ids of prompt +
     generation, as EasyEdit slices `generate`'s output (a row stops at EOS, like generate, and
     the window may then include prompt tokens; if even that is short, NOT_GENERATED fills it)."""
-    order = _by_length([len(p.prompt_ids) for p in probes])
+    frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
+    # rows that need as many tokens share a batch, so no row waits long for a longer one
+    order = sorted(range(len(probes)), key=lambda i: (len(probes[i].target_ids), len(probes[i].prompt_ids)))
     results: list[list[int]] = [[] for _ in probes]
     for batch in _batches(len(order), batch_size):
-        sequences = [list(probes[order[i]].prompt_ids) for i in batch]
+        prompts = [probes[order[i]].prompt_ids for i in batch]
         budgets = [len(probes[order[i]].target_ids) for i in batch]
-        produced = [0] * len(batch)
-        active = [k for k in range(len(batch)) if budgets[k] > 0]
-        while active:
-            rows = [sequences[k] for k in active]
-            next_tokens = argmax_at(model, adaptor, rows, [[len(row) - 1] for row in rows], pad_id)
-            still_active = []
-            for k, (token,) in zip(active, next_tokens):
-                sequences[k].append(token)
-                produced[k] += 1
-                if produced[k] < budgets[k] and token not in eos_ids:
-                    still_active.append(k)
-            active = still_active
-        for k, i in enumerate(batch):
-            window = sequences[k][-budgets[k] :]
-            results[order[i]] = [NOT_GENERATED] * (budgets[k] - len(window)) + window
+        if frozen is None:
+            sequences = _generate_recomputing(model, adaptor, prompts, budgets, pad_id, eos_ids)
+        else:
+            sequences = generate_reusing_prefix(model, adaptor, frozen, prompts, budgets, pad_id, eos_ids)
+        for sequence, budget, i in zip(sequences, budgets, batch):
+            results[order[i]] = _window(sequence, budget)
     return results
+
+
+def _window(sequence: Sequence[int], budget: int) -> list[int]:
+    """The last `budget` ids of prompt + generation, left-filled when even that is short."""
+    window = list(sequence[-budget:]) if budget else []
+    return [NOT_GENERATED] * (budget - len(window)) + window
+
+
+@torch.no_grad()
+def both_scorings(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    tf_probes: Sequence[PromptTarget],
+    gen_probes: Sequence[GenerationProbe],
+    pad_id: int,
+    eos_ids: frozenset[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reuse_prefix: bool = True,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Teacher-forced and generation predictions of the same prompts, equal to the two
+    functions above. With `reuse_prefix`, a prompt whose generation tokens start its
+    teacher-forced sequence goes through the layers below the adaptor once for both."""
+    frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
+    pairs = list(zip(tf_probes, gen_probes))
+    shared = [i for i, (tf, gen) in enumerate(pairs) if frozen is not None and shares_prefix(tf, gen)]
+    alone = sorted(set(range(len(pairs))) - set(shared))
+    teacher_forced: list[list[int]] = [[] for _ in pairs]
+    generated: list[list[int]] = [[] for _ in pairs]
+    if alone:
+        tf_alone = teacher_forced_predictions(model, adaptor, [tf_probes[i] for i in alone], pad_id, batch_size)
+        gen_alone = generation_predictions(model, adaptor, [gen_probes[i] for i in alone], pad_id, eos_ids, batch_size, reuse_prefix)
+        for i, tf, gen in zip(alone, tf_alone, gen_alone):
+            teacher_forced[i], generated[i] = tf, gen
+    order = sorted(shared, key=lambda i: (len(gen_probes[i].target_ids), len(tf_probes[i].ids)))
+    for batch in _batches(len(order), batch_size):
+        chosen = [order[k] for k in batch]
+        assert frozen is not None
+        tf_out, sequences = teacher_forced_and_generated(model, adaptor, frozen, [pairs[i] for i in chosen], pad_id, eos_ids)
+        for i, tf, sequence in zip(chosen, tf_out, sequences):
+            teacher_forced[i], generated[i] = tf, _window(sequence, len(gen_probes[i].target_ids))
+    return teacher_forced, generated
+
+
+def _generate_recomputing(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    prompts: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    pad_id: int,
+    eos_ids: frozenset[int],
+) -> list[list[int]]:
+    """The reference loop: every step runs the whole model over every active row."""
+    sequences = [list(prompt) for prompt in prompts]
+    produced = [0] * len(prompts)
+    active = [k for k in range(len(prompts)) if budgets[k] > 0]
+    while active:
+        rows = [sequences[k] for k in active]
+        next_tokens = argmax_at(model, adaptor, rows, [[len(row) - 1] for row in rows], pad_id)
+        still_active = []
+        for k, (token,) in zip(active, next_tokens):
+            sequences[k].append(token)
+            produced[k] += 1
+            if produced[k] < budgets[k] and token not in eos_ids:
+                still_active.append(k)
+        active = still_active
+    return sequences
 
 
 def token_accuracy(predicted: Sequence[int], expected: Sequence[int]) -> float:

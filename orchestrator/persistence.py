@@ -8,17 +8,18 @@ scratch) first loses its old Parquet rows; its MLflow run is found by tag and re
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from .packing import member_configs, member_results, member_trial_id, pack_report
 from .records import FAILED, FINAL_STATUSES, METRIC_COLUMNS, TrialLog, short_error, trial_error_text
 from .search import N_EDITS
 from .sinks.mlflow_sink import MlflowSink
 from .sinks.parquet_sink import ParquetSink, final_trial_ids, read_table
 from .space import describe_config, module_for
+from .storage import Location
 from .spec import SweepSpec
 from .trainable import EDITS_KEY, EVAL_SECONDS, RecordedTrial
 
@@ -35,6 +36,7 @@ def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
         **log_.config,
         "module": module_for(spec, log_.config["layer"]),
         "trial_id": log_.trial_id,
+        "pack_id": log_.pack_id,
         "optuna_trial": log_.optuna_trial,
         "model": spec.model.name,
         "protocol": spec.protocol,
@@ -43,14 +45,16 @@ def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
 
 
 class ResultsCallback(Callback):
-    """on_trial_start / on_trial_result / on_trial_complete / on_trial_error → sinks."""
+    """on_trial_start / on_trial_result / on_trial_complete / on_trial_error → sinks. A Tune
+    trial runs one DEFER trial, or a pack of them (packing.py): each gets its own TrialLog,
+    Parquet rows (in the Tune trial's files) and MLflow run."""
 
     def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ParquetSink, mlflow: MlflowSink) -> None:
         self.spec = spec
         self.sweep_id = sweep_id
         self.parquet = parquet
         self.mlflow = mlflow
-        self._logs: dict[str, TrialLog] = {}
+        self._logs: dict[str, list[TrialLog]] = {}
         self._recorded: set[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -69,16 +73,28 @@ class ResultsCallback(Callback):
         self._recorded = final_trial_ids(self.parquet.root, FINAL_STATUSES)
         drop_unknown_trials(self.parquet, self.mlflow, {t.trial_id for t in trials})
 
-    def _start(self, trial: Trial) -> TrialLog:
-        entry = TrialLog.start(self.spec, trial.trial_id, trial.config)
-        self._logs[trial.trial_id] = entry
+    def _start(self, trial: Trial) -> list[TrialLog]:
+        entries = [
+            TrialLog.start(self.spec, member_trial_id(trial.trial_id, k, self.spec.pack_size), config, pack_id=trial.trial_id)
+            for k, config in enumerate(member_configs(trial.config))
+        ]
+        self._logs[trial.trial_id] = entries
         self.parquet.remove_trial(trial.trial_id)
-        self._write_trial(entry)
-        self.mlflow.start_trial(trial.trial_id, run_name(entry), trial_params(self.spec, entry))
-        return entry
+        self._write(trial.trial_id, entries, tables=("trials",))
+        for entry in entries:
+            self.mlflow.start_trial(entry.trial_id, run_name(entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
+        return entries
 
-    def _write_trial(self, entry: TrialLog) -> None:
-        self.parquet.write("trials", entry.trial_id, [entry.trial_row(self.spec, self.sweep_id)])
+    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] = ("milestones", "edits", "trials")) -> None:
+        """The Tune trial's file per table, with the rows of all its DEFER trials; trials last,
+        so a trial row never claims milestones that are not on disk yet."""
+        rows = {
+            "milestones": lambda e: e.milestone_rows(self.spec, self.sweep_id),
+            "edits": lambda e: e.edit_rows(self.sweep_id),
+            "trials": lambda e: [e.trial_row(self.spec, self.sweep_id)],
+        }
+        for table in tables:
+            self.parquet.write(table, pack_id, [row for entry in entries for row in rows[table](entry)])
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         if not self._skip(trial):
@@ -87,34 +103,32 @@ class ResultsCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         if self._skip(trial):
             return
-        entry = self._logs.get(trial.trial_id) or self._start(trial)
-        row = entry.add_result(result)
-        if row is None:
+        entries = self._logs.get(trial.trial_id) or self._start(trial)
+        members = member_results(result)
+        rows = [entry.add_result(member) for entry, member in zip(entries, members)]
+        if all(row is None for row in rows):
             return
-        self.parquet.write("milestones", entry.trial_id, entry.milestone_rows(self.spec, self.sweep_id))
-        self.parquet.write("edits", entry.trial_id, entry.edit_rows(self.sweep_id))
-        self._write_trial(entry)
-        step = int(result[N_EDITS])
-        points = [(key, row[key], step) for key in METRIC_COLUMNS if key in row]
-        points.append((EVAL_SECONDS, row[EVAL_SECONDS], step))
-        for edit in result.get(EDITS_KEY) or []:
-            points.append(("edit_success", edit["success"], int(edit["index"])))
-            points.append(("edit_final_loss", edit["final_loss"], int(edit["index"])))
-        self.mlflow.log_metrics(entry.trial_id, points)
+        self._write(trial.trial_id, entries)
+        for entry, member, row in zip(entries, members, rows):
+            if row is not None:
+                self.mlflow.log_metrics(entry.trial_id, metric_points(row, member))
 
     def _finish(self, trial: Trial, errored: bool) -> None:
         if self._skip(trial):
             return
-        entry = self._logs.pop(trial.trial_id, None) or self._start(trial)
+        entries = self._logs.pop(trial.trial_id, None) or self._start(trial)
         error_text = trial_error_text(trial) if errored else None
-        entry.finish(self.spec, errored, short_error(error_text) if errored else None)
-        if errored and not entry.error:
-            entry.error = "trial failed (no error text recorded)"
-        self.parquet.write("milestones", entry.trial_id, entry.milestone_rows(self.spec, self.sweep_id))
-        self.parquet.write("edits", entry.trial_id, entry.edit_rows(self.sweep_id))
-        self._write_trial(entry)
-        self.mlflow.finish_trial(entry.trial_id, entry.status, error_text, entry.error)
-        log.info("trial %s %s", entry.trial_id, entry.status)
+        for entry in entries:
+            entry.finish(self.spec, errored, short_error(error_text) if errored else None)
+            if errored and not entry.error:
+                entry.error = "trial failed (no error text recorded)"
+        # MLflow first: the final Parquet row is what marks the trial recorded for a resume, so a
+        # driver killed between the two re-runs the trial rather than leaving its run 'running'.
+        for entry in entries:
+            self.mlflow.finish_trial(entry.trial_id, entry.status, error_text, entry.error)
+        self._write(trial.trial_id, entries)
+        for entry in entries:
+            log.info("trial %s %s", entry.trial_id, entry.status)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, errored=False)
@@ -123,29 +137,55 @@ class ResultsCallback(Callback):
         self._finish(trial, errored=True)
 
 
-def recorded_trials(parquet_root: Path) -> dict[str, RecordedTrial]:
-    """Finished trials as persisted, with the report a replay sends: their last milestone."""
-    trials = read_table(parquet_root, "trials").to_pylist()
+def metric_points(row: dict[str, Any], result: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """MLflow (key, value, step) points of one milestone: metrics at step n_edits, each edit's
+    success and final loss at step = edit index."""
+    step = int(row[N_EDITS])
+    points = [(key, row[key], step) for key in METRIC_COLUMNS if key in row]
+    points.append((EVAL_SECONDS, row[EVAL_SECONDS], step))
+    for edit in result.get(EDITS_KEY) or []:
+        points.append(("edit_success", edit["success"], int(edit["index"])))
+        points.append(("edit_final_loss", edit["final_loss"], int(edit["index"])))
+    return points
+
+
+def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, RecordedTrial]:
+    """Finished Tune trials as persisted, keyed by Tune trial id, with the report a replay
+    sends: their last milestone (a pack's, with every member's)."""
     milestones = {(m["trial_id"], m["n_edits"]): m for m in read_table(parquet_root, "milestones").to_pylist()}
+    packs: dict[str, list[dict[str, Any]]] = {}
+    for row in read_table(parquet_root, "trials").to_pylist():
+        packs.setdefault(row["pack_id"], []).append(row)
     recorded: dict[str, RecordedTrial] = {}
-    for row in trials:
-        if row["status"] not in FINAL_STATUSES:
+    for pack_id, rows in packs.items():
+        if any(row["status"] not in FINAL_STATUSES for row in rows):
             continue
-        last = milestones.get((row["trial_id"], row["n_edits"]))
-        report = None
-        if last is not None:
-            report = {key: last[key] for key in METRIC_COLUMNS if last.get(key) is not None}
-            report.update({N_EDITS: last["n_edits"], EVAL_SECONDS: last["eval_seconds"]})
-        recorded[row["trial_id"]] = RecordedTrial(status=row["status"], last_report=report, error=row["error"] if row["status"] == FAILED else None)
+        rows.sort(key=lambda row: row["trial_id"])
+        reports = [_last_report(milestones.get((row["trial_id"], row["n_edits"]))) for row in rows]
+        if spec.pack_size == 1 or any(report is None for report in reports):
+            report = reports[0] if spec.pack_size == 1 else None
+        else:
+            report = pack_report(spec, reports, {N_EDITS: reports[0][N_EDITS]})
+        failed = next((row for row in rows if row["status"] == FAILED), None)
+        status = FAILED if failed else rows[0]["status"]
+        recorded[pack_id] = RecordedTrial(status=status, last_report=report, error=failed["error"] if failed else None)
     return recorded
 
 
+def _last_report(last: dict[str, Any] | None) -> dict[str, Any] | None:
+    if last is None:
+        return None
+    report = {key: last[key] for key in METRIC_COLUMNS if last.get(key) is not None}
+    report.update({N_EDITS: last["n_edits"], EVAL_SECONDS: last["eval_seconds"]})
+    return report
+
+
 def drop_unknown_trials(parquet: ParquetSink, mlflow: MlflowSink, known: set[str]) -> list[str]:
-    """Removes the Parquet files and MLflow runs of trials Tune does not know: trials a killed
-    driver started after its last saved experiment state, which Tune will never resume."""
-    dropped = sorted((parquet.trial_ids() | mlflow.trial_ids()) - known)
-    for trial_id in dropped:
-        log.warning("trial %s was started after the last saved Tune state of a killed driver; dropping its partial results", trial_id)
-        parquet.remove_trial(trial_id)
-        mlflow.delete_trial_run(trial_id)
+    """Removes the Parquet files and MLflow runs of Tune trials Tune does not know: trials a
+    killed driver started after its last saved experiment state, which Tune will never resume."""
+    dropped = sorted((parquet.trial_ids() | mlflow.pack_ids()) - known)
+    for pack_id in dropped:
+        log.warning("trial %s was started after the last saved Tune state of a killed driver; dropping its partial results", pack_id)
+        parquet.remove_trial(pack_id)
+        mlflow.delete_pack_runs(pack_id)
     return dropped

@@ -8,18 +8,19 @@ to get those back).
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from .packing import member_configs, member_results, member_trial_id
 from .ranking import pareto_front, rank_by
 from .records import COMPLETE, FAILED, PRUNED, final_status, short_error, trial_error_text
-from .search import N_EDITS
+from .search import N_EDITS, OPTUNA_TRIAL
 from .space import describe_config, full_config
 from .sinks.parquet_sink import final_trial_ids
 from .spec import SweepSpec
+from .storage import Location
 
 Sink = Callable[[str], None]
 
@@ -59,16 +60,20 @@ def trial_statuses(spec: SweepSpec, trials: Iterable[Trial], current: tuple[Tria
 
 
 def summary_line(spec: SweepSpec, trials: Sequence[Trial], statuses: Mapping[str, str]) -> str:
-    counts = Counter(statuses.values())
+    """Counts DEFER trials: a pack of K counts K (its members share the pack's status)."""
+    counts: Counter[str] = Counter()
+    for trial in trials:
+        counts[statuses.get(trial.trial_id, "pending")] += len(member_configs(trial.config))
     done = counts[COMPLETE] + counts[PRUNED] + counts[FAILED]
     text = (
         f"  sweep: {done}/{spec.num_trials} done · {counts['running']} running · "
         f"{counts[COMPLETE]} complete · {counts[PRUNED]} pruned · {counts[FAILED]} failed"
     )
     rows = [
-        {**(t.last_result or {}), "trial_id": t.trial_id, "optuna_trial": t.config.get("optuna_trial"), "config": t.config}
+        {**result, "trial_id": member_trial_id(t.trial_id, k, spec.pack_size), "optuna_trial": config.get(OPTUNA_TRIAL), "config": config}
         for t in trials
         if statuses.get(t.trial_id) == COMPLETE
+        for k, (config, result) in enumerate(zip(member_configs(t.config), member_results(t.last_result or {})))
     ]
     return text + best_text(spec, rows)
 
@@ -91,11 +96,11 @@ def best_text(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> str:
 class ProgressCallback(Callback):
     """Emits a line when a trial ends and the sweep summary after it."""
 
-    def __init__(self, spec: SweepSpec, sink: Sink, parquet_root: Path) -> None:
+    def __init__(self, spec: SweepSpec, sink: Sink, parquet_root: Location) -> None:
         self.spec = spec
         self.sink = sink
         self.parquet_root = parquet_root
-        self._milestones: dict[str, dict[int, dict[str, float]]] = {}
+        self._milestones: dict[str, dict[int, dict[int, dict[str, float]]]] = {}  # Tune trial → member → n_edits → metrics
         self._metrics = [o.metric for o in spec.objectives]
         self._recorded: set[str] | None = None
 
@@ -110,17 +115,22 @@ class ProgressCallback(Callback):
         self._milestones[trial.trial_id] = {}
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        if N_EDITS in result:
-            self._milestones.setdefault(trial.trial_id, {})[int(result[N_EDITS])] = {m: result.get(m) for m in self._metrics}
+        for k, member in enumerate(member_results(result)):
+            if N_EDITS in member:
+                milestones = self._milestones.setdefault(trial.trial_id, {}).setdefault(k, {})
+                milestones[int(member[N_EDITS])] = {m: member.get(m) for m in self._metrics}
 
     def _emit(self, trials: list[Trial], trial: Trial, status: str, error: str | None) -> None:
         if self._recorded and trial.trial_id in self._recorded:
             return
         statuses = trial_statuses(self.spec, trials, (trial, status))
-        index = sum(1 for s in statuses.values() if s in (COMPLETE, PRUNED, FAILED))
+        members = member_configs(trial.config)
+        done_before = sum(len(member_configs(t.config)) for t in trials if t is not trial and statuses.get(t.trial_id) in (COMPLETE, PRUNED, FAILED))
         seconds = (trial.last_result or {}).get("time_total_s")
         milestones = self._milestones.pop(trial.trial_id, {})
-        self.sink(trial_line(index, self.spec.num_trials, trial.trial_id, status, full_config(self.spec, trial.config), milestones, self._metrics, seconds, error))
+        for k, config in enumerate(members):
+            trial_id = member_trial_id(trial.trial_id, k, self.spec.pack_size)
+            self.sink(trial_line(done_before + k + 1, self.spec.num_trials, trial_id, status, full_config(self.spec, config), milestones.get(k, {}), self._metrics, seconds, error))
         self.sink(summary_line(self.spec, trials, statuses))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

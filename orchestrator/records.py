@@ -62,6 +62,7 @@ class TrialLog:
     trial_id: str
     config: dict[str, int | float]
     optuna_trial: int | None
+    pack_id: str  # the Tune trial that ran it: its own id unless the sweep packs trials
     started_at: dt.datetime = field(default_factory=utcnow)
     milestones: dict[int, dict[str, Any]] = field(default_factory=dict)
     edits: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -74,9 +75,14 @@ class TrialLog:
     model_load_seconds: float | None = None
 
     @classmethod
-    def start(cls, spec: SweepSpec, trial_id: str, config: Mapping[str, Any]) -> "TrialLog":
+    def start(cls, spec: SweepSpec, trial_id: str, config: Mapping[str, Any], pack_id: str | None = None) -> "TrialLog":
         optuna_trial = config.get(OPTUNA_TRIAL)
-        return cls(trial_id=trial_id, config=full_config(spec, config), optuna_trial=None if optuna_trial is None else int(optuna_trial))
+        return cls(
+            trial_id=trial_id,
+            config=full_config(spec, config),
+            optuna_trial=None if optuna_trial is None else int(optuna_trial),
+            pack_id=pack_id or trial_id,
+        )
 
     @property
     def last_milestone(self) -> dict[str, Any] | None:
@@ -114,6 +120,7 @@ class TrialLog:
             "sweep_id": sweep_id,
             "sweep_name": spec.name,
             "trial_id": self.trial_id,
+            "pack_id": self.pack_id,
             "optuna_trial": self.optuna_trial,
             "status": self.status,
             "layer": self.config["layer"],

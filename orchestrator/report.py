@@ -1,7 +1,7 @@
 """`defer-sweep report OUT_DIR`: PNG plots and one self-contained HTML page for a sweep.
 
 Everything is read from the sweep's output directory (see layout.py): the Parquet trials and
-milestones tables, the spec, and the Optuna study named in sweep.json. The report goes to
+milestones tables (there, or at the storage_uri its sweep.json names), the spec, and the Optuna study named in sweep.json. The report goes to
 OUT/report/ (report.html with every plot embedded as base64, plus the PNGs beside it) and is
 logged as artifacts under `report/` of the sweep's MLflow parent run.
 
@@ -384,6 +384,7 @@ def render_html(data: SweepData, plot_list: Sequence[Plot], importance: Importan
         ("best", best_text),
         ("sweep", f"id {state.sweep_id}; MLflow {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}'); Optuna study '{state.optuna_study_name}'"),
         ("output", str(data.layout.root)),
+        ("Parquet dataset", str(data.layout.parquet)),
     ]
     meta_rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{v if k == 'best' else html.escape(v)}</td></tr>" for k, v in meta)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -28,7 +28,7 @@ LAYER_FIELD = "{layer}"
 _TOP_KEYS = {
     "name", "model", "data", "T", "milestones", "protocol", "scorings", "search_space",
     "initial_points", "objectives", "num_trials", "concurrency", "resources_per_trial",
-    "early_stopping", "seed", "output_dir", "optuna", "mlflow", "ray",
+    "early_stopping", "seed", "output_dir", "storage_uri", "pack_size", "optuna", "mlflow", "ray",
 }
 _REQUIRED_TOP = ("model", "T", "search_space", "objectives", "num_trials")
 
@@ -133,6 +133,8 @@ class SweepSpec:
     ray_address: str | None = None
     ray_num_cpus: int | None = None
     ray_max_failures: int = 0
+    storage_uri: str | None = None  # Tune and Parquet on shared storage (s3://bucket/prefix …)
+    pack_size: int = 1  # DEFER trials per Tune trial, edited in one batched forward pass (same layer)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -458,6 +460,19 @@ def _parse_early_stopping(reader: _Reader, objectives: tuple[Objective, ...], mi
     return EarlyStopping(metric=metric, direction=direction, grace_edits=grace, reduction_factor=factor)
 
 
+def _parse_storage_uri(reader: _Reader) -> str | None:
+    """Checked for form only (no network); whether it can be reached is checked when a sweep runs."""
+    from .storage import normalize_storage_uri
+
+    uri = reader.string("storage_uri")
+    if uri is None:
+        return None
+    try:
+        return normalize_storage_uri(uri)
+    except ValueError as error:
+        raise reader.fail("storage_uri", f"must be a pyarrow filesystem URI such as s3://bucket/prefix, gs://bucket/prefix or an absolute path, got {uri!r} ({error})") from None
+
+
 def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep") -> SweepSpec:
     """Validate a parsed spec; the first problem found raises with the file and key."""
     reader = _Reader(source, data)
@@ -482,6 +497,11 @@ def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep
     if population is not None and len(objectives) == 1:
         raise optuna.fail("population_size", "only applies to multi-objective sweeps (NSGA-II)")
     output_dir = reader.string("output_dir", f"runs/{name}")
+    storage_uri = _parse_storage_uri(reader)
+    num_trials = reader.integer("num_trials", minimum=1)
+    pack_size = reader.integer("pack_size", 1, minimum=1)
+    if pack_size > num_trials:
+        raise reader.fail("pack_size", f"must be at most num_trials ({num_trials}), got {pack_size}")
     return SweepSpec(
         name=name,
         model=_parse_model(reader),
@@ -493,7 +513,7 @@ def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep
         search_space=space,
         initial_points=_parse_initial_points(reader, space),
         objectives=objectives,
-        num_trials=reader.integer("num_trials", minimum=1),
+        num_trials=num_trials,
         concurrency=reader.integer("concurrency", 1, minimum=1),
         cpus_per_trial=resources.number("cpu", 1.0, positive=True),
         gpus_per_trial=resources.number("gpu", 0.0, minimum=0.0),
@@ -509,6 +529,8 @@ def spec_from_dict(data: Any, source: str = "<spec>", default_name: str = "sweep
         ray_address=ray.string("address"),
         ray_num_cpus=ray.integer("num_cpus", minimum=1),
         ray_max_failures=ray.integer("max_failures", 0, minimum=0),
+        storage_uri=storage_uri,
+        pack_size=pack_size,
         raw=dict(data),
     )
 
@@ -527,6 +549,8 @@ def spec_to_yaml(spec: SweepSpec) -> str:
     raw = dict(spec.raw)
     raw["name"] = spec.name
     raw["output_dir"] = str(spec.output_dir)
+    if spec.storage_uri is not None:
+        raw["storage_uri"] = spec.storage_uri
     if spec.data_path is not None:
         raw["data"] = {"path": spec.data_path}
     return yaml.safe_dump(raw, sort_keys=False)

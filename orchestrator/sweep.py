@@ -1,6 +1,7 @@
 """Run, resume and finish a sweep: spec → Ray Tune (OptunaSearch + milestone ASHA) → results.
 
-Resume uses Tune's own experiment restore (Tuner.can_restore / Tuner.restore on OUT/tune):
+Resume uses Tune's own experiment restore (Tuner.can_restore / Tuner.restore on OUT/tune, or
+<storage_uri>/tune when the spec puts Tune and Parquet on shared storage):
 finished trials stay finished, interrupted ones run again from scratch, and the Optuna study
 continues in its RDB storage. Running `defer-sweep run SPEC` again on the same output
 directory resumes too; a different spec in the same directory is refused.
@@ -24,11 +25,11 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from defer_core.errors import DeferInputError
-
-from .export import export_best
 from defer_core.files import atomic_write_text
 
-from .layout import SweepLayout, SweepState, load_state, new_sweep_id, require_sweep_dir, save_state
+from .export import export_best
+from .layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_sweep_dir, save_state
+from .packing import num_packs
 from .persistence import ResultsCallback, drop_unknown_trials, recorded_trials
 from .preflight import check_model, load_spec_records
 from .progress import ProgressCallback, Sink
@@ -75,6 +76,7 @@ def new_state(spec: SweepSpec, layout: SweepLayout) -> SweepState:
         mlflow_experiment=spec.mlflow_experiment or DEFAULT_EXPERIMENT,
         optuna_storage=spec.optuna_storage or default_storage_url(str(layout.optuna_db)),
         optuna_study_name=spec.optuna_study_name or f"{spec.name}-{sweep_id}",
+        storage_uri=spec.storage_uri,
     )
 
 
@@ -94,6 +96,7 @@ def _sweep_params(spec: SweepSpec) -> dict[str, object]:
         "objectives": ",".join(f"{o.direction} {o.metric}" for o in spec.objectives),
         "num_trials": spec.num_trials,
         "concurrency": spec.concurrency,
+        "pack_size": spec.pack_size,
         "module_template": spec.search_space.module_template,
         "early_stopping": "off" if spec.early_stopping is None else f"{spec.early_stopping.metric} grace={spec.early_stopping.grace_edits} rf={spec.early_stopping.reduction_factor:g}",
         "seed": spec.seed,
@@ -107,6 +110,12 @@ def _reset_partial(layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -
     ParquetSink(layout.parquet).clear()
     if mlflow.find_parent() is not None:
         mlflow.delete_trial_runs()
+
+
+def _check_storage_unused(layout: SweepLayout, restorable: bool) -> None:
+    """A new sweep must not adopt what another sweep left at the same storage_uri."""
+    if layout.storage_uri and (restorable or ParquetSink(layout.parquet).trial_ids()):
+        raise DeferInputError(f"key 'storage_uri' = {layout.storage_uri!r} already holds another sweep's Tune experiment or Parquet files ({layout.results}); give each sweep its own prefix")
 
 
 # -- Ray and Tune ----------------------------------------------------------------------------------------
@@ -172,14 +181,15 @@ def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records:
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec, state.optuna_storage, state.optuna_study_name),
             scheduler=scheduler,
-            num_samples=spec.num_trials,
+            num_samples=num_packs(spec),  # one Tune trial per pack of pack_size DEFER trials
             max_concurrent_trials=spec.concurrency,
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=layout.tune_dir.name,
-            storage_path=str(layout.tune_dir.parent),
+            name=TUNE_EXPERIMENT,
+            storage_path=layout.results.path,
+            storage_filesystem=layout.results.filesystem,
             callbacks=callbacks,
             verbose=2 if verbose_ray else 0,
             failure_config=tune.FailureConfig(max_failures=spec.ray_max_failures),
@@ -199,23 +209,27 @@ def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, v
     """Start the sweep in `layout`, or continue it if the directory already holds it."""
     check_model(spec, str(layout.spec if layout.spec.is_file() else spec.name))
     records = load_spec_records(spec)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    tune_at = layout.tune  # opens the storage_uri, if any: an unreachable one fails here, before any write
+    restorable = tune.Tuner.can_restore(tune_at.path, storage_filesystem=tune_at.filesystem)
     state = load_state(layout)
     if state is None:
+        _check_storage_unused(layout, restorable)
+        layout.root.mkdir(parents=True, exist_ok=True)
         state = new_state(spec, layout)
         atomic_write_text(layout.spec, spec_to_yaml(spec))
         save_state(layout, state)
     mlflow = mlflow_sink(layout, state)
-    restorable = tune.Tuner.can_restore(str(layout.tune_dir))
     if not restorable:
         _reset_partial(layout, state, mlflow)
     mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
     _set_tune_env(verbose_ray)
     with ray_session(spec, verbose_ray):
         if restorable:
-            log.info("resuming the Tune experiment in %s", layout.tune_dir)
-            trainable = _trainable(spec, records, recorded_trials(layout.parquet))
-            tuner = tune.Tuner.restore(str(layout.tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+            log.info("resuming the Tune experiment in %s", tune_at)
+            trainable = _trainable(spec, records, recorded_trials(layout.parquet, spec))
+            tuner = tune.Tuner.restore(
+                tune_at.path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False, storage_filesystem=tune_at.filesystem
+            )
         else:
             tuner = _new_tuner(spec, layout, state, records, sink, mlflow, verbose_ray)
         grid = tuner.fit()
@@ -268,7 +282,7 @@ def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verb
 
 def prepare(spec: SweepSpec) -> SweepLayout:
     """Refuse to mix two different sweeps in one output directory."""
-    layout = SweepLayout(spec.output_dir)
+    layout = SweepLayout(spec.output_dir, spec.storage_uri)
     if layout.spec.is_file():
         existing = load_spec(layout.spec)
         if existing != spec:

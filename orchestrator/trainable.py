@@ -22,8 +22,9 @@ from ray import tune
 from defer_core.data import EditRecord
 from defer_core.models import LoadedModel, cache_dir, load_model
 from defer_core.results import METRICS, EditOutcome, MilestoneResult
-from defer_core.trial import TrialPlan, run_trial
+from defer_core.trial import TrialPlan, run_trials
 
+from .packing import is_pack, member_configs, pack_report
 from .search import N_EDITS
 from .space import hparams_for
 from .spec import SweepSpec
@@ -125,7 +126,8 @@ def replay(recorded: RecordedTrial) -> None:
 
 
 def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
-    """Runs one trial; `tune.report` after each milestone is where the scheduler may stop it."""
+    """Runs one trial, or one pack of trials; `tune.report` after each milestone is where the
+    scheduler may stop it."""
     recorded = settings.recorded.get(tune.get_context().get_trial_id())
     if recorded is not None:
         replay(recorded)
@@ -133,22 +135,31 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     spec = settings.spec
     _set_threads(spec.cpus_per_trial)
     loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
-    hparams = hparams_for(spec, config)
+    members = member_configs(config)
     plan = TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings)
-    pending: list[EditOutcome] = []
+    pending: list[list[EditOutcome]] = [[] for _ in members]
+    reports: list[dict[str, Any]] = []
 
-    def on_milestone(milestone: MilestoneResult) -> None:
-        report = milestone_report(milestone, pending, spec.scorings, load_seconds)
-        pending.clear()
+    def on_milestone(k: int, milestone: MilestoneResult) -> None:
+        reports.append(milestone_report(milestone, pending[k], spec.scorings, load_seconds))
+        pending[k] = []
+        if len(reports) < len(members):
+            return  # run_trials calls back member by member; the pack reports once all are in
+        report = reports[0] if not is_pack(config) else pack_report(spec, reports, _shared_keys(reports[0]))
+        reports.clear()
         tune.report(report)
 
-    run_trial(
+    run_trials(
         loaded,
         settings.records,
-        hparams,
+        [hparams_for(spec, member) for member in members],
         plan,
-        seed=spec.seed,
-        on_edit=pending.append,
+        seeds=[spec.seed] * len(members),  # each member seeded as if it ran alone: same results
+        on_edit=lambda k, outcome: pending[k].append(outcome),
         on_milestone=on_milestone,
         cache_dir=cache_dir() / "unedited",  # per node: every trial of the sweep on this machine shares it
     )
+
+
+def _shared_keys(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: report[key] for key in (N_EDITS, WORKER_PID, NODE_ID, MODEL_LOAD_SECONDS) if key in report}

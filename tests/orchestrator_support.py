@@ -11,7 +11,7 @@ import optuna
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.layout import SweepLayout
+from orchestrator.layout import SweepLayout, require_sweep_dir
 from orchestrator.sinks.mlflow_sink import TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 from orchestrator.sinks.parquet_sink import read_table
 
@@ -33,7 +33,9 @@ def state(out: Path) -> dict[str, str]:
 
 
 def parquet_rows(out: Path, table: str) -> list[dict[str, Any]]:
-    return read_table(SweepLayout(out).parquet, table).to_pylist()
+    """One table's rows, wherever the sweep keeps its dataset (OUT/parquet or its storage_uri)."""
+    layout = require_sweep_dir(out) if (out / "sweep.json").is_file() else SweepLayout(out)
+    return read_table(layout.parquet, table).to_pylist()
 
 
 def mlflow_runs(out: Path) -> tuple[Any, list[Any], MlflowClient]:

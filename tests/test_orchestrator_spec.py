@@ -12,7 +12,7 @@ from defer_core.errors import DeferInputError
 from orchestrator.cli import main
 from orchestrator.preflight import check_model
 from orchestrator.space import hparams_for, optuna_distributions
-from orchestrator.spec import Choice, FloatRange, IntRange, load_spec, spec_from_dict
+from orchestrator.spec import Choice, FloatRange, IntRange, load_spec, spec_from_dict, spec_to_yaml
 
 from .orchestrator_support import SPECS
 
@@ -60,6 +60,8 @@ def with_change(path: str, value) -> dict:
         ("objectives", [], "key 'objectives' must be a non-empty list"),
         ("num_trials", 0, "key 'num_trials' must be >= 1"),
         ("concurrency", 1.5, "key 'concurrency' must be an integer"),
+        ("pack_size", 0, "key 'pack_size' must be >= 1"),
+        ("pack_size", 9, "key 'pack_size' must be at most num_trials (4), got 9"),
         ("resources_per_trial.gpu", -1, "key 'resources_per_trial.gpu' must be >= 0.0"),
         ("resources_per_trial.cpu", 0, "key 'resources_per_trial.cpu' must be > 0"),
         ("early_stopping.grace_edits", 3, "key 'early_stopping.grace_edits' = 3 must be a milestone before T"),
@@ -69,6 +71,11 @@ def with_change(path: str, value) -> dict:
         ("mlflow.tracking_url", "x", "unknown key 'mlflow.tracking_url'"),
         ("model.name", None, "missing required key 'model.name'"),
         ("model.dtype", "int8", "key 'model.dtype' must be one of"),
+        ("storage_uri", "ftp://host/results", "key 'storage_uri' must be a pyarrow filesystem URI such as s3://bucket/prefix"),
+        ("storage_uri", "s3://bucket/sweeps?endpoint=x", "Unexpected query parameter in S3 URI: 'endpoint'"),
+        ("storage_uri", "s3:///sweeps", "Missing bucket name"),
+        ("storage_uri", "mock://results", "in-memory test filesystem"),
+        ("storage_uri", ["s3://bucket"], "key 'storage_uri' must be a non-empty string"),
     ],
 )
 def test_invalid_spec_names_the_key(path: str, value, expected: str) -> None:
@@ -133,6 +140,18 @@ def test_template_naming_a_missing_module_fails_before_the_sweep() -> None:
     spec = spec_from_dict(with_change("search_space.module_template", "model.layers[{layer}].mlp.out_proj"), source="tiny.yaml")
     with pytest.raises(DeferInputError, match=r"key 'search_space.module_template' gives 'model.layers\[1\].mlp.out_proj'.*no submodule 'out_proj'"):
         check_model(spec, "tiny.yaml")
+
+
+def test_storage_uri_is_kept_as_given_and_a_plain_path_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # no region and no endpoint: checked offline (pyarrow would ask AWS for the region)
+    uri = "s3://some-bucket/sweeps/tiny?endpoint_override=127.0.0.1:9000&scheme=http"
+    for given in (uri, "s3://some-bucket/sweeps/tiny", "gs://some-bucket/sweeps"):
+        spec = spec_from_dict({**TINY, "storage_uri": given})
+        assert spec.storage_uri == given
+        assert yaml.safe_load(spec_to_yaml(spec))["storage_uri"] == given
+    monkeypatch.chdir(tmp_path)
+    assert spec_from_dict({**TINY, "storage_uri": "shared/sweeps"}).storage_uri == str(tmp_path / "shared" / "sweeps")
+    assert spec_from_dict(TINY).storage_uri is None
 
 
 def test_cli_run_with_an_invalid_spec_exits_2_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

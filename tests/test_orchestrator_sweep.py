@@ -179,7 +179,7 @@ def test_results_of_a_trial_tune_never_saved_are_dropped_on_resume(finished_swee
     trial's rows and MLflow run behind; Tune will not resume it, so the next run drops them."""
     layout = SweepLayout(finished_sweep)
     info = state(finished_sweep)
-    row = {**parquet_rows(finished_sweep, "trials")[0], "trial_id": "lost0001", "status": "running", "finished_at": None}
+    row = {**parquet_rows(finished_sweep, "trials")[0], "trial_id": "lost0001", "pack_id": "lost0001", "status": "running", "finished_at": None}
     ParquetSink(layout.parquet).write("trials", "lost0001", [row])
     sink = MlflowSink(info["mlflow_tracking_uri"], info["mlflow_experiment"], info["sweep_id"])
     sink.start_trial("lost0001", "lost", {"layer": 1})

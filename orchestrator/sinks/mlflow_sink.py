@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TAG_SWEEP = "defer_sweep.sweep_id"
 TAG_TRIAL = "defer_sweep.trial_id"
+TAG_PACK = "defer_sweep.pack_id"  # the Tune trial (pack) that ran the trial
 TAG_ROLE = "defer_sweep.role"
 TAG_STATUS = "status"
 TAG_ERROR = "error"
@@ -125,15 +126,16 @@ class MlflowSink:
     def _sweep_trial_runs(self) -> list[Any]:
         return self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'trial'")
 
-    def trial_ids(self) -> set[str]:
-        return {run.data.tags[TAG_TRIAL] for run in self._sweep_trial_runs()}
+    def pack_ids(self) -> set[str]:
+        """The Tune trials behind the sweep's trial runs (a pack's id, or the trial's own)."""
+        return {run.data.tags.get(TAG_PACK, run.data.tags[TAG_TRIAL]) for run in self._sweep_trial_runs()}
 
-    def delete_trial_run(self, trial_id: str) -> None:
-        """Soft-deletes (MLflow's lifecycle 'deleted') the run of a trial that no longer exists."""
-        run_id = self._trial_run(trial_id)
-        if run_id is not None:
-            self.client.delete_run(run_id)
-            self._trial_runs.pop(trial_id, None)
+    def delete_pack_runs(self, pack_id: str) -> None:
+        """Soft-deletes (MLflow's lifecycle 'deleted') the runs of a Tune trial that no longer exists."""
+        for run in self._sweep_trial_runs():
+            if run.data.tags.get(TAG_PACK, run.data.tags[TAG_TRIAL]) == pack_id:
+                self.client.delete_run(run.info.run_id)
+                self._trial_runs.pop(run.data.tags[TAG_TRIAL], None)
 
     def delete_trial_runs(self) -> int:
         """Fresh start in a directory whose Tune state is gone: its old trial runs are stale."""
@@ -144,10 +146,11 @@ class MlflowSink:
 
     # -- nested trial runs --------------------------------------------------------------------
 
-    def start_trial(self, trial_id: str, run_name: str, params: Mapping[str, Any]) -> str:
+    def start_trial(self, trial_id: str, run_name: str, params: Mapping[str, Any], pack_id: str | None = None) -> str:
         run_id = self._trial_run(trial_id)
         if run_id is None:
-            tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_ROLE: "trial", TAG_STATUS: "running"}
+            tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_PACK: pack_id or trial_id,
+                    TAG_ROLE: "trial", TAG_STATUS: "running"}
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])

@@ -1,22 +1,25 @@
 """The Parquet dataset: tables trials/, milestones/, edits/, one file per trial per table.
 
-A file is named by the Tune trial id and written to a temporary name then renamed, so a
-reader never sees half a file, a crash never leaves one, and writing a trial again (a resumed
-sweep re-running an interrupted trial) replaces its rows instead of duplicating them. Schemas
-are fixed (every metric column exists, null where a scoring was not run), so the files of
-many sweeps concatenate.
+The dataset lives on a pyarrow filesystem (storage.Location): OUT/parquet on local disk, or
+<storage_uri>/parquet on shared storage such as S3. A file is named by the Tune trial id (it holds the
+rows of every DEFER trial of a pack, see packing.py) and appears whole or not at all, so a reader never sees half a file, a crash never leaves one, and
+writing a trial again (a resumed sweep re-running an interrupted trial) replaces its rows
+instead of duplicating them. Schemas are fixed (every metric column exists, null where a
+scoring was not run), so the files of many sweeps concatenate.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..records import METRIC_COLUMNS
+from ..storage import Location, as_location
 
 TABLES = ("trials", "milestones", "edits")
 _TIME = pa.timestamp("us", tz="UTC")
@@ -27,6 +30,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("sweep_id", pa.string()),
         pa.field("sweep_name", pa.string()),
         pa.field("trial_id", pa.string()),
+        pa.field("pack_id", pa.string()),
         pa.field("optuna_trial", pa.int64()),
         pa.field("status", pa.string()),
         pa.field("layer", pa.int64()),
@@ -80,55 +84,67 @@ SCHEMAS = {"trials": TRIALS_SCHEMA, "milestones": MILESTONES_SCHEMA, "edits": ED
 class ParquetSink:
     """Writes one trial's rows per table; each call replaces that trial's file."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Location | str | os.PathLike[str]) -> None:
+        self.root = as_location(root)
 
-    def path(self, table: str, trial_id: str) -> Path:
-        return self.root / table / f"{trial_id}.parquet"
+    def path(self, table: str, trial_id: str) -> str:
+        return self.root.child(table, f"{trial_id}.parquet").path
 
-    def write(self, table: str, trial_id: str, rows: Sequence[dict[str, Any]]) -> Path:
-        schema = SCHEMAS[table]
+    def write(self, table: str, trial_id: str, rows: Sequence[dict[str, Any]]) -> str:
+        fs = self.root.filesystem
         target = self.path(table, trial_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = pa.Table.from_pylist(list(rows), schema=schema)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        pq.write_table(data, tmp)
-        os.replace(tmp, target)
+        data = pa.Table.from_pylist(list(rows), schema=SCHEMAS[table])
+        if not self.root.is_local:
+            # An object store's PUT is all-or-nothing: a crash leaves the object complete (old
+            # or new) or absent, never partial, so the final key is written directly.
+            pq.write_table(data, target, filesystem=fs)
+            return target
+        directory, name = target.rsplit("/", 1)
+        fs.create_dir(directory, recursive=True)
+        tmp = f"{directory}/.{name}.tmp-{os.getpid()}"  # the dot hides it from readers
+        pq.write_table(data, tmp, filesystem=fs)
+        fs.move(tmp, target)  # a rename: atomic on a local filesystem
         return target
 
     def trial_ids(self) -> set[str]:
         """Trials with a file in any table."""
-        found: set[str] = set()
-        for table in TABLES:
-            directory = self.root / table
-            if directory.is_dir():
-                found.update(item.stem for item in directory.glob("*.parquet"))
-        return found
+        return {path.rsplit("/", 1)[1].removesuffix(".parquet") for table in TABLES for path in list_files(self.root, table)}
 
     def remove_trial(self, trial_id: str) -> None:
         """Forget a trial's rows before it runs again from scratch."""
         for table in TABLES:
-            self.path(table, trial_id).unlink(missing_ok=True)
+            try:
+                self.root.filesystem.delete_file(self.path(table, trial_id))
+            except FileNotFoundError:
+                pass
 
     def clear(self) -> None:
         """Drop every table file (a fresh start of the sweep in the same directory)."""
         for table in TABLES:
-            directory = self.root / table
-            if directory.is_dir():
-                for item in directory.glob("*.parquet"):
-                    item.unlink()
+            for path in list_files(self.root, table):
+                self.root.filesystem.delete_file(path)
 
 
-def final_trial_ids(root: Path, final_statuses: tuple[str, ...]) -> set[str]:
-    """Trials whose row already says how they ended."""
+def list_files(root: Location | str | os.PathLike[str], table: str) -> list[str]:
+    """A table's trial files, sorted (none if the table does not exist yet)."""
+    location = as_location(root).child(table)
+    infos = location.filesystem.get_file_info(pafs.FileSelector(location.path, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
+
+
+def final_trial_ids(root: Location | str | os.PathLike[str], final_statuses: tuple[str, ...]) -> set[str]:
+    """Tune trials (packs) whose rows all say how they ended."""
     table = read_table(root, "trials")
-    return {trial_id for trial_id, status in zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist()) if status in final_statuses}
+    ended: dict[str, bool] = {}
+    for pack_id, status in zip(table.column("pack_id").to_pylist(), table.column("status").to_pylist()):
+        ended[pack_id] = ended.get(pack_id, True) and status in final_statuses
+    return {pack_id for pack_id, done in ended.items() if done}
 
 
-def read_table(root: Path, table: str) -> pa.Table:
+def read_table(root: Location | str | os.PathLike[str], table: str) -> pa.Table:
     """All trials' rows of one table (empty with the right schema if there are none)."""
-    directory = Path(root) / table
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    location = as_location(root)
+    files = list_files(location, table)
     if not files:
         return SCHEMAS[table].empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=SCHEMAS[table]) for f in files])
+    return pads.dataset(files, schema=SCHEMAS[table], format="parquet", filesystem=location.filesystem).to_table()
