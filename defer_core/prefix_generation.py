@@ -143,17 +143,22 @@ def _first(output: torch.Tensor | tuple) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _start_batch(model: nn.Module, frozen: int, rows: Sequence[Sequence[int]], pad_id: int) -> tuple[_SlotBatch, torch.Tensor]:
-    """Right-padded rows through the frozen layers; returns the batch and the row lengths."""
-    device = next(model.parameters()).device
-    width = max(len(row) for row in rows)
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, lengths) of rows padded on the right to the longest."""
     lengths = torch.tensor([len(row) for row in rows], device=device)
+    width = int(lengths.max())
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
     for index, row in enumerate(rows):
         ids[index, : len(row)] = torch.tensor(list(row), dtype=torch.long, device=device)
-    slot_positions = torch.arange(width, device=device).expand(len(rows), width)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    return ids, mask, lengths
+
+
+def _start_batch(model: nn.Module, frozen: int, rows: Sequence[Sequence[int]], pad_id: int) -> tuple[_SlotBatch, torch.Tensor]:
+    """Right-padded rows through the frozen layers; returns the batch and the row lengths."""
+    ids, mask, lengths = right_padded(rows, pad_id, next(model.parameters()).device)
     batch = _SlotBatch(model, frozen)
-    batch.append(ids, slot_positions < lengths[:, None], slot_positions)
+    batch.append(ids, mask.bool(), torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
     return batch, lengths
 
 

@@ -20,23 +20,13 @@ import torch
 from torch import nn
 
 from .adaptor import DeferAdaptor
-from .prefix_generation import frozen_layer_count, generate_reusing_prefix, shares_prefix, teacher_forced_and_generated
+from .prefix_generation import frozen_layer_count, generate_reusing_prefix, right_padded, shares_prefix, teacher_forced_and_generated
 from .tokens import GenerationProbe, PromptTarget
 
 DEFAULT_BATCH_SIZE = 32
 # A row that stops at EOS before prompt + generation reach len(target) tokens (where EasyEdit's
 # np.equal would fail) is left-filled with this id, which matches no real token.
 NOT_GENERATED = -1
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(row) for row in rows], device=device)
-    width = int(lengths.max())
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    for index, row in enumerate(rows):
-        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
-    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
-    return ids, mask, lengths
 
 
 @torch.no_grad()
@@ -49,7 +39,7 @@ def argmax_at(
 ) -> list[list[int]]:
     """For each row, the argmax next token at each listed position, in one padded forward."""
     device = next(model.parameters()).device
-    ids, mask, lengths = _pad(rows, pad_id, device)
+    ids, mask, lengths = right_padded(rows, pad_id, device)
     keyed = adaptor.keyed_on(lengths - 1) if adaptor is not None else contextlib.nullcontext()
     with keyed:
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state

@@ -162,8 +162,10 @@ def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, Record
             continue
         rows.sort(key=lambda row: row["trial_id"])
         reports = [_last_report(milestones.get((row["trial_id"], row["n_edits"]))) for row in rows]
-        if spec.pack_size == 1 or any(report is None for report in reports):
-            report = reports[0] if spec.pack_size == 1 else None
+        if spec.pack_size == 1:
+            report = reports[0]
+        elif any(member is None for member in reports):
+            report = None  # a member that never reached a milestone: nothing to replay
         else:
             report = pack_report(spec, reports, {N_EDITS: reports[0][N_EDITS]})
         failed = next((row for row in rows if row["status"] == FAILED), None)
