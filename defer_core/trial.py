@@ -21,7 +21,7 @@ from .errors import DeferInputError
 from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, evaluate, unedited_cache_file
 from .hparams import DeferHParams
 from .models import LoadedModel
-from .results import PROTOCOLS, SCORINGS, EditOutcome, MilestoneResult, TrialResult
+from .results import PROTOCOLS, SCORINGS, EditOutcome, MilestoneResult, TrialResult, default_milestones
 from .packed import PackedDeferAdaptor, PackedDeferEditor
 from .scoring import token_accuracy
 from .tokens import PromptTarget
@@ -51,15 +51,6 @@ class TrialPlan:
     @property
     def total_records(self) -> int:
         return self.milestones[-1]
-
-
-def default_milestones(total: int) -> tuple[int, ...]:
-    """1, 10, 100, ... below T, then T."""
-    points, power = [], 1
-    while power < total:
-        points.append(power)
-        power *= 10
-    return tuple(points + [total])
 
 
 class _Editor(Protocol):

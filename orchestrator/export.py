@@ -7,7 +7,6 @@ by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams re
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +15,19 @@ from typing import Any
 from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, save_hparams
 
-from .layout import SweepLayout, load_state, require_sweep_dir
-from .ranking import pareto_front, rank_by
-from .records import COMPLETE, METRIC_COLUMNS
+from .protocol import METRIC_COLUMNS, Status
+from .search.ranking import pareto_front, rank_by
+from .search.space import hparams_for
+from .sinks.layout import SweepLayout, load_state, require_sweep_dir
 from .sinks.mlflow_sink import MlflowSink
 from .sinks.parquet_sink import read_table
-from .space import hparams_for
 from .spec import Objective, SweepSpec, load_spec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Choice:
+class ChosenTrial:
     """The chosen trial, why it was chosen, and its hyperparameters."""
 
     row: dict[str, Any]
@@ -38,7 +37,7 @@ class Choice:
 
 def completed_rows(layout: SweepLayout) -> list[dict[str, Any]]:
     table = read_table(layout.parquet, "trials")
-    return [row for row in table.to_pylist() if row["status"] == COMPLETE]
+    return [row for row in table.to_pylist() if row["status"] == Status.COMPLETE]
 
 
 def _objective(spec: SweepSpec, name: str | None) -> Objective:
@@ -52,7 +51,7 @@ def _objective(spec: SweepSpec, name: str | None) -> Objective:
     raise DeferInputError(f"--objective {name!r}: not a metric of this sweep (objectives: {', '.join(o.metric for o in spec.objectives)}; any of {', '.join(METRIC_COLUMNS)})")
 
 
-def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = None, pareto_index: int | None = None) -> Choice:
+def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = None, pareto_index: int | None = None) -> ChosenTrial:
     """Best by one objective (default: the spec's first) or the K-th Pareto point (0-based,
     sorted best-first by the first objective)."""
     if not rows:
@@ -71,10 +70,10 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
             raise DeferInputError(f"--objective {chosen.metric}: no completed trial reported it (scorings: {', '.join(spec.scorings)})")
         row = ranked[0]
         reason = f"best {chosen.metric}={row[chosen.metric]:.4f} ({chosen.direction})"
-    return Choice(row=row, reason=reason, hparams=hparams_for(spec, row))
+    return ChosenTrial(row=row, reason=reason, hparams=hparams_for(spec, row))
 
 
-def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None, mlflow: MlflowSink | None = None) -> tuple[Path, Choice]:
+def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None, mlflow: MlflowSink | None = None) -> tuple[Path, ChosenTrial]:
     """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
     chosen = choose(spec, completed_rows(layout), objective, pareto_index)
     target = save_hparams(chosen.hparams, output or layout.best_yaml)
@@ -89,14 +88,3 @@ def mlflow_for(layout: SweepLayout) -> MlflowSink | None:
     if state is None:
         return None
     return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id)
-
-
-def export_command(args: argparse.Namespace) -> int:
-    """`defer-sweep export OUT_DIR [--objective NAME | --pareto-index K] [-o FILE]`."""
-    layout = require_sweep_dir(args.output_dir)
-    spec = load_spec(layout.spec)
-    output = Path(args.output).expanduser().resolve() if args.output else None
-    target, chosen = export_best(layout, spec, output, args.objective, args.pareto_index, mlflow_for(layout))
-    print(f"wrote {target}: trial {chosen.row['trial_id']} ({chosen.reason})")
-    print(f"  {chosen.hparams.module_path}  edit_lr={chosen.hparams.edit_lr:g}  n_iter={chosen.hparams.n_iter}  threshold={chosen.hparams.threshold:g}")
-    return 0

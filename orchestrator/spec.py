@@ -18,9 +18,10 @@ import yaml
 
 from defer_core.errors import DeferInputError
 from defer_core.files import read_yaml
-from defer_core.results import METRICS, PROTOCOLS, SCORINGS
+from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, default_milestones, milestones_ending_at
 
-DERIVED_METRICS = ("mean",)  # mean_{scoring} = mean of rel, gen and loc under that scoring
+from .protocol import metric_names
+
 DIRECTIONS = ("maximize", "minimize")
 SEARCHED = ("layer", "edit_lr", "threshold", "n_iter")
 LAYER_FIELD = "{layer}"
@@ -31,11 +32,6 @@ _TOP_KEYS = {
     "early_stopping", "seed", "output_dir", "storage_uri", "pack_size", "optuna", "mlflow", "ray",
 }
 _REQUIRED_TOP = ("model", "T", "search_space", "objectives", "num_trials")
-
-
-def all_metric_names(scorings: tuple[str, ...] = SCORINGS) -> tuple[str, ...]:
-    """Every metric a trial reports for these scorings, e.g. rel_tf ... mean_gen."""
-    return tuple(f"{m}_{s}" for s in scorings for m in (*METRICS, *DERIVED_METRICS))
 
 
 @dataclass(frozen=True)
@@ -253,7 +249,7 @@ def _parse_model(reader: _Reader) -> ModelSpec:
     model.check_keys({"name", "dtype", "device"}, required=("name",))
     return ModelSpec(
         name=model.string("name"),
-        dtype=model.string("dtype", "auto", choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")),
+        dtype=model.string("dtype", "auto", choices=DTYPE_CHOICES),
         device=model.string("device"),
     )
 
@@ -270,21 +266,16 @@ def _parse_data(reader: _Reader) -> str | None:
 
 
 def _parse_milestones(reader: _Reader, total: int) -> tuple[int, ...]:
-    from defer_core.trial import default_milestones
-
     raw = reader.data.get("milestones")
     if raw is None:
         return default_milestones(total)
     if not isinstance(raw, list) or not raw:
         raise reader.fail("milestones", f"must be a non-empty list of edit counts, got {_kind(raw)}")
     values = [_as_int(v, 1, lambda msg: reader.fail("milestones", msg)) for v in raw]
-    if values != sorted(set(values)):
-        raise reader.fail("milestones", f"must be distinct and ascending, got {values}")
-    if values[-1] > total:
-        raise reader.fail("milestones", f"has {values[-1]} > T={total}")
-    if values[-1] != total:
-        values.append(total)  # the objectives are read at T, so T is always a milestone
-    return tuple(values)
+    try:
+        return milestones_ending_at(tuple(values), total)
+    except ValueError as error:
+        raise reader.fail("milestones", str(error)) from None
 
 
 def _parse_range_or_fixed(space: _Reader, name: str, kind: str) -> Param:
@@ -420,7 +411,7 @@ def _parse_objectives(reader: _Reader, scorings: tuple[str, ...]) -> tuple[Objec
         raw = [raw]
     if not isinstance(raw, list) or not raw:
         raise reader.fail("objectives", "must be a non-empty list of {metric, direction}")
-    names = all_metric_names(scorings)
+    names = metric_names(scorings)
     objectives = []
     for index, item in enumerate(raw):
         objective = _Reader(reader.source, item, f"objectives[{index}].")
@@ -443,7 +434,7 @@ def _parse_early_stopping(reader: _Reader, objectives: tuple[Objective, ...], mi
     stop = _Reader(reader.source, {} if raw is True else raw, "early_stopping.")
     stop.check_keys({"metric", "direction", "grace_edits", "reduction_factor"})
     by_metric = {o.metric: o for o in objectives}
-    names = all_metric_names(scorings)
+    names = metric_names(scorings)
     metric = stop.string("metric", objectives[0].metric)
     if metric not in names:
         raise stop.fail("metric", f"= {metric!r} is not reported under scorings {list(scorings)}; choose from {', '.join(names)}")

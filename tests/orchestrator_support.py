@@ -11,7 +11,7 @@ import optuna
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.layout import SweepLayout, require_sweep_dir
+from orchestrator.sinks.layout import SweepLayout, require_sweep_dir
 from orchestrator.sinks.mlflow_sink import TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 from orchestrator.sinks.parquet_sink import read_table
 

@@ -11,11 +11,11 @@ import ray
 from optuna.trial import TrialState
 
 from defer_core import TrialPlan, run_trial, tiny_llama
-from orchestrator.preflight import load_spec_records
+from orchestrator.sweep.preflight import load_spec_records
 from orchestrator.sinks.mlflow_sink import TAG_PACK
-from orchestrator.space import hparams_for
+from orchestrator.search.space import hparams_for
 from orchestrator.spec import load_spec
-from orchestrator.sweep import execute, prepare
+from orchestrator.sweep.driver import execute, prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, state, tiny_spec
 

@@ -10,8 +10,8 @@ import yaml
 
 from defer_core.errors import DeferInputError
 from orchestrator.cli import main
-from orchestrator.preflight import check_model
-from orchestrator.space import hparams_for, optuna_distributions
+from orchestrator.sweep.preflight import check_model
+from orchestrator.search.space import hparams_for, optuna_distributions
 from orchestrator.spec import Choice, FloatRange, IntRange, load_spec, spec_from_dict, spec_to_yaml
 
 from .orchestrator_support import SPECS

@@ -13,11 +13,11 @@ from transformers import LlamaConfig
 
 from defer_core import load_hparams
 from orchestrator.cli import main
-from orchestrator.layout import SweepLayout
+from orchestrator.sinks.layout import SweepLayout
 from orchestrator.sinks.mlflow_sink import MlflowSink
 from orchestrator.sinks.parquet_sink import ParquetSink
 from orchestrator.spec import load_spec
-from orchestrator.sweep import execute, prepare
+from orchestrator.sweep.driver import execute, prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, state, tiny_spec
 

@@ -27,7 +27,7 @@ from orchestrator.cli import main
 from orchestrator.sinks.parquet_sink import ParquetSink, read_table
 from orchestrator.spec import load_spec
 from orchestrator.storage import Location, local_location
-from orchestrator.sweep import execute, prepare
+from orchestrator.sweep.driver import execute, prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, state, tiny_spec
 
@@ -189,12 +189,12 @@ def test_parquet_sink_replaces_removes_and_reads_back(where: str, s3_endpoint: s
     sink.write("edits", "t1", [row])
     sink.write("edits", "t1", [row, {**row, "edit_index": 2}])  # replaces, never appends
     sink.write("edits", "t2", [{**row, "trial_id": "t2"}])
-    assert sink.trial_ids() == {"t1", "t2"}
+    assert sink.pack_ids() == {"t1", "t2"}
     assert [(r["trial_id"], r["edit_index"]) for r in read_table(root, "edits").to_pylist()] == [("t1", 1), ("t1", 2), ("t2", 1)]
-    sink.remove_trial("t1")
-    sink.remove_trial("t1")  # already gone: no error
-    assert sink.trial_ids() == {"t2"}
+    sink.remove_pack("t1")
+    sink.remove_pack("t1")  # already gone: no error
+    assert sink.pack_ids() == {"t2"}
     sink.clear()
-    assert sink.trial_ids() == set() and read_table(root, "edits").num_rows == 0
+    assert sink.pack_ids() == set() and read_table(root, "edits").num_rows == 0
     if where == "local":
         assert not list((tmp_path / "parquet").rglob(".*"))  # no temporary file left behind

@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from ..protocol import Status
+
 log = logging.getLogger(__name__)
 
 TAG_SWEEP = "defer_sweep.sweep_id"
@@ -25,7 +27,7 @@ TAG_PACK = "defer_sweep.pack_id"  # the Tune trial (pack) that ran the trial
 TAG_ROLE = "defer_sweep.role"
 TAG_STATUS = "status"
 TAG_ERROR = "error"
-_RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
+_RUN_STATUS = {Status.COMPLETE: "FINISHED", Status.PRUNED: "KILLED", Status.FAILED: "FAILED", Status.RUNNING: "RUNNING"}
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 _TAG_LIMIT = 5000
 
@@ -150,14 +152,14 @@ class MlflowSink:
         run_id = self._trial_run(trial_id)
         if run_id is None:
             tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_PACK: pack_id or trial_id,
-                    TAG_ROLE: "trial", TAG_STATUS: "running"}
+                    TAG_ROLE: "trial", TAG_STATUS: Status.RUNNING.value}
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
             self._created.add(run_id)
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, TAG_STATUS, "running")
+            self.client.set_tag(run_id, TAG_STATUS, Status.RUNNING.value)
         self._trial_runs[trial_id] = run_id
         return run_id
 
@@ -201,7 +203,7 @@ class MlflowSink:
         run_id = self._trial_run(trial_id)
         if run_id is None:
             return
-        tags = [RunTag(TAG_STATUS, status)]
+        tags = [RunTag(TAG_STATUS, str(status))]
         if short_error:
             tags.append(RunTag(TAG_ERROR, short_error[:_TAG_LIMIT]))
         self.client.log_batch(run_id, tags=tags)

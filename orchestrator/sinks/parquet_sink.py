@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..records import METRIC_COLUMNS
+from ..protocol import FINAL_STATUSES, METRIC_COLUMNS
 from ..storage import Location, as_location
 
 TABLES = ("trials", "milestones", "edits")
@@ -82,17 +82,19 @@ SCHEMAS = {"trials": TRIALS_SCHEMA, "milestones": MILESTONES_SCHEMA, "edits": ED
 
 
 class ParquetSink:
-    """Writes one trial's rows per table; each call replaces that trial's file."""
+    """Writes one Tune trial's rows per table (a pack's file holds all its members' rows);
+    each call replaces that file. Methods take the Tune trial id (`pack_id`); rows carry the
+    DEFER trial's own `trial_id`."""
 
     def __init__(self, root: Location | str | os.PathLike[str]) -> None:
         self.root = as_location(root)
 
-    def path(self, table: str, trial_id: str) -> str:
-        return self.root.child(table, f"{trial_id}.parquet").path
+    def path(self, table: str, pack_id: str) -> str:
+        return self.root.child(table, f"{pack_id}.parquet").path
 
-    def write(self, table: str, trial_id: str, rows: Sequence[dict[str, Any]]) -> str:
+    def write(self, table: str, pack_id: str, rows: Sequence[dict[str, Any]]) -> str:
         fs = self.root.filesystem
-        target = self.path(table, trial_id)
+        target = self.path(table, pack_id)
         data = pa.Table.from_pylist(list(rows), schema=SCHEMAS[table])
         if not self.root.is_local:
             # An object store's PUT is all-or-nothing: a crash leaves the object complete (old
@@ -106,15 +108,15 @@ class ParquetSink:
         fs.move(tmp, target)  # a rename: atomic on a local filesystem
         return target
 
-    def trial_ids(self) -> set[str]:
-        """Trials with a file in any table."""
+    def pack_ids(self) -> set[str]:
+        """Tune trials with a file in any table."""
         return {path.rsplit("/", 1)[1].removesuffix(".parquet") for table in TABLES for path in list_files(self.root, table)}
 
-    def remove_trial(self, trial_id: str) -> None:
-        """Forget a trial's rows before it runs again from scratch."""
+    def remove_pack(self, pack_id: str) -> None:
+        """Forget a Tune trial's rows before it runs again from scratch."""
         for table in TABLES:
             try:
-                self.root.filesystem.delete_file(self.path(table, trial_id))
+                self.root.filesystem.delete_file(self.path(table, pack_id))
             except FileNotFoundError:
                 pass
 
@@ -132,13 +134,17 @@ def list_files(root: Location | str | os.PathLike[str], table: str) -> list[str]
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith("."))
 
 
-def final_trial_ids(root: Location | str | os.PathLike[str], final_statuses: tuple[str, ...]) -> set[str]:
-    """Tune trials (packs) whose rows all say how they ended."""
-    table = read_table(root, "trials")
-    ended: dict[str, bool] = {}
-    for pack_id, status in zip(table.column("pack_id").to_pylist(), table.column("status").to_pylist()):
-        ended[pack_id] = ended.get(pack_id, True) and status in final_statuses
-    return {pack_id for pack_id, done in ended.items() if done}
+def finished_packs(root: Location | str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """The trial rows of every Tune trial (pack) whose rows all say how it ended, by pack id,
+    members sorted by trial id: what a resumed sweep counts as recorded and never re-runs."""
+    packs: dict[str, list[dict[str, Any]]] = {}
+    for row in read_table(root, "trials").to_pylist():
+        packs.setdefault(row["pack_id"], []).append(row)
+    return {
+        pack_id: sorted(rows, key=lambda row: row["trial_id"])
+        for pack_id, rows in packs.items()
+        if all(row["status"] in FINAL_STATUSES for row in rows)
+    }
 
 
 def read_table(root: Location | str | os.PathLike[str], table: str) -> pa.Table:

@@ -21,35 +21,18 @@ from ray import tune
 
 from defer_core.data import EditRecord
 from defer_core.models import LoadedModel, cache_dir, load_model
-from defer_core.results import METRICS, EditOutcome, MilestoneResult
+from defer_core.results import METRICS, EditOutcome, MilestoneResult, metric_key
 from defer_core.trial import TrialPlan, run_trials
 
-from .packing import is_pack, member_configs, pack_report
-from .search import N_EDITS
-from .space import hparams_for
-from .spec import SweepSpec
+from ..protocol import EDITS_KEY, EVAL_SECONDS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, WORKER_PID, RecordedTrial, Status
+from ..search.packing import is_pack, member_configs, pack_report
+from ..search.space import hparams_for
+from ..spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
-EDITS_KEY = "edits"
-EVAL_SECONDS = "eval_seconds"
-WORKER_PID = "worker_pid"
-NODE_ID = "node_id"
-MODEL_LOAD_SECONDS = "model_load_seconds"  # 0.0 when the worker had the model cached
-REPLAYED = "replayed"
 
 _MODEL_CACHE: dict[tuple[str, str, str | None], LoadedModel] = {}
-
-
-@dataclass(frozen=True)
-class RecordedTrial:
-    """A trial the driver had already persisted as finished when a killed sweep was resumed.
-    Tune may still consider it running (it died between the driver's write and Tune's next
-    state snapshot); it is replayed from this record instead of computed again."""
-
-    status: str  # complete | pruned | failed
-    last_report: Mapping[str, Any] | None
-    error: str | None = None
 
 
 class RecordedTrialFailure(RuntimeError):
@@ -83,7 +66,7 @@ def with_mean_metrics(metrics: Mapping[str, float], scorings: tuple[str, ...]) -
     """Adds mean_{scoring} = mean(rel, gen, loc) for each scoring that has all three."""
     out = dict(metrics)
     for scoring in scorings:
-        parts = [metrics.get(f"{m}_{scoring}") for m in METRICS]
+        parts = [metrics.get(metric_key(m, scoring)) for m in METRICS]
         if all(p is not None for p in parts):
             out[f"mean_{scoring}"] = math.fsum(parts) / len(parts)
     return out
@@ -120,8 +103,8 @@ def replay(recorded: RecordedTrial) -> None:
     """Tell Tune the recorded outcome: the last milestone again (so the scheduler and the
     searcher see where it ended), or the recorded failure."""
     if recorded.last_report is not None:
-        tune.report({**recorded.last_report, REPLAYED: True, EDITS_KEY: []})
-    if recorded.status == "failed":
+        tune.report({**recorded.last_report, EDITS_KEY: []})
+    if recorded.status == Status.FAILED:
         raise RecordedTrialFailure(recorded.error or "failed before the sweep was resumed")
 
 

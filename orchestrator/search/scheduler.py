@@ -17,8 +17,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from .search import N_EDITS
-from .spec import SweepSpec
+from ..protocol import N_EDITS
+from ..spec import SweepSpec
 
 
 class MilestoneASHA(AsyncHyperBandScheduler):

@@ -12,7 +12,7 @@ import optuna
 
 from defer_core.hparams import DeferHParams
 
-from .spec import SEARCHED, Choice, FloatRange, IntRange, SweepSpec
+from ..spec import SEARCHED, Choice, FloatRange, IntRange, SweepSpec
 
 
 def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:

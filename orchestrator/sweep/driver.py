@@ -27,24 +27,24 @@ from ray.tune.logger import JsonLoggerCallback
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
-from .export import export_best
-from .layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_sweep_dir, save_state
-from .packing import num_packs
-from .persistence import ResultsCallback, drop_unknown_trials, recorded_trials
+from ..export import export_best
+from ..protocol import FINAL_STATUSES, Status
+from ..search.optuna_search import default_storage_url, delete_study_if_exists, fail_orphaned_trials, make_searcher
+from ..search.packing import num_packs
+from ..search.scheduler import make_scheduler
+from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_sweep_dir, save_state
+from ..sinks.mlflow_sink import MlflowSink, default_tracking_uri
+from ..sinks.parquet_sink import ParquetSink, read_table
+from ..sinks.progress import ProgressCallback, Sink
+from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
+from ..spec import SweepSpec, load_spec, spec_to_yaml
+from ..worker.trainable import TrialSettings, defer_trainable
 from .preflight import check_model, load_spec_records
-from .progress import ProgressCallback, Sink
-from .records import COMPLETE, FAILED, FINAL_STATUSES, PRUNED
-from .scheduler import make_scheduler
-from .search import default_storage_url, delete_study_if_exists, fail_orphaned_trials, make_searcher
-from .sinks.mlflow_sink import MlflowSink, default_tracking_uri
-from .sinks.parquet_sink import ParquetSink, read_table
-from .spec import SweepSpec, load_spec, spec_to_yaml
-from .trainable import TrialSettings, defer_trainable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "defer-sweep"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Tune snapshots its experiment state at most this often (seconds); a short period keeps the
 # window small in which a killed driver forgets that a trial finished.
 CHECKPOINT_PERIOD_S = "2"
@@ -114,7 +114,7 @@ def _reset_partial(layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -
 
 def _check_storage_unused(layout: SweepLayout, restorable: bool) -> None:
     """A new sweep must not adopt what another sweep left at the same storage_uri."""
-    if layout.storage_uri and (restorable or ParquetSink(layout.parquet).trial_ids()):
+    if layout.storage_uri and (restorable or ParquetSink(layout.parquet).pack_ids()):
         raise DeferInputError(f"key 'storage_uri' = {layout.storage_uri!r} already holds another sweep's Tune experiment or Parquet files ({layout.results}); give each sweep its own prefix")
 
 
@@ -202,7 +202,7 @@ def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records:
 
 def status_counts(layout: SweepLayout) -> dict[str, int]:
     rows = read_table(layout.parquet, "trials").column("status").to_pylist()
-    return {status: rows.count(status) for status in (*FINAL_STATUSES, "running")}
+    return {status: rows.count(status) for status in (*FINAL_STATUSES, Status.RUNNING)}
 
 
 def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False) -> SweepOutcome:
@@ -247,22 +247,22 @@ def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: Mlfl
     finished = done >= spec.num_trials
     best_yaml = reason = None
     if not finished:  # interrupted (Ctrl-C): resumable, so the parent run is KILLED, not FAILED
-        mlflow.close_sweep("KILLED", {k: counts[k] for k in (COMPLETE, PRUNED, FAILED, "running")})
+        mlflow.close_sweep("KILLED", counts)
         return SweepOutcome(layout, state, counts, False, None, None)
     orphans = fail_orphaned_trials(state.optuna_storage, state.optuna_study_name)
     if orphans:
         log.warning("marked %d Optuna trial(s) lost with an earlier driver as FAIL", orphans)
-    if counts[COMPLETE]:
+    if counts[Status.COMPLETE]:
         best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
         reason = f"trial {chosen.row['trial_id']}: {chosen.reason}"
     report_html = _write_report(layout)
-    mlflow.close_sweep("FINISHED", {k: counts[k] for k in (COMPLETE, PRUNED, FAILED)})
+    mlflow.close_sweep("FINISHED", {status: counts[status] for status in FINAL_STATUSES})
     return SweepOutcome(layout, state, counts, True, best_yaml, reason, report_html)
 
 
 def _write_report(layout: SweepLayout) -> Path | None:
     """The HTML report (also logged to the parent run); a plotting problem must not fail a finished sweep."""
-    from .report import write_report
+    from ..report import write_report
 
     try:
         return write_report(layout.root)
@@ -291,61 +291,3 @@ def prepare(spec: SweepSpec) -> SweepLayout:
                 f"choose another output_dir, or continue that sweep with `defer-sweep resume {layout.root}`"
             )
     return layout
-
-
-# -- CLI layer -----------------------------------------------------------------------------------------
-
-
-def print_line(line: str) -> None:
-    """The progress sink the CLI uses (a module-level function, so Tune can pickle it)."""
-    print(line, flush=True)
-
-
-def _quiet_libraries(verbose_ray: bool) -> None:
-    import optuna
-
-    # with an http tracking URI MLflow prints "View run ... at ..." for every run it ends
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if not verbose_ray:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        # on resume, Tune warns about trials that had not written results yet: expected here
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-
-
-def report(outcome: SweepOutcome) -> int:
-    layout, state = outcome.layout, outcome.state
-    counts = outcome.counts
-    print(f"trials: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, {counts[FAILED]} failed" + (f", {counts['running']} unfinished" if counts["running"] else ""))
-    if not outcome.finished:
-        print(f"sweep not finished; continue it with: defer-sweep resume {layout.root}", file=sys.stderr)
-        return 130
-    print(f"MLflow store:    {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}')")
-    print(f"Parquet dataset: {layout.parquet}  (tables: trials/, milestones/, edits/)")
-    if outcome.best_yaml:
-        print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
-    else:
-        print("best.yaml:       not written (no trial completed all edits)")
-    if outcome.report_html:
-        print(f"report:          {outcome.report_html}")
-    print(f"open the MLflow UI: mlflow ui --backend-store-uri {state.mlflow_tracking_uri}")
-    return 0
-
-
-def run_sweep_command(args: argparse.Namespace) -> int:
-    """`defer-sweep run SPEC [--output-dir DIR]`: start, or continue, the sweep."""
-    spec = load_spec(args.spec)
-    if getattr(args, "output_dir", None):
-        spec = spec.with_output_dir(args.output_dir)
-    layout = prepare(spec)
-    _quiet_libraries(args.verbose_ray)
-    print(f"sweep '{spec.name}': {spec.num_trials} trials of {spec.model.name}, T={spec.T}, output {layout.root}", flush=True)
-    return report(execute(spec, layout, sink=print_line, verbose_ray=args.verbose_ray))
-
-
-def resume_sweep_command(args: argparse.Namespace) -> int:
-    """`defer-sweep resume OUT_DIR`: continue an interrupted sweep from its directory alone."""
-    _quiet_libraries(args.verbose_ray)
-    layout = require_sweep_dir(args.output_dir)
-    print(f"resuming the sweep in {layout.root}", flush=True)
-    return report(resume(layout.root, sink=print_line, verbose_ray=args.verbose_ray))

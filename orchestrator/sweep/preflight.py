@@ -18,8 +18,8 @@ from defer_core.errors import DeferInputError
 from defer_core.models import EMBEDDED_MODEL, TINY_MODEL, embedded_model_dir, tiny_llama
 from defer_core.module_path import parse_module_path, resolve_module
 
-from .space import module_for
-from .spec import SweepSpec
+from ..search.space import module_for
+from ..spec import SweepSpec
 
 
 def _config(name: str) -> PretrainedConfig:

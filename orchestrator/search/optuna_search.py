@@ -18,14 +18,13 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from .packing import MEMBERS, is_pack, member_results
+from ..protocol import MEMBERS, N_EDITS, OPTUNA_TRIAL
+from ..spec import SweepSpec
+from .packing import is_pack, member_results
 from .space import optuna_distributions
-from .spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
-N_EDITS = "n_edits"
-OPTUNA_TRIAL = "optuna_trial"
 TUNE_TRIAL_ATTR = "tune_trial_id"
 
 

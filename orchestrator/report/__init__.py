@@ -21,7 +21,6 @@ defer_core's dump_hparams, so the page and `defer-sweep export` always agree.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import html
@@ -41,15 +40,15 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes, atomic_write_text
 from defer_core.hparams import dump_hparams
 
-from .export import Choice, choose
-from .layout import SweepLayout, SweepState, load_state, require_sweep_dir
-from .ranking import pareto_front, rank_by
-from .records import COMPLETE, FAILED, PRUNED
-from .sinks.mlflow_sink import MlflowSink
-from .sinks.parquet_sink import read_table
-from .space import describe_config, hparams_for
-from .spec import FloatRange, Choice as ChoiceRange, Objective, SweepSpec, load_spec
-from . import report_plots as plots
+from ..export import ChosenTrial, choose
+from ..protocol import FINAL_STATUSES, Status
+from ..search.ranking import pareto_front, rank_by
+from ..search.space import describe_config, hparams_for
+from ..sinks.layout import SweepLayout, SweepState, load_state, require_sweep_dir
+from ..sinks.mlflow_sink import MlflowSink
+from ..sinks.parquet_sink import read_table
+from ..spec import FloatRange, Choice as ChoiceRange, Objective, SweepSpec, load_spec
+from . import plots
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +88,11 @@ class SweepData:
     state: SweepState
     trials: list[dict[str, Any]]
     milestones: dict[str, list[dict[str, Any]]]
-    choice: Choice | None
+    choice: ChosenTrial | None
 
     @property
     def completed(self) -> list[dict[str, Any]]:
-        return [t for t in self.trials if t["status"] == COMPLETE]
+        return [t for t in self.trials if t["status"] == Status.COMPLETE]
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -101,7 +100,7 @@ class SweepData:
 
     def counts(self) -> dict[str, int]:
         statuses = [t["status"] for t in self.trials]
-        return {s: statuses.count(s) for s in (COMPLETE, PRUNED, FAILED, "running")}
+        return {s: statuses.count(s) for s in (*FINAL_STATUSES, Status.RUNNING)}
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -118,7 +117,7 @@ def load_sweep(layout: SweepLayout) -> SweepData:
         milestones[row["trial_id"]].append(row)
     for rows in milestones.values():
         rows.sort(key=lambda r: r["n_edits"])
-    completed = [t for t in trials if t["status"] == COMPLETE]
+    completed = [t for t in trials if t["status"] == Status.COMPLETE]
     choice = None
     if completed:
         try:
@@ -359,7 +358,7 @@ def _table(data: SweepData) -> str:
 
 
 def _failed(data: SweepData) -> str:
-    failed = [t for t in data.trials if t["status"] == FAILED]
+    failed = [t for t in data.trials if t["status"] == Status.FAILED]
     if not failed:
         return ""
     items = "".join(f"<li>{plots.trial_label(t)} <code>{html.escape(t['trial_id'])}</code> {html.escape(describe_config(t))}: {html.escape(t.get('error') or 'no error text')}</li>" for t in failed)
@@ -380,7 +379,7 @@ def render_html(data: SweepData, plot_list: Sequence[Plot], importance: Importan
         ("model", f"{spec.model.name} ({spec.model.dtype}, {spec.model.device or 'auto'})"),
         ("edits", f"T={spec.T}, milestones {', '.join(map(str, spec.milestones))}, protocol {spec.protocol}, scorings {', '.join(spec.scorings)}"),
         ("objectives", ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)),
-        ("trials", f"{len(data.trials)} of {spec.num_trials}: {counts[COMPLETE]} complete, {counts[PRUNED]} pruned, {counts[FAILED]} failed" + (f", {counts['running']} unfinished" if counts["running"] else "")),
+        ("trials", f"{len(data.trials)} of {spec.num_trials}: {counts[Status.COMPLETE]} complete, {counts[Status.PRUNED]} pruned, {counts[Status.FAILED]} failed" + (f", {counts[Status.RUNNING]} unfinished" if counts[Status.RUNNING] else "")),
         ("best", best_text),
         ("sweep", f"id {state.sweep_id}; MLflow {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}'); Optuna study '{state.optuna_study_name}'"),
         ("output", str(data.layout.root)),
@@ -443,14 +442,21 @@ def _is_report_png(name: str) -> bool:
     return name.endswith(".png") and (name == "importance.png" or name.startswith(("pareto_", "curves_", "params_")))
 
 
+@dataclass(frozen=True)
+class WrittenReport:
+    page: Path  # report.html
+    plots: list[str]  # PNG file names beside it
+    mlflow_run_id: str | None  # the parent run it was logged to, if any
+
+
 def write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None, *, log_to_mlflow: bool = True) -> Path:
     """Write OUT/report/report.html and its PNGs (atomically, file by file) and log them to
     the sweep's MLflow parent run. Returns the HTML file's path. Safe to call while a sweep is
     still running (it shows what has finished) and at the end of `defer-sweep run`."""
-    return _write_report(out_dir, report_dir, log_to_mlflow=log_to_mlflow)[0]
+    return write_report_files(out_dir, report_dir, log_to_mlflow=log_to_mlflow).page
 
 
-def _write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None, *, log_to_mlflow: bool) -> tuple[Path, str | None]:
+def write_report_files(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str] | None = None, *, log_to_mlflow: bool = True) -> WrittenReport:
     layout = require_sweep_dir(out_dir)
     data = load_sweep(layout)
     target = Path(report_dir).expanduser().resolve() if report_dir is not None else layout.root / REPORT_DIR
@@ -470,17 +476,4 @@ def _write_report(out_dir: str | os.PathLike[str], report_dir: str | os.PathLike
     run_id = log_report_to_mlflow(data.state, target) if log_to_mlflow else None
     if run_id:
         log.info("report: logged to MLflow run %s under %s/", run_id, MLFLOW_ARTIFACT_PATH)
-    return page, run_id
-
-
-def report_command(args: argparse.Namespace) -> int:
-    """`defer-sweep report OUT_DIR`: writes OUT_DIR/report/ and prints where it is."""
-    page, run_id = _write_report(args.output_dir, None, log_to_mlflow=True)
-    pngs = sorted(p.name for p in page.parent.glob("*.png") if _is_report_png(p.name))
-    print(f"report: {page}")
-    print(f"  plots: {', '.join(pngs)}")
-    if run_id:
-        print(f"  logged to MLflow run {run_id} under {MLFLOW_ARTIFACT_PATH}/")
-    else:
-        print("  not logged to MLflow (see the warning above)")
-    return 0
+    return WrittenReport(page, sorted(written), run_id)

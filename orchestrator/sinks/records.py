@@ -1,9 +1,5 @@
 """What the driver knows about one trial, built from Tune's results; both sinks and the
-progress lines read it.
-
-Status: `complete` when the last reported milestone reached T, `pruned` when the trial ended
-earlier (the scheduler stopped it), `failed` when it raised, `running` until it ends.
-"""
+progress lines read it. Its status is a protocol.Status."""
 
 from __future__ import annotations
 
@@ -11,24 +7,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .search import N_EDITS, OPTUNA_TRIAL
-from .space import full_config, module_for
-from .spec import SweepSpec, all_metric_names
-from .trainable import EDITS_KEY, EVAL_SECONDS, MODEL_LOAD_SECONDS, NODE_ID, WORKER_PID
-
-RUNNING, COMPLETE, PRUNED, FAILED = "running", "complete", "pruned", "failed"
-FINAL_STATUSES = (COMPLETE, PRUNED, FAILED)
-METRIC_COLUMNS = all_metric_names()
+from ..protocol import EDITS_KEY, EVAL_SECONDS, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, WORKER_PID, Status, final_status
+from ..search.space import full_config, module_for
+from ..spec import SweepSpec
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def final_status(reached: int | None, total: int, errored: bool) -> str:
-    if errored:
-        return FAILED
-    return COMPLETE if reached is not None and reached >= total else PRUNED
 
 
 def trial_error_text(trial: Any) -> str | None:
@@ -66,7 +51,7 @@ class TrialLog:
     started_at: dt.datetime = field(default_factory=utcnow)
     milestones: dict[int, dict[str, Any]] = field(default_factory=dict)
     edits: dict[int, dict[str, Any]] = field(default_factory=dict)
-    status: str = RUNNING
+    status: Status = Status.RUNNING
     error: str | None = None
     finished_at: dt.datetime | None = None
     seconds: float | None = None
@@ -122,7 +107,7 @@ class TrialLog:
             "trial_id": self.trial_id,
             "pack_id": self.pack_id,
             "optuna_trial": self.optuna_trial,
-            "status": self.status,
+            "status": self.status.value,
             "layer": self.config["layer"],
             "module": module_for(spec, self.config["layer"]),
             "edit_lr": self.config["edit_lr"],

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from .spec import SweepSpec
+from ..protocol import MEMBERS
+from ..spec import SweepSpec
 
-MEMBERS = "members"
 PACK_TIMING = ("time_total_s", "training_iteration")
 
 

@@ -13,15 +13,14 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from .packing import member_configs, member_results, member_trial_id, pack_report
-from .records import FAILED, FINAL_STATUSES, METRIC_COLUMNS, TrialLog, short_error, trial_error_text
-from .search import N_EDITS
-from .sinks.mlflow_sink import MlflowSink
-from .sinks.parquet_sink import ParquetSink, final_trial_ids, read_table
-from .space import describe_config, module_for
-from .storage import Location
-from .spec import SweepSpec
-from .trainable import EDITS_KEY, EVAL_SECONDS, RecordedTrial
+from ..protocol import EDITS_KEY, EVAL_SECONDS, METRIC_COLUMNS, N_EDITS, RecordedTrial, Status
+from ..search.packing import member_configs, member_results, member_trial_id, pack_report
+from ..search.space import describe_config, module_for
+from ..spec import SweepSpec
+from .mlflow_sink import MlflowSink
+from .parquet_sink import ParquetSink, finished_packs, read_table
+from .records import TrialLog, short_error, trial_error_text
+from ..storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class ResultsCallback(Callback):
         experiment state (Tune will not resume them)."""
         if self._recorded is not None:
             return
-        self._recorded = final_trial_ids(self.parquet.root, FINAL_STATUSES)
+        self._recorded = set(finished_packs(self.parquet.root))
         drop_unknown_trials(self.parquet, self.mlflow, {t.trial_id for t in trials})
 
     def _start(self, trial: Trial) -> list[TrialLog]:
@@ -79,7 +78,7 @@ class ResultsCallback(Callback):
             for k, config in enumerate(member_configs(trial.config))
         ]
         self._logs[trial.trial_id] = entries
-        self.parquet.remove_trial(trial.trial_id)
+        self.parquet.remove_pack(trial.trial_id)
         self._write(trial.trial_id, entries, tables=("trials",))
         for entry in entries:
             self.mlflow.start_trial(entry.trial_id, run_name(entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
@@ -153,14 +152,8 @@ def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, Record
     """Finished Tune trials as persisted, keyed by Tune trial id, with the report a replay
     sends: their last milestone (a pack's, with every member's)."""
     milestones = {(m["trial_id"], m["n_edits"]): m for m in read_table(parquet_root, "milestones").to_pylist()}
-    packs: dict[str, list[dict[str, Any]]] = {}
-    for row in read_table(parquet_root, "trials").to_pylist():
-        packs.setdefault(row["pack_id"], []).append(row)
     recorded: dict[str, RecordedTrial] = {}
-    for pack_id, rows in packs.items():
-        if any(row["status"] not in FINAL_STATUSES for row in rows):
-            continue
-        rows.sort(key=lambda row: row["trial_id"])
+    for pack_id, rows in finished_packs(parquet_root).items():
         reports = [_last_report(milestones.get((row["trial_id"], row["n_edits"]))) for row in rows]
         if spec.pack_size == 1:
             report = reports[0]
@@ -168,8 +161,8 @@ def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, Record
             report = None  # a member that never reached a milestone: nothing to replay
         else:
             report = pack_report(spec, reports, {N_EDITS: reports[0][N_EDITS]})
-        failed = next((row for row in rows if row["status"] == FAILED), None)
-        status = FAILED if failed else rows[0]["status"]
+        failed = next((row for row in rows if row["status"] == Status.FAILED), None)
+        status = Status.FAILED if failed else Status(rows[0]["status"])
         recorded[pack_id] = RecordedTrial(status=status, last_report=report, error=failed["error"] if failed else None)
     return recorded
 
@@ -185,9 +178,9 @@ def _last_report(last: dict[str, Any] | None) -> dict[str, Any] | None:
 def drop_unknown_trials(parquet: ParquetSink, mlflow: MlflowSink, known: set[str]) -> list[str]:
     """Removes the Parquet files and MLflow runs of Tune trials Tune does not know: trials a
     killed driver started after its last saved experiment state, which Tune will never resume."""
-    dropped = sorted((parquet.trial_ids() | mlflow.pack_ids()) - known)
+    dropped = sorted((parquet.pack_ids() | mlflow.pack_ids()) - known)
     for pack_id in dropped:
         log.warning("trial %s was started after the last saved Tune state of a killed driver; dropping its partial results", pack_id)
-        parquet.remove_trial(pack_id)
+        parquet.remove_pack(pack_id)
         mlflow.delete_pack_runs(pack_id)
     return dropped

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from .spec import Objective
+from ..protocol import trial_order_key
+from ..spec import Objective
 
 Row = Mapping[str, Any]
 
@@ -15,11 +16,6 @@ def _signed(row: Row, objective: Objective) -> float:
     return value if objective.direction == "maximize" else -value
 
 
-def _order_key(row: Row) -> tuple[int, str]:
-    number = row.get("optuna_trial")
-    return (number if number is not None else 1 << 30, str(row.get("trial_id", "")))
-
-
 def usable(rows: Sequence[Row], objectives: Sequence[Objective]) -> list[Row]:
     return [r for r in rows if all(r.get(o.metric) is not None for o in objectives)]
 
@@ -27,7 +23,7 @@ def usable(rows: Sequence[Row], objectives: Sequence[Objective]) -> list[Row]:
 def rank_by(rows: Sequence[Row], objective: Objective) -> list[Row]:
     """Best first."""
     candidates = usable(rows, [objective])
-    return sorted(candidates, key=lambda r: (-_signed(r, objective), _order_key(r)))
+    return sorted(candidates, key=lambda r: (-_signed(r, objective), trial_order_key(r)))
 
 
 def dominates(a: Row, b: Row, objectives: Sequence[Objective]) -> bool:
@@ -40,4 +36,4 @@ def pareto_front(rows: Sequence[Row], objectives: Sequence[Objective]) -> list[R
     """Non-dominated rows, sorted best-first by the first objective, then the next ones."""
     candidates = usable(rows, objectives)
     front = [r for r in candidates if not any(dominates(o, r, objectives) for o in candidates if o is not r)]
-    return sorted(front, key=lambda r: (tuple(-_signed(r, o) for o in objectives), _order_key(r)))
+    return sorted(front, key=lambda r: (tuple(-_signed(r, o) for o in objectives), trial_order_key(r)))

@@ -13,14 +13,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from .packing import member_configs, member_results, member_trial_id
-from .ranking import pareto_front, rank_by
-from .records import COMPLETE, FAILED, PRUNED, final_status, short_error, trial_error_text
-from .search import N_EDITS, OPTUNA_TRIAL
-from .space import describe_config, full_config
-from .sinks.parquet_sink import final_trial_ids
-from .spec import SweepSpec
-from .storage import Location
+from ..protocol import FINAL_STATUSES, N_EDITS, OPTUNA_TRIAL, Status, final_status
+from ..search.packing import member_configs, member_results, member_trial_id
+from ..search.ranking import pareto_front, rank_by
+from ..search.space import describe_config, full_config
+from ..spec import SweepSpec
+from .parquet_sink import finished_packs
+from .records import short_error, trial_error_text
+from ..storage import Location
 
 Sink = Callable[[str], None]
 
@@ -44,10 +44,10 @@ def trial_line(index: int, total: int, trial_id: str, status: str, config: Mappi
 def trial_status(trial: Trial, total_edits: int) -> str:
     """running / pending / complete / pruned / failed, from Tune's view of the trial."""
     if trial.status == Trial.ERROR:
-        return FAILED
+        return Status.FAILED
     if trial.status == Trial.TERMINATED:
         return final_status((trial.last_result or {}).get(N_EDITS), total_edits, errored=False)
-    return "running" if trial.status == Trial.RUNNING else "pending"
+    return Status.RUNNING if trial.status == Trial.RUNNING else Status.PENDING
 
 
 def trial_statuses(spec: SweepSpec, trials: Iterable[Trial], current: tuple[Trial, str] | None = None) -> dict[str, str]:
@@ -63,16 +63,16 @@ def summary_line(spec: SweepSpec, trials: Sequence[Trial], statuses: Mapping[str
     """Counts DEFER trials: a pack of K counts K (its members share the pack's status)."""
     counts: Counter[str] = Counter()
     for trial in trials:
-        counts[statuses.get(trial.trial_id, "pending")] += len(member_configs(trial.config))
-    done = counts[COMPLETE] + counts[PRUNED] + counts[FAILED]
+        counts[statuses.get(trial.trial_id, Status.PENDING)] += len(member_configs(trial.config))
+    done = sum(counts[status] for status in FINAL_STATUSES)
     text = (
-        f"  sweep: {done}/{spec.num_trials} done · {counts['running']} running · "
-        f"{counts[COMPLETE]} complete · {counts[PRUNED]} pruned · {counts[FAILED]} failed"
+        f"  sweep: {done}/{spec.num_trials} done · {counts[Status.RUNNING]} running · "
+        f"{counts[Status.COMPLETE]} complete · {counts[Status.PRUNED]} pruned · {counts[Status.FAILED]} failed"
     )
     rows = [
         {**result, "trial_id": member_trial_id(t.trial_id, k, spec.pack_size), "optuna_trial": config.get(OPTUNA_TRIAL), "config": config}
         for t in trials
-        if statuses.get(t.trial_id) == COMPLETE
+        if statuses.get(t.trial_id) == Status.COMPLETE
         for k, (config, result) in enumerate(zip(member_configs(t.config), member_results(t.last_result or {})))
     ]
     return text + best_text(spec, rows)
@@ -109,7 +109,7 @@ class ProgressCallback(Callback):
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if self._recorded is None:  # trials finished before a resume are replayed silently
-            self._recorded = final_trial_ids(self.parquet_root, (COMPLETE, PRUNED, FAILED))
+            self._recorded = set(finished_packs(self.parquet_root))
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._milestones[trial.trial_id] = {}
@@ -125,7 +125,7 @@ class ProgressCallback(Callback):
             return
         statuses = trial_statuses(self.spec, trials, (trial, status))
         members = member_configs(trial.config)
-        done_before = sum(len(member_configs(t.config)) for t in trials if t is not trial and statuses.get(t.trial_id) in (COMPLETE, PRUNED, FAILED))
+        done_before = sum(len(member_configs(t.config)) for t in trials if t is not trial and statuses.get(t.trial_id) in FINAL_STATUSES)
         seconds = (trial.last_result or {}).get("time_total_s")
         milestones = self._milestones.pop(trial.trial_id, {})
         for k, config in enumerate(members):
@@ -138,4 +138,4 @@ class ProgressCallback(Callback):
         self._emit(trials, trial, final_status(reached, self.spec.T, errored=False), None)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._emit(trials, trial, FAILED, short_error(trial_error_text(trial)))
+        self._emit(trials, trial, Status.FAILED, short_error(trial_error_text(trial)))

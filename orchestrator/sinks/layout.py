@@ -23,7 +23,7 @@ from pathlib import Path
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
-from .storage import Location, local_location, open_storage
+from ..storage import Location, local_location, open_storage
 
 TUNE_EXPERIMENT = "tune"
 

@@ -1,0 +1,82 @@
+"""The words the orchestrator's parts share: result keys, trial statuses, metric columns.
+
+A worker's `tune.report` dict, the searcher, the scheduler, the sinks, the report and the
+export all read the same keys; each key and status is spelled here once. Imports nothing
+heavy (no torch, Ray, Optuna or MLflow), so every module can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Mapping
+
+from defer_core.results import METRICS, SCORINGS, metric_key
+
+# -- keys of a worker's milestone report (tune.report) --------------------------------------------
+N_EDITS = "n_edits"  # the milestone: edits made so far; the scheduler's clock
+EDITS_KEY = "edits"  # the edit outcomes since the previous milestone
+EVAL_SECONDS = "eval_seconds"
+WORKER_PID = "worker_pid"
+NODE_ID = "node_id"  # the Ray node that ran the trial
+MODEL_LOAD_SECONDS = "model_load_seconds"  # 0.0 when the worker had the model cached
+OPTUNA_TRIAL = "optuna_trial"  # in a trial's config: the Optuna trial number behind it
+MEMBERS = "members"  # in a pack's config and reports: one entry per DEFER trial (search/packing.py)
+
+# -- metric columns -------------------------------------------------------------------------------
+DERIVED_METRICS = ("mean",)  # mean_{scoring} = mean of rel, gen and loc under that scoring
+
+
+def metric_names(scorings: tuple[str, ...] = SCORINGS) -> tuple[str, ...]:
+    """Every metric a trial reports for these scorings, e.g. rel_tf ... mean_gen."""
+    return tuple(metric_key(m, s) for s in scorings for m in (*METRICS, *DERIVED_METRICS))
+
+
+METRIC_COLUMNS = metric_names()  # Parquet and MLflow carry every column, null where not scored
+
+
+# -- trial statuses -------------------------------------------------------------------------------
+class Status(str, Enum):
+    """How a DEFER trial stands. `complete`: its last milestone reached T; `pruned`: the
+    scheduler stopped it earlier; `failed`: it raised; `running` until it ends."""
+
+
+    PENDING = "pending"  # on the console only: Tune has not started it yet
+    RUNNING = "running"
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATUSES = (Status.COMPLETE, Status.PRUNED, Status.FAILED)
+
+
+def final_status(reached: int | None, total: int, errored: bool) -> Status:
+    if errored:
+        return Status.FAILED
+    return Status.COMPLETE if reached is not None and reached >= total else Status.PRUNED
+
+
+# -- ordering -------------------------------------------------------------------------------------
+_UNNUMBERED = 1 << 30  # trials without an Optuna number sort after every numbered one
+
+
+def trial_order_key(row: Mapping[str, Any]) -> tuple[int, str]:
+    """Ties and listings go by Optuna trial number, then trial id: deterministic everywhere."""
+    number = row.get(OPTUNA_TRIAL)
+    return (int(number) if number is not None else _UNNUMBERED, str(row.get("trial_id", "")))
+
+
+# -- what the driver had recorded when a killed sweep was resumed ---------------------------------
+@dataclass(frozen=True)
+class RecordedTrial:
+    """A Tune trial (pack) the driver had persisted as finished. Tune may still consider it
+    running (the driver died between its write and Tune's next state snapshot); the worker
+    replays this record instead of computing the trial again."""
+
+    status: Status
+    last_report: Mapping[str, Any] | None
+    error: str | None = None

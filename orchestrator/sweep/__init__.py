@@ -1,0 +1,1 @@
+"""The driver: preflight checks, then a Ray Tune run with the searcher, scheduler, worker and sinks."""
