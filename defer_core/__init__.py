@@ -2,18 +2,51 @@
 
 Data flow: records (data) → a model (models) → an adaptor on one Linear (adaptor, editor)
 → a stream of edits with evaluations at milestones (trial, evaluation, scoring) → results.
+
+Public names are imported from their submodule on first use (PEP 562), so importing a light
+module (errors, results, hparams, data, files, module_path parsing) does not import torch or
+transformers: the CLI's help and the export command stay fast.
 """
 
-from .adaptor import DeferAdaptor
-from .data import EditRecord, default_data_dir, load_records, resolve_data_path
-from .editor import DeferEditor, attached_editor
-from .errors import DeferInputError
-from .hparams import DeferHParams, dump_hparams, hparams_from_dict, load_hparams, save_hparams
-from .models import EMBEDDED_MODEL, TINY_MODEL, LoadedModel, load_model, tiny_llama
-from .module_path import parse_module_path, resolve_module
-from .results import METRICS, PROTOCOLS, SCORINGS, EditOutcome, MilestoneResult, TrialResult, metric_key
-from .packed import PackedDeferAdaptor, PackedDeferEditor
-from .trial import TrialPlan, default_milestones, run_trial, run_trials
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULE_OF = {
+    "DeferAdaptor": "adaptor",
+    "EditRecord": "data",
+    "default_data_dir": "data",
+    "load_records": "data",
+    "resolve_data_path": "data",
+    "DeferEditor": "editor",
+    "DeferInputError": "errors",
+    "DeferHParams": "hparams",
+    "dump_hparams": "hparams",
+    "hparams_from_dict": "hparams",
+    "load_hparams": "hparams",
+    "save_hparams": "hparams",
+    "EMBEDDED_MODEL": "models",
+    "TINY_MODEL": "models",
+    "LoadedModel": "models",
+    "load_model": "models",
+    "tiny_llama": "models",
+    "parse_module_path": "module_path",
+    "resolve_module": "module_path",
+    "METRICS": "results",
+    "PROTOCOLS": "results",
+    "SCORINGS": "results",
+    "EditOutcome": "results",
+    "MilestoneResult": "results",
+    "TrialResult": "results",
+    "default_milestones": "results",
+    "metric_key": "results",
+    "PackedDeferAdaptor": "packed",
+    "PackedDeferEditor": "packed",
+    "TrialPlan": "trial",
+    "run_trial": "trial",
+    "run_trials": "trial",
+}
 
 __all__ = [
     "DeferAdaptor",
@@ -31,7 +64,6 @@ __all__ = [
     "TINY_MODEL",
     "TrialPlan",
     "TrialResult",
-    "attached_editor",
     "default_data_dir",
     "default_milestones",
     "dump_hparams",
@@ -50,3 +82,16 @@ __all__ = [
     "save_hparams",
     "tiny_llama",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _SUBMODULE_OF.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{submodule}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

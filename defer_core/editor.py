@@ -10,17 +10,17 @@ Two ways to take a step, same numbers:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .adaptor import DeferAdaptor
+from .decoder import UpperDecoder, capture_layer_input, decoder_layers
 from .errors import DeferInputError
 from .hparams import DeferHParams
 from .models import LoadedModel
@@ -41,10 +41,6 @@ class EditStats:
     @property
     def final_loss(self) -> float:
         return self.losses[-1]
-
-
-class _StopForward(Exception):
-    """Raised by a pre-hook to end a forward pass once the inputs it needs are captured."""
 
 
 class DeferEditor:
@@ -72,13 +68,9 @@ class DeferEditor:
     def model(self) -> nn.Module:
         return self.loaded.model
 
-    def _decoder_layers(self) -> nn.ModuleList | None:
-        layers = getattr(self.model.get_decoder(), "layers", None)
-        return layers if isinstance(layers, nn.ModuleList) else None
-
     def _fast_path_possible(self) -> bool:
         decoder = self.model.get_decoder()
-        possible = self.layer_index is not None and self._decoder_layers() is not None and hasattr(decoder, "norm")
+        possible = self.layer_index is not None and decoder_layers(self.model) is not None and hasattr(decoder, "norm")
         if not possible and self.layer_index is not None:
             log.warning("fast edit path needs a Llama-style decoder (layers, norm); using the plain path")
         return possible
@@ -118,54 +110,16 @@ class DeferEditor:
         return lambda: self.model(input_ids=input_ids, labels=labels, use_cache=False).loss
 
     def _fast_step(self, input_ids: torch.Tensor, n_prompt: int) -> StepLoss:
-        layers = self._decoder_layers()
+        layers = decoder_layers(self.model)
         assert layers is not None and self.layer_index is not None
         hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], input_ids)
-        suffix = list(layers)[self.layer_index :]
-        norm = self.model.get_decoder().norm
-        head = self.model.get_output_embeddings()
+        upper = UpperDecoder.of(self.model, self.layer_index)
         predict_from = torch.arange(n_prompt - 1, input_ids.shape[1] - 1, device=input_ids.device)
         targets = input_ids[0, n_prompt:]
 
         def step() -> torch.Tensor:
-            hidden = hidden_in
-            for layer in suffix:
-                output = layer(hidden, **layer_kwargs)
-                hidden = output[0] if isinstance(output, tuple) else output
-            logits = head(norm(hidden[0, predict_from])).float()
+            hidden = upper.hidden_states(hidden_in, **layer_kwargs)
+            logits = upper.logits(hidden[0, predict_from]).float()
             return F.cross_entropy(logits, targets)
 
         return step
-
-
-@torch.no_grad()
-def capture_layer_input(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Run the model up to `layer` and keep what that layer is called with (hidden states and
-    the keyword arguments: mask, rotary embeddings, positions); the rest of the forward is skipped."""
-    captured: dict = {}
-
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if len(args) > 1:
-            raise RuntimeError("the fast edit path expects decoder layers called with keyword arguments")
-        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
-        captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
-        raise _StopForward
-
-    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(input_ids=input_ids, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured["hidden"], captured["kwargs"]
-
-
-@contextlib.contextmanager
-def attached_editor(loaded: LoadedModel, hparams: DeferHParams, *, seed: int = 0, edit_path: str = "fast") -> Iterator[DeferEditor]:
-    """An editor whose adaptor is removed again on exit, so a cached model is reusable."""
-    editor = DeferEditor(loaded, hparams, seed=seed, edit_path=edit_path)
-    try:
-        yield editor
-    finally:
-        editor.detach()

@@ -20,7 +20,7 @@ from .adaptor import DeferAdaptor
 from .data import EditRecord
 from .files import atomic_write_text
 from .models import LoadedModel
-from .results import metric_key
+from .results import METRICS, metric_key
 from .scoring import both_scorings, generation_predictions, teacher_forced_predictions, token_accuracy
 from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, prompt_target
 
@@ -139,7 +139,7 @@ def evaluate(
     for scoring in scorings:
         unedited.ensure(scorer, adaptor, records, probes, scoring)
     predicted: dict[tuple[str, str], list[list[int]]] = {}
-    for kind in ("rel", "gen", "loc"):
+    for kind in METRICS:
         if "tf" in scorings and "gen" in scorings:
             both = scorer.predict_both(adaptor, [getattr(p, f"tf_{kind}") for p in probes], [getattr(p, f"gen_{kind}") for p in probes])
             predicted[("tf", kind)], predicted[("gen", kind)] = both

@@ -2,17 +2,20 @@
 
 The reference resolves these strings with `eval`; here a path is split into attribute names
 and integer indices and walked step by step, so a typo or an out-of-range layer gives an
-error that says what exists instead.
+error that says what exists instead. Parsing needs no torch (the spec check parses paths without
+a model); torch is imported only where a model is walked.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import DeferInputError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|(\d+)")
 _PARAM_SUFFIXES = (".weight", ".bias")
@@ -61,6 +64,8 @@ def parse_module_path(text: str) -> ModulePath:
 
 
 def _child(parent: nn.Module, step: str | int, walked: str, text: str) -> nn.Module:
+    from torch import nn
+
     if isinstance(step, int):
         if not isinstance(parent, (nn.ModuleList, nn.Sequential)):
             raise DeferInputError(f"module path {text!r}: {walked} is not indexable (it is a {type(parent).__name__})")

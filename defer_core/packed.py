@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adaptor import DeferAdaptor
-from .editor import EditStats, capture_layer_input
+from .decoder import UpperDecoder, capture_layer_input, decoder_layers
+from .editor import EditStats
 from .errors import DeferInputError
 from .hparams import DeferHParams
 from .models import LoadedModel
@@ -95,8 +96,8 @@ class PackedDeferEditor:
         self.hparams = list(hparams)
         self.path = parse_module_path(self.hparams[0].module_path)
         self.layer_index = decoder_layer_index(self.path)
-        layers = getattr(loaded.model.get_decoder(), "layers", None)
-        if self.layer_index is None or not isinstance(layers, nn.ModuleList):
+        layers = decoder_layers(loaded.model)
+        if self.layer_index is None or layers is None:
             raise DeferInputError("packing trials needs a Llama-style decoder (model.layers[i]...)")
         base = resolve_module(loaded.model, self.path)
         if not isinstance(base, nn.Linear):
@@ -126,18 +127,14 @@ class PackedDeferEditor:
         self.adaptor.train(True)
         try:
             hidden_in, layer_kwargs = capture_layer_input(model, self.layers[self.layer_index], input_ids)
-            suffix = list(self.layers)[self.layer_index :]
-            norm, head = model.get_decoder().norm, model.get_output_embeddings()
+            upper = UpperDecoder.of(model, self.layer_index)
             predict_from = torch.arange(probe.n_prompt - 1, input_ids.shape[1] - 1, device=input_ids.device)
             targets = input_ids[0, probe.n_prompt :]
             for step in range(max(h.n_iter for h in self.hparams)):
                 active = [k for k, h in enumerate(self.hparams) if step < h.n_iter]
                 self.adaptor.active = active
-                hidden = hidden_in.expand(len(active), -1, -1)
-                for layer in suffix:
-                    output = layer(hidden, **layer_kwargs)
-                    hidden = output[0] if isinstance(output, tuple) else output
-                logits = head(norm(hidden[:, predict_from])).float()  # (K, T, V)
+                hidden = upper.hidden_states(hidden_in.expand(len(active), -1, -1), **layer_kwargs)
+                logits = upper.logits(hidden[:, predict_from]).float()  # (K, T, V)
                 per_member = F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), targets.repeat(len(active)), reduction="none"
                 ).view(len(active), -1).mean(dim=1)

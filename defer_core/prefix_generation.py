@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .adaptor import DeferAdaptor
+from .decoder import UpperDecoder, decoder_layers, first_output
 from .tokens import GenerationProbe, PromptTarget
 
 
@@ -33,8 +34,8 @@ def frozen_layer_count(model: nn.Module, adaptor: nn.Module | None) -> int | Non
     """How many decoder layers sit below the adaptor (all of them without one), or None when
     the model is not a Llama-style decoder this module knows how to drive."""
     decoder = model.get_decoder()
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not all(hasattr(decoder, name) for name in ("embed_tokens", "rotary_emb", "norm")):
+    layers = decoder_layers(model)
+    if layers is None or not all(hasattr(decoder, name) for name in ("embed_tokens", "rotary_emb", "norm")):
         return None
     if _cache_keyword(layers[0]) is None:
         return None
@@ -83,10 +84,9 @@ class _SlotBatch:
     states entering the first unfrozen layer (kept for every slot)."""
 
     def __init__(self, model: nn.Module, frozen: int) -> None:
-        self.model = model
         self.decoder = model.get_decoder()
         self.frozen = list(self.decoder.layers)[:frozen]
-        self.unfrozen = list(self.decoder.layers)[frozen:]
+        self.upper = UpperDecoder.of(model, frozen)
         self.cache_keyword = _cache_keyword(self.decoder.layers[0])
         self.cache = _FrozenLayersCache()
         self.valid = torch.zeros(0, 0, dtype=torch.bool)
@@ -103,8 +103,8 @@ class _SlotBatch:
         mask = _attention_mask(self.valid, query_slots, hidden.dtype)
         rotary = self.decoder.rotary_emb(hidden, positions)
         for layer in self.frozen:
-            hidden = _first(layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary,
-                                  use_cache=True, **{self.cache_keyword: self.cache}))
+            hidden = first_output(layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary,
+                                        use_cache=True, **{self.cache_keyword: self.cache}))
         self.hidden = hidden if self.hidden is None else torch.cat([self.hidden, hidden], dim=1)
 
     def keep(self, rows: torch.Tensor | slice, width: int | None = None) -> None:
@@ -118,29 +118,24 @@ class _SlotBatch:
         """The last decoder layer's output at every slot, the adaptor keyed on `key_slots`."""
         assert self.hidden is not None
         hidden = self.hidden
-        if self.unfrozen:
+        if self.upper.layers:
             slots = torch.arange(hidden.shape[1], device=hidden.device)
             mask = _attention_mask(self.valid, slots, hidden.dtype)
             rotary = self.decoder.rotary_emb(hidden, self.positions)
             keyed = adaptor.keyed_on(key_slots) if adaptor is not None else contextlib.nullcontext()
             with keyed:
-                for layer in self.unfrozen:
-                    hidden = _first(layer(hidden, attention_mask=mask, position_ids=self.positions, position_embeddings=rotary,
-                                          use_cache=False, **{self.cache_keyword: None}))
+                hidden = self.upper.hidden_states(hidden, attention_mask=mask, position_ids=self.positions, position_embeddings=rotary,
+                                                  use_cache=False, **{self.cache_keyword: None})
         return hidden
 
     def argmax_at(self, hidden: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Greedy token predicted at (row, slot) pairs: final norm and LM head on those only."""
-        return self.model.get_output_embeddings()(self.decoder.norm(hidden[rows, slots])).argmax(dim=-1)
+        return self.upper.logits(hidden[rows, slots]).argmax(dim=-1)
 
     def next_tokens(self, adaptor: DeferAdaptor | None, key_slots: torch.Tensor) -> torch.Tensor:
         """Greedy next token of every row, reading the row's state at `key_slots`."""
         hidden = self.unfrozen_hidden(adaptor, key_slots)
         return self.argmax_at(hidden, torch.arange(hidden.shape[0], device=hidden.device), key_slots)
-
-
-def _first(output: torch.Tensor | tuple) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -66,4 +66,3 @@ class MilestoneResult:
 class TrialResult:
     edits: list[EditOutcome] = field(default_factory=list)
     milestones: list[MilestoneResult] = field(default_factory=list)
-    stopped_early: bool = False

@@ -127,7 +127,7 @@ def test_llama_spec_is_the_seed_setup() -> None:
     assert spec.T == 1000 and spec.milestones[-1] == 1000
     assert spec.search_space.layer_bounds()[0] <= 27 <= spec.search_space.layer_bounds()[1]
     assert spec.initial_points[0]["n_iter"] == 100
-    assert 0 < spec.gpus_per_trial < 1
+    assert 0 < spec.resources_per_trial.gpu < 1
 
 
 def test_layer_range_beyond_the_model_fails_before_the_sweep(tmp_path: Path) -> None:

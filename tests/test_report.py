@@ -27,6 +27,11 @@ from PIL import Image
 from orchestrator import report as report_module
 from orchestrator.cli import main
 from orchestrator.report import HTML_NAME, MIN_IMPORTANCE_TRIALS, REPORT_DIR, param_importances, write_report
+from orchestrator.report import importance as importance_module
+from orchestrator.report.data import load_sweep
+from orchestrator.report.html import render_html
+from orchestrator.report.importance import Importance
+from orchestrator.sinks.layout import require_sweep_dir
 from orchestrator.spec import Objective
 
 from .orchestrator_support import mlflow_runs, parquet_rows, state, tiny_spec
@@ -228,6 +233,29 @@ def test_page_renders_in_headless_chromium_with_plots_and_table(sweep_out: Path,
         assert colors is not None and len(colors) > 200, "the screenshot looks blank"
 
 
+def test_markup_in_trial_ids_and_error_text_is_escaped(sweep_out: Path) -> None:
+    """A trial id, an error text and a note holding `<script>` and `&` show as text, never as
+    markup: the top-trials row, the failed list and the notes all go through one escaping rule."""
+    data = load_sweep(require_sweep_dir(sweep_out))
+    done = [t for t in data.trials if t["status"] == "complete"]
+    assert done, "the fixture sweep should complete some trials"
+    evil = "x&y<script>alert(1)</script>"
+    error = "boom <script>bad()</script> & more"
+    # no Optuna number: the page labels these trials by their id
+    data.trials.append(dict(done[0], trial_id=f"c-{evil}", optuna_trial=None))
+    data.trials.append(dict(done[0], trial_id=f"f-{evil}", optuna_trial=None, status="failed", error=error))
+    text = render_html(data, [], Importance(), [f"note {evil}"])
+
+    assert "<script" not in text.lower()
+    assert f"c-{evil}" not in text and f"f-{evil}" not in text and error not in text
+    assert "c-x&amp;y&lt;script&gt;alert(1)&lt;/script&gt; <code>c-x&amp;y&lt;script&gt;alert(1)&lt;/script&gt;</code>" in text
+    assert "f-x&amp;y&lt;script&gt;alert(1)&lt;/script&gt; <code>f-x&amp;y&lt;script&gt;alert(1)&lt;/script&gt;</code>" in text
+    assert "boom &lt;script&gt;bad()&lt;/script&gt; &amp; more" in text
+    page = parse(text)
+    assert f"c-{evil}" in {r["trial_id"] for r in page.rows}  # the attribute decodes back to the id
+    assert f"note {evil}" in page.notes
+
+
 # -- importance with too few trials ----------------------------------------------------------------------
 
 
@@ -270,7 +298,7 @@ def test_page_says_so_when_importance_has_too_few_trials(sweep_out: Path, tmp_pa
     info = json.loads((copy / "sweep.json").read_text())
     info["optuna_storage"] = f"sqlite:///{copy / 'optuna.db'}"
     (copy / "sweep.json").write_text(json.dumps(info))
-    monkeypatch.setattr(report_module, "MIN_IMPORTANCE_TRIALS", 1000)
+    monkeypatch.setattr(importance_module, "MIN_IMPORTANCE_TRIALS", 1000)  # where param_importances reads it
     page_path = write_report(copy, log_to_mlflow=False)
     page = parse(page_path.read_text(encoding="utf-8"))
     assert "img-importance" not in {i["id"] for i in page.images}

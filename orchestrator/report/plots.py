@@ -3,19 +3,27 @@
 Figures are built with the object API and an explicit Agg canvas, never pyplot: no display
 is needed and the process's global backend (e.g. in the sweep driver) is left alone.
 
-Each function takes plain rows (dicts of the Parquet trials / milestones tables) and returns a
-Figure; `png_bytes` renders it. Nothing here reads files or knows about MLflow: report.py
-gathers the data and decides what to draw.
+Each *_figure function takes plain rows (dicts of the Parquet trials / milestones tables) and
+returns a Figure; `png_bytes` renders it. `build_plots` (at the end) decides which figures a
+sweep gets and captions them. Nothing here reads files or knows about MLflow.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from defer_core.results import METRICS, metric_key
+
+from ..protocol import Status
+from ..spec import Choice as ChoiceRange, FloatRange, SweepSpec
+from .data import SweepData, rel_loc_front, scorings_with_data, spec_front_ids
+from .importance import Importance
 
 WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
 COMPLETE_COLOR = "#4c72b0"
@@ -60,7 +68,7 @@ def _unit_axes(ax: Any) -> None:
 
 def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int) -> Figure:
     """Rel vs Loc at T for completed trials; the non-dominated ones joined and labelled."""
-    rel, loc = f"rel_{scoring}", f"loc_{scoring}"
+    rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
     figure = new_figure()
     ax = figure.add_subplot()
     front_ids = {r["trial_id"] for r in front}
@@ -106,9 +114,9 @@ def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapp
     figure = new_figure()
     axes = figure.subplots(1, 3, sharey=True)
     best_id = best["trial_id"] if best is not None else None
-    styles = {"complete": ("-", COMPLETE_COLOR, 0.45), "pruned": ("--", PRUNED_COLOR, 0.7), "failed": (":", FAILED_COLOR, 0.7)}
-    for ax, metric in zip(axes, ("rel", "gen", "loc")):
-        key = f"{metric}_{scoring}"
+    styles = {Status.COMPLETE: ("-", COMPLETE_COLOR, 0.45), Status.PRUNED: ("--", PRUNED_COLOR, 0.7), Status.FAILED: (":", FAILED_COLOR, 0.7)}
+    for ax, metric in zip(axes, METRICS):
+        key = metric_key(metric, scoring)
         for trial in trials:
             points = [(m["n_edits"], m[key]) for m in milestones_by_trial.get(trial["trial_id"], []) if m.get(key) is not None]
             if not points or trial["trial_id"] == best_id:
@@ -117,9 +125,9 @@ def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapp
             if trial["trial_id"] in front_ids:
                 ax.plot(xs, ys, "-o", color=FRONT_COLOR, linewidth=1.6, markersize=4, alpha=0.9, zorder=3)
                 continue
-            style, color, alpha = styles.get(trial["status"], styles["complete"])
+            style, color, alpha = styles.get(trial["status"], styles[Status.COMPLETE])
             ax.plot(xs, ys, style, color=color, linewidth=1.0, alpha=alpha, marker="o", markersize=3, zorder=2)
-            if trial["status"] != "complete":
+            if trial["status"] != Status.COMPLETE:
                 ax.plot(xs[-1:], ys[-1:], "x", color=color, markersize=7, zorder=2)
         if best_id is not None:
             points = [(m["n_edits"], m[key]) for m in milestones_by_trial.get(best_id, []) if m.get(key) is not None]
@@ -136,7 +144,7 @@ def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapp
         Line2D([], [], color=COMPLETE_COLOR, marker="o", markersize=3, alpha=0.6, label="completed"),
         Line2D([], [], color=PRUNED_COLOR, linestyle="--", marker="x", label="pruned (stopped early)"),
     ]
-    if any(t["status"] == "failed" for t in trials):
+    if any(t["status"] == Status.FAILED for t in trials):
         handles.append(Line2D([], [], color=FAILED_COLOR, linestyle=":", marker="x", label="failed"))
     if front_ids:
         handles.append(Line2D([], [], color=FRONT_COLOR, marker="o", label="Pareto front"))
@@ -186,8 +194,8 @@ def params_figure(objective: str, direction: str, params: Sequence[tuple[str, bo
     axes = figure.subplots(1, columns, sharey=True, squeeze=False)[0]
     best_id = best["trial_id"] if best is not None else None
     for ax, (name, log_scale, choices) in zip(axes, params):
-        complete = [t for t in trials if t["status"] == "complete" and t.get(objective) is not None]
-        stopped = [t for t in trials if t["status"] != "complete" and t.get(objective) is not None]
+        complete = [t for t in trials if t["status"] == Status.COMPLETE and t.get(objective) is not None]
+        stopped = [t for t in trials if t["status"] != Status.COMPLETE and t.get(objective) is not None]
         ax.scatter([t[name] for t in stopped], [t[objective] for t in stopped], s=40, facecolors="none", edgecolors=PRUNED_COLOR, label="pruned (value at its last milestone)", zorder=2)
         ax.scatter([t[name] for t in complete], [t[objective] for t in complete], s=45, color=COMPLETE_COLOR, alpha=0.75, label=f"completed (value at T={T})", zorder=3)
         best_row = next((t for t in complete if t["trial_id"] == best_id), None)
@@ -213,3 +221,89 @@ def params_figure(objective: str, direction: str, params: Sequence[tuple[str, bo
     figure.suptitle(f"Hyperparameters vs objective {objective}")
     return figure
 
+
+
+# -- which figures a sweep gets ---------------------------------------------------------------------
+
+SECTIONS = ("pareto", "curves", "importance", "params")  # in page order
+_PER_SCORING_OR_OBJECTIVE = ("pareto_", "curves_", "params_")  # file name prefixes; importance.png is alone
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file stem: <name>.png
+    section: str  # one of SECTIONS
+    title: str
+    caption: str
+    png: bytes
+
+
+def is_report_png(name: str) -> bool:
+    """A PNG an earlier report may have written (so a rerun may delete it), nothing else."""
+    return name.endswith(".png") and (name == "importance.png" or name.startswith(_PER_SCORING_OR_OBJECTIVE))
+
+
+def build_plots(data: SweepData, importance: Importance) -> list[Plot]:
+    """Every figure of the page, in page order, rendered to PNG."""
+    scorings = scorings_with_data(data)
+    return [
+        *(_pareto_plot(data, s) for s in scorings),
+        *(_curves_plot(data, s) for s in scorings),
+        *([_importance_plot(importance)] if importance.values else []),
+        *_params_plots(data),
+    ]
+
+
+def _pareto_plot(data: SweepData, scoring: str) -> Plot:
+    T = data.spec.T
+    rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
+    completed = data.completed
+    rows = [r for r in completed if r.get(rel) is not None and r.get(loc) is not None]
+    front = rel_loc_front(rows, scoring)
+    figure = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(completed))
+    caption = (
+        f"Each point is a trial that made all {T} edits, scored {scoring_title(scoring)}. "
+        f"Orange: the {len(front)} non-dominated trial(s) (no other trial is at least as good on both Rel and Loc and better on one). "
+        "Red star: the trial in best.yaml."
+    )
+    return Plot(f"pareto_{scoring}", "pareto", f"Pareto front: Rel vs Loc ({scoring})", caption, png_bytes(figure))
+
+
+def _curves_plot(data: SweepData, scoring: str) -> Plot:
+    front_ids = spec_front_ids(data)
+    figure = curves_figure(scoring, data.trials, data.milestones, data.best, front_ids, data.spec.milestones)
+    caption = (
+        "One line per trial, evaluated over all edits made so far at each milestone. Dashed grey lines end where the "
+        "scheduler pruned a trial; the thick red line is the trial in best.yaml"
+        + ("; orange lines are the spec's Pareto front." if front_ids else ".")
+    )
+    return Plot(f"curves_{scoring}", "curves", f"Rel / Gen / Loc vs number of edits ({scoring})", caption, png_bytes(figure))
+
+
+def _importance_plot(importance: Importance) -> Plot:
+    figure = importance_figure(importance.values)
+    caption = f"How much of the objective's variation each hyperparameter explains, over {importance.n_complete} completed trial(s) of the Optuna study."
+    return Plot("importance", "importance", "Hyperparameter importance", caption, png_bytes(figure))
+
+
+def _params_plots(data: SweepData) -> list[Plot]:
+    spec, T = data.spec, data.spec.T
+    params = _searched_params(spec)
+    if not params:
+        return []
+    result = []
+    for objective in spec.objectives:
+        figure = params_figure(objective.metric, objective.direction, params, data.trials, data.best, T)
+        caption = f"{objective.metric} against each searched hyperparameter. Filled: value at T={T}; hollow grey: a pruned trial's value at the milestone where it stopped."
+        result.append(Plot(f"params_{objective.metric}", "params", f"Hyperparameters vs {objective.metric}", caption, png_bytes(figure)))
+    return result
+
+
+def _searched_params(spec: SweepSpec) -> list[tuple[str, bool, Sequence[Any] | None]]:
+    """(name, log scale, categorical choices or None) per searched hyperparameter, as params_figure takes them."""
+    out = []
+    for name, param in spec.search_space.searched().items():
+        log_scale = isinstance(param, FloatRange) and param.log
+        choices = tuple(param.values) if isinstance(param, ChoiceRange) else None
+        out.append((name, log_scale, choices))
+    return out

@@ -5,13 +5,18 @@ A trial reports after milestones such as 1, 10, 100, 1000 edits. At each rung
 quantile of the trials already recorded there is stopped; the searcher then marks it pruned.
 
 Ray Tune checkpoints searcher and callback state but not scheduler state, so after a resume
-ASHA would forget every rung. `RungStateCallback` carries the rung records through Tune's
-callback checkpoint; it holds the same scheduler object as the TuneConfig (both are pickled
-together in Tune's tuner.pkl, which keeps the shared reference).
+ASHA would forget every rung. `RungStateCallback` carries the scheduler's state (its rung
+records included) through Tune's callback checkpoint, written and read with the scheduler's
+own public `save`/`restore`; it holds the same scheduler object as the TuneConfig (both are
+pickled together in Tune's tuner.pkl, which keeps the shared reference), and restores it in
+place. tests/test_ray_internals.py checks that this round trip keeps ASHA's decisions.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -20,18 +25,25 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ..protocol import N_EDITS
 from ..spec import SweepSpec
 
+log = logging.getLogger(__name__)
+
 
 class MilestoneASHA(AsyncHyperBandScheduler):
-    """ASHA whose rung records can be saved and restored."""
+    """ASHA whose state, rung records included, goes to and from bytes through the public
+    `TrialScheduler.save`/`restore` (no reads of ASHA's private brackets or rungs)."""
 
-    def rung_state(self) -> list[list[dict[str, float]]]:
-        return [[dict(recorded) for _, recorded in bracket._rungs] for bracket in self._brackets]
+    def state_bytes(self) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="defer-asha-") as tmp:
+            path = Path(tmp) / "scheduler.pkl"
+            self.save(str(path))
+            return path.read_bytes()
 
-    def load_rung_state(self, state: list[list[dict[str, float]]]) -> None:
-        for bracket, rungs in zip(self._brackets, state):
-            for (_, recorded), saved in zip(bracket._rungs, rungs):
-                recorded.clear()
-                recorded.update(saved)
+    def load_state_bytes(self, data: bytes) -> None:
+        """In place, so the TuneConfig's reference to this scheduler sees the restored rungs."""
+        with tempfile.TemporaryDirectory(prefix="defer-asha-") as tmp:
+            path = Path(tmp) / "scheduler.pkl"
+            path.write_bytes(data)
+            self.restore(str(path))
 
 
 class RungStateCallback(Callback):
@@ -41,10 +53,13 @@ class RungStateCallback(Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict[str, Any] | None:
-        return {"rungs": self.scheduler.rung_state()}
+        return {"scheduler": self.scheduler.state_bytes()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.scheduler.load_rung_state(state["rungs"])
+        if "scheduler" not in state:  # {"rungs": ...}, written by versions that read ASHA's private rungs
+            log.warning("the Tune checkpoint holds ASHA rungs in an older format; early stopping restarts with empty rungs")
+            return
+        self.scheduler.load_state_bytes(state["scheduler"])
 
 
 def make_scheduler(spec: SweepSpec) -> tuple[TrialScheduler, list[Callback]]:

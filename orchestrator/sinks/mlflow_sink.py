@@ -125,6 +125,15 @@ class MlflowSink:
         self.client.log_artifact(self.parent_id, str(best_yaml))
         self.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_report(self, report_dir: Path, artifact_path: str) -> str | None:
+        """Logs every file of a report directory under artifact_path of the sweep's parent run;
+        returns that run's id, or None when the sweep has no parent run (never opened here)."""
+        parent = self.find_parent()
+        if parent is None:
+            return None
+        self.client.log_artifacts(parent, str(report_dir), artifact_path)
+        return parent
+
     def _sweep_trial_runs(self) -> list[Any]:
         return self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'trial'")
 

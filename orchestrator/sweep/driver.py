@@ -43,7 +43,6 @@ from .preflight import check_model, load_spec_records
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "defer-sweep"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Tune snapshots its experiment state at most this often (seconds); a short period keeps the
 # window small in which a killed driver forgets that a trial finished.
@@ -69,13 +68,15 @@ def _quiet_sink(line: str) -> None:
 
 
 def new_state(spec: SweepSpec, layout: SweepLayout) -> SweepState:
+    """The spec's defaults that need the output directory or the sweep id are filled in here;
+    all others are in the spec's models (orchestrator/spec/models.py)."""
     sweep_id = new_sweep_id()
     return SweepState(
         sweep_id=sweep_id,
-        mlflow_tracking_uri=spec.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(layout.mlflow_db),
-        mlflow_experiment=spec.mlflow_experiment or DEFAULT_EXPERIMENT,
-        optuna_storage=spec.optuna_storage or default_storage_url(str(layout.optuna_db)),
-        optuna_study_name=spec.optuna_study_name or f"{spec.name}-{sweep_id}",
+        mlflow_tracking_uri=spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(layout.mlflow_db),
+        mlflow_experiment=spec.mlflow.experiment,
+        optuna_storage=spec.optuna.storage or default_storage_url(str(layout.optuna_db)),
+        optuna_study_name=spec.optuna.study_name or f"{spec.name}-{sweep_id}",
         storage_uri=spec.storage_uri,
     )
 
@@ -146,11 +147,11 @@ def ray_session(spec: SweepSpec, verbose_ray: bool) -> Iterator[None]:
         "log_to_driver": verbose_ray,
         "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}},
     }
-    address = spec.ray_address
-    if spec.ray_num_cpus:  # a CPU count only makes sense for an instance we start
+    address = spec.ray.address
+    if spec.ray.num_cpus:  # a CPU count only makes sense for an instance we start
         address = address or "local"
         if address == "local":
-            kwargs["num_cpus"] = spec.ray_num_cpus
+            kwargs["num_cpus"] = spec.ray.num_cpus
     ray.init(address=address, **kwargs)
     try:
         yield
@@ -164,7 +165,7 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
 
 def _trainable(spec: SweepSpec, records: list, recorded: dict | None = None) -> object:
     settings = TrialSettings(spec=spec, records=tuple(records), recorded=recorded or {})
-    resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
     return tune.with_resources(tune.with_parameters(defer_trainable, settings=settings), resources)
 
 
@@ -192,7 +193,7 @@ def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records:
             storage_filesystem=layout.results.filesystem,
             callbacks=callbacks,
             verbose=2 if verbose_ray else 0,
-            failure_config=tune.FailureConfig(max_failures=spec.ray_max_failures),
+            failure_config=tune.FailureConfig(max_failures=spec.ray.max_failures),
         ),
     )
 

@@ -58,4 +58,4 @@ def check_model(spec: SweepSpec, source: str) -> int:
 
 def load_spec_records(spec: SweepSpec) -> list[EditRecord]:
     """The T records the trials edit; read once in the driver and shipped to the workers."""
-    return load_records(spec.data_path, limit=spec.T)
+    return load_records(spec.data.path, limit=spec.T)

@@ -116,7 +116,7 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         replay(recorded)
         return
     spec = settings.spec
-    _set_threads(spec.cpus_per_trial)
+    _set_threads(spec.resources_per_trial.cpu)
     loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
     members = member_configs(config)
     plan = TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings)

@@ -1,0 +1,79 @@
+"""Driving a Llama-style decoder by hand: the layers from the edited one up, then norm and LM head.
+
+The fast paths (editor, packed, prefix_generation) never change the layers below the adaptor,
+so they compute those once and re-run only the top of the model over hidden states. A
+Llama-style model has `model.get_decoder()` with `layers` (a ModuleList of decoder layers
+called as `layer(hidden, attention_mask=..., position_embeddings=..., ...)`) and a final
+`norm`, and `model.get_output_embeddings()` as the LM head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once the inputs it needs are captured."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder's layers, or None when the model has no `layers` ModuleList."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
+def first_output(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A decoder layer's hidden states (layers return a tuple in some transformers versions)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@dataclass(frozen=True, eq=False)
+class UpperDecoder:
+    """Decoder layers `first`..N-1, the final norm and the LM head."""
+
+    layers: tuple[nn.Module, ...]
+    norm: nn.Module
+    head: nn.Module
+
+    @classmethod
+    def of(cls, model: nn.Module, first: int) -> UpperDecoder:
+        decoder = model.get_decoder()
+        return cls(layers=tuple(decoder.layers)[first:], norm=decoder.norm, head=model.get_output_embeddings())
+
+    def hidden_states(self, hidden: torch.Tensor, **layer_kwargs: object) -> torch.Tensor:
+        """The last layer's output for `hidden` entering layer `first`; `layer_kwargs` are what
+        every layer is called with besides the hidden states (attention mask, position ids and
+        embeddings, cache arguments)."""
+        for layer in self.layers:
+            hidden = first_output(layer(hidden, **layer_kwargs))
+        return hidden
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of last-layer hidden states (final norm, then head), in the model's dtype."""
+        return self.head(self.norm(hidden))
+
+
+@torch.no_grad()
+def capture_layer_input(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Run the model up to `layer` and keep what that layer is called with (hidden states and
+    the keyword arguments: mask, rotary embeddings, positions); the rest of the forward is skipped."""
+    captured: dict = {}
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(args) > 1:
+            raise RuntimeError("the fast edit path expects decoder layers called with keyword arguments")
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["hidden"], captured["kwargs"]

@@ -1,0 +1,130 @@
+"""What a report shows, read from the sweep's output directory: trials, milestones, the spec,
+sweep.json and the best trial, plus the orderings the plots and the page share.
+
+The best trial is `export.choose`'s default choice (the one `best.yaml` holds after a run);
+ranking and the Pareto front come from ranking.py and the YAML from space.hparams_for and
+defer_core's dump_hparams, so the page and `defer-sweep export` always agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from defer_core.errors import DeferInputError
+from defer_core.hparams import dump_hparams
+from defer_core.results import metric_key
+
+from ..export import ChosenTrial, choose
+from ..protocol import FINAL_STATUSES, Status, trial_order_key
+from ..search.ranking import pareto_front, rank_by
+from ..search.space import hparams_for
+from ..sinks.layout import SweepLayout, SweepState, load_state
+from ..sinks.parquet_sink import read_table
+from ..spec import Objective, SweepSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+TOP_TRIALS = 10
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class SweepData:
+    """One sweep as the report sees it; trials in `trial_order_key` order, milestones by n_edits."""
+
+    layout: SweepLayout
+    spec: SweepSpec
+    state: SweepState
+    trials: list[dict[str, Any]]
+    milestones: dict[str, list[dict[str, Any]]]
+    choice: ChosenTrial | None
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t["status"] == Status.COMPLETE]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.choice.row if self.choice is not None else None
+
+    def counts(self) -> dict[str, int]:
+        statuses = [t["status"] for t in self.trials]
+        return {s: statuses.count(s) for s in (*FINAL_STATUSES, Status.RUNNING)}
+
+
+def load_sweep(layout: SweepLayout) -> SweepData:
+    """Everything the report needs, read once; a missing best trial is a warning, not an error,
+    so a report of a sweep still running shows what has finished."""
+    spec = load_spec(layout.spec)
+    state = load_state(layout)
+    if state is None:  # require_sweep_dir checked the file exists
+        raise DeferInputError(f"{layout.state}: missing")
+    trials = sorted(read_table(layout.parquet, "trials").to_pylist(), key=trial_order_key)
+    milestones = _milestones_by_trial(read_table(layout.parquet, "milestones").to_pylist())
+    return SweepData(layout, spec, state, trials, milestones, _choose_best(spec, trials))
+
+
+def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_trial: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_trial[row["trial_id"]].append(row)
+    for trial_rows in by_trial.values():
+        trial_rows.sort(key=lambda r: r["n_edits"])
+    return dict(by_trial)
+
+
+def _choose_best(spec: SweepSpec, trials: Sequence[dict[str, Any]]) -> ChosenTrial | None:
+    completed = [t for t in trials if t["status"] == Status.COMPLETE]
+    if not completed:
+        return None
+    try:
+        return choose(spec, completed)
+    except DeferInputError as error:  # e.g. the objective's scoring was not run
+        log.warning("report: no best trial: %s", error)
+        return None
+
+
+def scorings_with_data(data: SweepData) -> list[str]:
+    """The spec's scorings some trial has values for (plots and columns for the others would be empty)."""
+    return [s for s in data.spec.scorings if any(t.get(metric_key("rel", s)) is not None for t in data.trials)]
+
+
+def rel_loc_front(rows: Sequence[Row], scoring: str) -> list[Row]:
+    """Non-dominated rows on (Rel, Loc) under one scoring, whatever the spec's objectives are."""
+    return pareto_front(rows, [Objective(metric_key("rel", scoring), "maximize"), Objective(metric_key("loc", scoring), "maximize")])
+
+
+def spec_front_ids(data: SweepData) -> set[str]:
+    """Trial ids on the spec's own Pareto front; empty for a single objective."""
+    if not data.spec.multi_objective:
+        return set()
+    return {r["trial_id"] for r in pareto_front(data.completed, data.spec.objectives)}
+
+
+def top_trials(data: SweepData, limit: int = TOP_TRIALS) -> tuple[list[Row], set[str]]:
+    """Completed trials best-first: the spec's Pareto front first when it has several
+    objectives (front order), then the rest by the first objective. Returns (rows, front ids)."""
+    objectives = data.spec.objectives
+    front = pareto_front(data.completed, objectives) if data.spec.multi_objective else []
+    front_ids = {r["trial_id"] for r in front}
+    rest = [r for r in rank_by(data.completed, objectives[0]) if r["trial_id"] not in front_ids]
+    ordered = [*front, *rest]
+    return ordered[: max(limit, len(front))], front_ids
+
+
+def trial_yaml(spec: SweepSpec, row: Row) -> str:
+    """The EasyEdit DEFER YAML `defer-sweep export` writes for this trial."""
+    return dump_hparams(hparams_for(spec, row))
+
+
+def best_yaml_notes(data: SweepData) -> list[str]:
+    """A note when best.yaml on disk was exported for another trial than the one the page calls best."""
+    if data.choice is None or not data.layout.best_yaml.is_file():
+        return []
+    if data.layout.best_yaml.read_text(encoding="utf-8") != dump_hparams(data.choice.hparams):
+        return [f"{data.layout.best_yaml} holds a different configuration than the best trial shown here (it was exported with --objective or --pareto-index)."]
+    return []

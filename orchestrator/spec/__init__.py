@@ -1,0 +1,11 @@
+"""The sweep spec: nested pydantic models whose field names are the YAML keys (models.py), read
+into one line per problem (reader.py), with a JSON Schema for editors (schema.py)."""
+
+from .models import LAYER_FIELD, SEARCHED, Choice, DataSpec, EarlyStopping, FloatRange, IntRange, MlflowSpec, ModelSpec, Objective
+from .models import OptunaSpec, RaySpec, Resources, SearchSpace, SweepSpec
+from .reader import load_spec, spec_from_dict, spec_to_yaml
+
+__all__ = [
+    "LAYER_FIELD", "SEARCHED", "Choice", "DataSpec", "EarlyStopping", "FloatRange", "IntRange", "MlflowSpec", "ModelSpec", "Objective",
+    "OptunaSpec", "RaySpec", "Resources", "SearchSpace", "SweepSpec", "load_spec", "spec_from_dict", "spec_to_yaml",
+]

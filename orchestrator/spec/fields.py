@@ -1,0 +1,109 @@
+"""How one YAML value of the spec is read, and the errors that say what is wrong with it.
+
+The models (models.py) are built from these types. Every problem is raised as a pydantic error
+whose context carries our own one-line wording; reader.py turns the first one into a
+DeferInputError naming the file and the full key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Iterable
+
+from annotated_types import Ge, Gt, MinLen
+from pydantic import BaseModel, BeforeValidator
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+# Error types reader.py words itself; anything else keeps pydantic's message.
+SPEC_ERROR = "spec"  # ctx: message (the text after "key '...'"), at (more of the key)
+MISSING = "missing"  # pydantic's own type for a required field; ours adds ctx: at
+UNKNOWN_KEY = "unknown_key"  # ctx: at (the unknown key), allowed
+# Tags of the forms a search-space parameter takes; pydantic puts them in an error's location.
+FIXED, RANGE, CHOICE = "fixed", "range", "choice"
+SHAPE_TAGS = (FIXED, RANGE, CHOICE)
+
+
+def fail(message: str, *at: str | int) -> PydanticCustomError:
+    """A problem with the value at the current key (or `at` below it), in our words."""
+    return PydanticCustomError(SPEC_ERROR, "{message}", {"message": message, "at": at})
+
+
+def missing(*at: str | int) -> PydanticCustomError:
+    return PydanticCustomError(MISSING, "Field required", {"at": at})
+
+
+def kind(value: Any) -> str:
+    """`str 'x'` for a scalar, the type alone for a mapping or list: enough to spot a YAML slip."""
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def mapping(data: Any, allowed: Iterable[str]) -> Any:
+    """A YAML mapping with only `allowed` keys; `key: null` counts as not given."""
+    if isinstance(data, BaseModel):
+        return data
+    if not isinstance(data, dict):
+        raise fail(f"must be a mapping, got {kind(data)}")
+    allowed = sorted(allowed)
+    unknown = sorted(str(key) for key in data if key not in allowed)
+    if unknown:
+        raise PydanticCustomError(UNKNOWN_KEY, "unknown key", {"at": (unknown[0],), "allowed": ", ".join(allowed)})
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def number(value: Any) -> float | int:
+    """YAML 1.1 reads `7e-5` (no dot) as a string; numeric strings are accepted, as EasyEdit does.
+    A YAML number is passed on as written, so that a bound's error shows it unchanged."""
+    if isinstance(value, bool):
+        raise fail(f"must be a number, got {value!r}")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise fail(f"must be a number, got {kind(value)}") from None
+    if not math.isfinite(result):
+        raise fail(f"must be a finite number, got {value!r}")
+    return value if isinstance(value, (int, float)) else result
+
+
+def integer(value: Any) -> int:
+    """Whole numbers only; `4.0` is 4, but the string "4" is refused (a quoted count is a slip)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(f"must be an integer, got {kind(value)}")
+    if not math.isfinite(value) or not float(value).is_integer():
+        raise fail(f"must be an integer, got {value!r}")
+    return int(value)
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(f"must be a non-empty string, got {kind(value)}")
+    return value
+
+
+def flag(value: Any) -> bool:
+    """Only true or false: YAML's yes/no and quoted strings are refused."""
+    if not isinstance(value, bool):
+        raise fail(f"must be true or false, got {value!r}")
+    return value
+
+
+def one_of(choices: tuple[str, ...]) -> BeforeValidator:
+    def check(value: Any) -> str:
+        if text(value) not in choices:
+            raise fail(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def enum(choices: tuple[str, ...]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": list(choices)})
+
+
+Text = Annotated[str, MinLen(1), BeforeValidator(text)]
+Flag = Annotated[bool, BeforeValidator(flag)]
+Float = Annotated[float, BeforeValidator(number)]
+PositiveFloat = Annotated[float, Gt(0), BeforeValidator(number)]
+NonNegativeFloat = Annotated[float, Ge(0.0), BeforeValidator(number)]
+Count = Annotated[int, Ge(1), BeforeValidator(integer)]
+NonNegativeInt = Annotated[int, Ge(0), BeforeValidator(integer)]

@@ -1,0 +1,549 @@
+"""The sweep spec: one YAML file that says what to edit, what to search and where results go.
+
+Everything is checked when the spec is read, before Ray, Optuna or MLflow start, so a typo costs
+one line of error output (naming the file and the key) rather than a half-started sweep. Relative
+paths (`output_dir`, `data.path`) are resolved against the current working directory.
+
+Field names are the YAML keys, and each default is written here once: on the field, or, where it
+follows from another key (milestones from T, output_dir from name, early stopping from the
+objectives, Optuna's sampler sizes from num_trials), in the one validator or method that works it
+out. Defaults that need the output directory or the sweep id (the Optuna storage and study name,
+the MLflow tracking URI) are filled in by the driver (orchestrator/sweep/driver.py `new_state`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, Union
+
+from annotated_types import Ge, Gt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator, model_validator
+from pydantic.json_schema import WithJsonSchema
+from typing_extensions import TypedDict
+
+from defer_core.errors import DeferInputError
+from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, default_milestones, milestones_ending_at
+
+from ..protocol import metric_names
+from .fields import CHOICE, FIXED, RANGE, SPEC_ERROR, Count, Flag, Float, NonNegativeFloat, NonNegativeInt, PositiveFloat, Text
+from .fields import enum, fail, integer, kind, mapping, missing, number, one_of, text
+
+DIRECTIONS = ("maximize", "minimize")
+SEARCHED = ("layer", "edit_lr", "threshold", "n_iter")
+LAYER_FIELD = "{layer}"
+DEFAULT_NAME = "sweep"  # a spec read from a file is named after the file instead
+
+Direction = Annotated[str, one_of(DIRECTIONS), enum(DIRECTIONS)]
+
+
+def _or(shorthand: dict[str, Any] | None) -> Callable[[dict[str, Any]], None]:
+    """The schema also takes the YAML shorthand, e.g. `model: NAME` for `model: {name: NAME}`;
+    None: one item for a list of one."""
+
+    def widen(schema: dict[str, Any]) -> None:
+        full = {key: schema.pop(key) for key in list(schema) if key not in ("default", "description", "title")}
+        schema["anyOf"] = [shorthand or dict(full["items"]), full]
+
+    return widen
+
+
+def _derived(description: str) -> Any:
+    """A default that follows from other keys: the field's validator works it out (the schema
+    describes it rather than showing null)."""
+
+    def no_default(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+
+    return Field(default=None, validate_default=True, description=description, json_schema_extra=no_default)
+
+
+class Section(BaseModel):
+    """One mapping of the YAML: frozen; unknown keys are refused, naming the allowed ones;
+    `key: null` counts as not given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        return mapping(data, cls.model_fields)
+
+
+class _Positional(Section):
+    """Small values that code writes positionally: IntRange(1, 3), Objective("rel_tf", "maximize")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(**dict(zip(type(self).model_fields, args)), **kwargs)
+
+
+# -- the search space ------------------------------------------------------------------------------
+
+
+class IntRange(_Positional):
+    low: NonNegativeInt
+    high: NonNegativeInt  # inclusive
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise fail(f"must be <= high ({self.low} > {self.high})", "low")
+        return self
+
+
+class FloatRange(_Positional):
+    low: Float
+    high: Float
+    log: Flag = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise fail(f"must be <= high ({self.low} > {self.high})", "low")
+        if self.log and self.low <= 0:
+            raise fail(f"must be > 0 for a log range, got {self.low}", "low")
+        return self
+
+
+class Choice(_Positional):
+    values: tuple[int, ...]
+
+
+def _counts(items: list[Any] | tuple[Any, ...]) -> tuple[int, ...]:
+    """Counts in a list, checked here so that an error names the list's key (n_iter, milestones)."""
+    values = tuple(integer(item) for item in items)
+    for value in values:
+        if value < 1:
+            raise fail(f"must be >= 1, got {value!r}")
+    return values
+
+
+def _choice(value: Any) -> Any:
+    """`n_iter: [25, 50, 100]`: distinct counts."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    if not value:
+        raise fail("must list at least one value")
+    values = _counts(value)
+    if len(set(values)) != len(values):
+        raise fail("lists a value twice")
+    return Choice(values)
+
+
+def _shape(value: Any) -> str:
+    """A mapping is a range, a list a choice; anything else is a fixed value."""
+    if isinstance(value, (dict, IntRange, FloatRange)):
+        return RANGE
+    return CHOICE if isinstance(value, (list, tuple, Choice)) else FIXED
+
+
+def _fixed_if_one(value: Any) -> Any:
+    """A range with low == high, or a choice of one value, fixes the parameter."""
+    if isinstance(value, (IntRange, FloatRange)) and value.low == value.high:
+        return value.low
+    if isinstance(value, Choice) and len(value.values) == 1:
+        return value.values[0]
+    return value
+
+
+def _shapes(message: str) -> Discriminator:
+    return Discriminator(_shape, custom_error_type=SPEC_ERROR, custom_error_message=message)
+
+
+_NO_LIST = "must be a number or a mapping {low, high}; a list is only allowed for n_iter"
+_CHOICE_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "uniqueItems": True}
+
+LayerParam = Annotated[
+    Union[Annotated[NonNegativeInt, Tag(FIXED)], Annotated[IntRange, Tag(RANGE)]], _shapes(_NO_LIST), AfterValidator(_fixed_if_one)
+]
+FloatParam = Annotated[Union[Annotated[Float, Tag(FIXED)], Annotated[FloatRange, Tag(RANGE)]], _shapes(_NO_LIST), AfterValidator(_fixed_if_one)]
+NIterParam = Annotated[
+    Union[Annotated[Count, Tag(FIXED)], Annotated[Choice, BeforeValidator(_choice), WithJsonSchema(_CHOICE_SCHEMA), Tag(CHOICE)]],
+    _shapes("must be an integer or a list of integers (choices)"),
+    AfterValidator(_fixed_if_one),
+]
+
+
+def _log_by_default(value: Any) -> Any:
+    """An edit_lr range spans decades: searched on a log scale unless `log: false`."""
+    return {**value, "log": True} if isinstance(value, dict) and value.get("log") is None else value
+
+
+def _module_template(template: str) -> str:
+    """The only field is {layer}; the result must parse as a module path (never eval'd)."""
+    from defer_core.module_path import parse_module_path
+
+    if LAYER_FIELD not in template:
+        raise fail(f"must contain {LAYER_FIELD}, got {template!r}")
+    try:
+        rendered = template.format(layer=0)
+    except (KeyError, IndexError, ValueError) as error:
+        raise fail(f"may only use the field {LAYER_FIELD} ({error!r}), got {template!r}") from None
+    if rendered.endswith((".weight", ".bias")):
+        raise fail(f"names a module, not a parameter: drop the '.weight' suffix in {template!r}")
+    try:
+        parse_module_path(rendered)
+    except DeferInputError as error:
+        raise fail(f"is not a module path: {error}") from None
+    return template
+
+
+def _bounds(param: float | FloatRange) -> tuple[float, float]:
+    return (param.low, param.high) if isinstance(param, FloatRange) else (param, param)
+
+
+class SearchSpace(Section):
+    """Each parameter is either fixed (a plain number) or searched (a range or a choice)."""
+
+    layer: LayerParam
+    module_template: Annotated[Text, AfterValidator(_module_template)]
+    edit_lr: Annotated[FloatParam, BeforeValidator(_log_by_default)] = Field(description="a range is searched on a log scale unless log: false")
+    threshold: FloatParam
+    n_iter: NIterParam
+
+    @model_validator(mode="after")
+    def _in_bounds(self) -> SearchSpace:
+        if isinstance(self.edit_lr, FloatRange) and self.edit_lr.low <= 0:
+            raise fail("range must be > 0", "edit_lr")
+        if not isinstance(self.edit_lr, FloatRange) and self.edit_lr <= 0:
+            raise fail(f"must be > 0, got {self.edit_lr}", "edit_lr")
+        low, high = _bounds(self.threshold)
+        if low < 0 or high > 1:
+            raise fail(f"must lie in [0, 1], got {low}..{high}", "threshold")
+        if not self.searched():
+            raise fail("fixes every parameter; give at least one a range or a choice")
+        return self
+
+    def searched(self) -> dict[str, IntRange | FloatRange | Choice]:
+        return {name: getattr(self, name) for name in SEARCHED if isinstance(getattr(self, name), (IntRange, FloatRange, Choice))}
+
+    def fixed(self) -> dict[str, int | float]:
+        return {name: getattr(self, name) for name in SEARCHED if not isinstance(getattr(self, name), (IntRange, FloatRange, Choice))}
+
+    def layer_bounds(self) -> tuple[int, int]:
+        return (self.layer.low, self.layer.high) if isinstance(self.layer, IntRange) else (self.layer, self.layer)
+
+
+class InitialPoint(TypedDict, total=False):
+    """A point Optuna tries first; it names every searched parameter (fixed ones may be given)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    layer: NonNegativeInt
+    edit_lr: Float
+    threshold: Float
+    n_iter: Count
+
+
+def _within(value: float, param: Any) -> bool:
+    if isinstance(param, IntRange):
+        return float(value).is_integer() and param.low <= value <= param.high
+    if isinstance(param, FloatRange):
+        return param.low <= value <= param.high
+    if isinstance(param, Choice):
+        return value in param.values
+    return value == param
+
+
+def _describe(param: Any) -> str:
+    if isinstance(param, (IntRange, FloatRange)):
+        return f"{param.low}..{param.high}"
+    if isinstance(param, Choice):
+        return f"one of {list(param.values)}"
+    return f"fixed at {param}"
+
+
+# -- the other sections ----------------------------------------------------------------------------
+
+
+class ModelSpec(Section):
+    name: Text
+    dtype: Annotated[str, one_of(DTYPE_CHOICES), enum(DTYPE_CHOICES)] = "auto"
+    device: Text | None = None  # None: cuda if the worker sees a GPU, else cpu
+
+
+class DataSpec(Section):
+    # None: $DEFER_SWEEP_DATA_DIR or ../shared/data (defer_core.data.resolve_data_path)
+    path: Annotated[Text, AfterValidator(lambda path: str(Path(path).expanduser().resolve()))] | None = None
+
+
+class Objective(_Positional):
+    metric: Text
+    direction: Direction = "maximize"
+
+    @property
+    def mode(self) -> str:
+        """Ray Tune's spelling of the direction."""
+        return "max" if self.direction == "maximize" else "min"
+
+
+class EarlyStopping(Section):
+    """ASHA over the edit milestones; by default on the first objective, from the first milestone."""
+
+    # metric and grace_edits are filled in from the objectives and milestones (SweepSpec), so a
+    # spec may leave them out; the schema shows them as optional.
+    model_config = ConfigDict(json_schema_extra=lambda schema: schema.pop("required"))
+
+    metric: Text
+    direction: Direction = "maximize"
+    grace_edits: Count
+    reduction_factor: Annotated[float, Gt(1), BeforeValidator(number)] = 2.0
+
+
+class Resources(Section):
+    cpu: PositiveFloat = 1.0
+    gpu: NonNegativeFloat = 0.0
+
+
+class OptunaSpec(Section):
+    storage: Text | None = None  # None: sqlite:///OUTPUT_DIR/optuna.db (driver)
+    study_name: Text | None = None  # None: NAME-SWEEP_ID (driver)
+    n_startup_trials: NonNegativeInt | None = None  # None: startup_trials_for(num_trials)
+    population_size: Annotated[int, Ge(2), BeforeValidator(integer)] | None = None  # None: population_for(num_trials)
+
+    def startup_trials_for(self, num_trials: int) -> int:
+        """TPE's random start: few-trial sweeps need a short one, or TPE never gets to model anything."""
+        return self.n_startup_trials if self.n_startup_trials is not None else max(2, min(10, num_trials // 4))
+
+    def population_for(self, num_trials: int) -> int:
+        """NSGA-II's population: about a third of the trials, so that several generations run."""
+        return self.population_size or max(4, min(50, num_trials // 3))
+
+
+class MlflowSpec(Section):
+    tracking_uri: Text | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///OUTPUT_DIR/mlflow.db (driver)
+    experiment: Text = "defer-sweep"
+
+
+class RaySpec(Section):
+    address: Text | None = None  # None: RAY_ADDRESS, a cluster started with `ray start`, or a local instance
+    num_cpus: Count | None = None  # only for an instance we start
+    max_failures: NonNegativeInt = 0
+
+
+# -- the spec --------------------------------------------------------------------------------------
+
+
+def _shorthand(key: str) -> BeforeValidator:
+    """`model: NAME` is `model: {name: NAME}`; `data: PATH` is `data: {path: PATH}`."""
+    return BeforeValidator(lambda value: {key: value} if isinstance(value, str) else value)
+
+
+def _scorings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise fail(f"must be a non-empty list, got {kind(value)}")
+    for item in value:
+        if item not in SCORINGS:
+            raise fail(f"has {item!r}; allowed: {', '.join(SCORINGS)}")
+    if len(set(value)) != len(value):
+        raise fail("lists a value twice")
+    return tuple(value)
+
+
+def _objective_list(value: Any) -> Any:
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise fail("must be a non-empty list of {metric, direction}")
+    return value
+
+
+def _point_list(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise fail(f"must be a list of mappings, got {kind(value)}")
+    return value
+
+
+def _storage_uri(uri: str) -> str:
+    """Checked for form only (no network); whether it can be reached is checked when a sweep runs."""
+    from ..storage import normalize_storage_uri
+
+    try:
+        return normalize_storage_uri(uri)
+    except ValueError as error:
+        raise fail(f"must be a pyarrow filesystem URI such as s3://bucket/prefix, gs://bucket/prefix or an absolute path, got {uri!r} ({error})") from None
+
+
+def _not_reported(metric: str, scorings: tuple[str, ...]) -> str | None:
+    names = metric_names(scorings)
+    return None if metric in names else f"= {metric!r} is not reported under scorings {list(scorings)}; choose from {', '.join(names)}"
+
+
+Scoring = Annotated[str, enum(SCORINGS)]
+Point = Annotated[InitialPoint, BeforeValidator(lambda point: mapping(point, SEARCHED))]
+
+
+class SweepSpec(Section):
+    """A sweep of DEFER's hyperparameters: what to edit, what to search, where results go."""
+
+    name: Text = _derived("default: the spec file's name without .yaml")
+    model: Annotated[ModelSpec, _shorthand("name")] = Field(json_schema_extra=_or({"type": "string"}))
+    data: Annotated[DataSpec, _shorthand("path")] = Field(DataSpec(), json_schema_extra=_or({"type": "string"}))
+    T: Count
+    milestones: tuple[Count, ...] = _derived("edit counts at which trials report; default 1, 10, 100, ... below T; T is always added")
+    protocol: Annotated[str, one_of(PROTOCOLS), enum(PROTOCOLS)] = "stream"
+    scorings: Annotated[tuple[Scoring, ...], BeforeValidator(_scorings)] = Field(SCORINGS, json_schema_extra=_or({"enum": list(SCORINGS)}))
+    search_space: SearchSpace
+    initial_points: Annotated[tuple[Point, ...], BeforeValidator(_point_list)] = ()
+    objectives: Annotated[tuple[Objective, ...], BeforeValidator(_objective_list)] = Field(json_schema_extra=_or(None))
+    num_trials: Count
+    concurrency: Count = 1
+    resources_per_trial: Resources = Resources()
+    early_stopping: EarlyStopping | None = Field(None, json_schema_extra=_or({"type": "boolean"}))
+    seed: NonNegativeInt = 0
+    output_dir: Path = _derived("default: runs/NAME")
+    storage_uri: Annotated[Text, AfterValidator(_storage_uri)] | None = None  # Tune and Parquet on shared storage (s3://bucket/prefix ...)
+    pack_size: Count = 1  # DEFER trials per Tune trial, edited in one batched forward pass (same layer)
+    optuna: OptunaSpec = OptunaSpec()
+    mlflow: MlflowSpec = MlflowSpec()
+    ray: RaySpec = RaySpec()
+
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)  # the mapping as written (spec_to_yaml); not compared
+
+    # Checks and defaults across keys: a validator sees the fields declared above its own
+    # (info.data) and does nothing when one it needs failed, whose error is then the first.
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw(cls, data: Any, handler: Callable[[Any], SweepSpec]) -> SweepSpec:
+        spec = handler(data)
+        if isinstance(data, dict):
+            spec._raw = dict(data)
+        return spec
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _default_name(cls, name: Any, info: ValidationInfo) -> Any:
+        return name if name is not None else (info.context or {}).get("default_name", DEFAULT_NAME)
+
+    @field_validator("name")
+    @classmethod
+    def _directory_name(cls, name: str) -> str:
+        if any(c in name for c in "/\\") or name.startswith("."):
+            raise fail(f"must be usable as a directory name, got {name!r}")
+        return name
+
+    @field_validator("milestones", mode="before")
+    @classmethod
+    def _milestones_up_to_T(cls, value: Any, info: ValidationInfo) -> Any:
+        total = info.data.get("T")
+        if total is None:
+            return value or ()  # T itself is reported
+        if value is None:
+            return default_milestones(total)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise fail(f"must be a non-empty list of edit counts, got {kind(value)}")
+        try:
+            return milestones_ending_at(_counts(value), total)
+        except ValueError as error:
+            raise fail(str(error)) from None
+
+    @field_validator("initial_points")
+    @classmethod
+    def _points_in_space(cls, points: tuple[dict[str, int | float], ...], info: ValidationInfo) -> tuple[dict[str, int | float], ...]:
+        """Each point names every searched parameter and lies in the space; fixed ones are dropped."""
+        space: SearchSpace | None = info.data.get("search_space")
+        if space is None:
+            return points
+        searched, fixed = space.searched(), space.fixed()
+        for index, point in enumerate(points):
+            for name in searched:
+                if name not in point:
+                    raise missing(index, name)
+            for name in SEARCHED:
+                param = searched.get(name, fixed.get(name))
+                if name in point and not _within(point[name], param):
+                    raise fail(f"= {point[name]} lies outside the search space ({_describe(param)})", index, name)
+        return tuple({name: point[name] for name in searched} for point in points)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives_reported(cls, objectives: tuple[Objective, ...], info: ValidationInfo) -> tuple[Objective, ...]:
+        scorings = info.data.get("scorings")
+        for index, objective in enumerate(objectives):
+            problem = _not_reported(objective.metric, scorings) if scorings else None
+            if problem:
+                raise fail(problem, index, "metric")
+        if len({o.metric for o in objectives}) != len(objectives):
+            raise fail("lists a metric twice")
+        return objectives
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        """`early_stopping: true` stops on the first objective (in its direction) from the first
+        milestone; a mapping may change any of these."""
+        if value is False:
+            return None
+        value = {} if value is True else value
+        objectives, milestones = info.data.get("objectives"), info.data.get("milestones")
+        if not isinstance(value, dict) or not objectives or not milestones:
+            return value
+        given = {key: item for key, item in value.items() if item is not None}
+        metric = given.get("metric", objectives[0].metric)
+        directions = {o.metric: o.direction for o in objectives}
+        defaults = {"metric": metric, "grace_edits": milestones[0]}
+        if metric in directions:
+            defaults["direction"] = directions[metric]
+        return {**defaults, **given}
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _early_stopping_fits(cls, stop: EarlyStopping | None, info: ValidationInfo) -> EarlyStopping | None:
+        scorings, objectives, milestones = (info.data.get(key) for key in ("scorings", "objectives", "milestones"))
+        if stop is None or not scorings or not objectives or not milestones:
+            return stop
+        problem = _not_reported(stop.metric, scorings)
+        if problem:
+            raise fail(problem, "metric")
+        objective = next((o for o in objectives if o.metric == stop.metric), None)
+        if objective is not None and stop.direction != objective.direction:
+            raise fail(f"= {stop.direction} contradicts the objective on {stop.metric} ({objective.direction})", "direction")
+        if stop.grace_edits not in milestones[:-1]:
+            raise fail(
+                f"= {stop.grace_edits} must be a milestone before T (one of {list(milestones[:-1]) or 'none: add milestones below T'})", "grace_edits"
+            )
+        return stop
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            value = f"runs/{info.data.get('name', DEFAULT_NAME)}"
+        return Path(text(value)).expanduser().resolve()
+
+    @field_validator("pack_size")
+    @classmethod
+    def _pack_fits(cls, pack_size: int, info: ValidationInfo) -> int:
+        num_trials = info.data.get("num_trials")
+        if num_trials is not None and pack_size > num_trials:
+            raise fail(f"must be at most num_trials ({num_trials}), got {pack_size}")
+        return pack_size
+
+    @field_validator("optuna")
+    @classmethod
+    def _population_needs_objectives(cls, optuna: OptunaSpec, info: ValidationInfo) -> OptunaSpec:
+        objectives = info.data.get("objectives")
+        if optuna.population_size is not None and objectives is not None and len(objectives) == 1:
+            raise fail("only applies to multi-objective sweeps (NSGA-II)", "population_size")
+        return optuna
+
+    def __eq__(self, other: object) -> bool:
+        """The same sweep: every validated field equal (`raw`, the YAML as written, is not compared)."""
+        return isinstance(other, SweepSpec) and self.__dict__ == other.__dict__
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        return self._raw
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def with_output_dir(self, output_dir: str | os.PathLike[str]) -> SweepSpec:
+        path = Path(output_dir).expanduser().resolve()
+        spec = self.model_copy(update={"output_dir": path})
+        spec._raw = {**self._raw, "output_dir": str(path)}
+        return spec

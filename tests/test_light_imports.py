@@ -1,0 +1,92 @@
+"""`defer-sweep --help` and `defer-sweep export` must not import torch or transformers.
+
+Each check runs in a fresh interpreter (this test process has torch loaded by conftest), with
+the repository root as the working directory so `defer_core` and `orchestrator` import from it.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+HEAVY = ("torch", "transformers")
+
+EXPORT_MODULES = (
+    "orchestrator.commands",
+    "orchestrator.export",
+    "orchestrator.spec",
+    "orchestrator.sinks.layout",
+    "orchestrator.sinks.parquet_sink",
+    "orchestrator.sinks.mlflow_sink",
+    "orchestrator.search.space",
+    "orchestrator.search.ranking",
+)
+
+
+def run_fresh(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code`, then print which heavy modules it imported (one line: HEAVY=[...])."""
+    check = f"\nimport sys\nprint('HEAVY=' + repr(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code) + check], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def heavy_imported(result: subprocess.CompletedProcess[str]) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("HEAVY="))
+    return ast.literal_eval(line.removeprefix("HEAVY="))
+
+
+def test_help_does_not_import_torch() -> None:
+    result = run_fresh(
+        """
+        from orchestrator.cli import main
+        try:
+            main(["--help"])
+        except SystemExit as stop:
+            assert stop.code == 0, stop.code
+        """
+    )
+    assert heavy_imported(result) == []
+    assert "usage: defer-sweep" in result.stdout
+
+
+def test_export_modules_do_not_import_torch() -> None:
+    result = run_fresh("".join(f"import {module}\n" for module in EXPORT_MODULES))
+    assert heavy_imported(result) == []
+
+
+def test_export_command_does_not_import_torch(tmp_path: Path) -> None:
+    """The whole `defer-sweep export OUT` on a minimal sweep directory: spec, state, MLflow
+    parent run and one completed trial row."""
+    from orchestrator.protocol import METRIC_COLUMNS, Status
+    from orchestrator.sinks.layout import SweepLayout, SweepState, save_state
+    from orchestrator.sinks.mlflow_sink import MlflowSink, default_tracking_uri
+    from orchestrator.sinks.parquet_sink import ParquetSink
+
+    layout = SweepLayout(tmp_path / "sweep")
+    layout.root.mkdir()
+    shutil.copy(ROOT / "tests" / "specs" / "tiny.yaml", layout.spec)
+    state = SweepState(sweep_id="light", mlflow_tracking_uri=default_tracking_uri(layout.mlflow_db), mlflow_experiment="tiny",
+                       optuna_storage="", optuna_study_name="tiny")
+    save_state(layout, state)
+    sink = MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id, artifact_location=layout.mlflow_artifacts.as_uri())
+    sink.open_sweep("tiny", {}, layout.spec)
+    row = {"sweep_id": "light", "sweep_name": "tiny", "trial_id": "t0", "pack_id": "p0", "optuna_trial": 0, "status": Status.COMPLETE.value,
+           "layer": 2, "module": "model.layers[2].mlp.down_proj", "edit_lr": 0.05, "n_iter": 5, "threshold": 0.5, "model": "tiny-llama",
+           "protocol": "stream", "T": 6, "n_edits": 6, **{metric: 0.5 for metric in METRIC_COLUMNS}}
+    ParquetSink(layout.parquet).write("trials", "p0", [row])
+    target = tmp_path / "best.yaml"
+
+    result = run_fresh(
+        f"""
+        from orchestrator.cli import main
+        assert main(["export", {str(layout.root)!r}, "-o", {str(target)!r}]) == 0
+        """
+    )
+    assert heavy_imported(result) == []
+    assert "model.layers[2].mlp.down_proj.weight" in target.read_text(encoding="utf-8")
