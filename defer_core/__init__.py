@@ -44,6 +44,7 @@ _SUBMODULE_OF = {
     "PackedDeferAdaptor": "packed",
     "PackedDeferEditor": "packed",
     "TrialPlan": "trial",
+    "model_dtype": "trial",
     "run_trial": "trial",
     "run_trials": "trial",
 }
@@ -72,6 +73,7 @@ __all__ = [
     "load_model",
     "load_records",
     "metric_key",
+    "model_dtype",
     "parse_module_path",
     "resolve_data_path",
     "resolve_module",

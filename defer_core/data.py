@@ -4,10 +4,11 @@ Records are read from a data directory outside the project (default `../shared/d
 the checkout, or `$DEFER_SWEEP_DATA_DIR`), never copied in. Every record is checked; a bad
 one fails with the file, its index and the field, so nothing is dropped silently.
 
-Whitespace: some ZsRE `alt` values carry stray spaces (" species"). The edit is tokenized as
-f"{prompt} {target}", so a leading space would become a double space and a different token
-sequence than the target means. All text fields are stripped of surrounding whitespace;
-inner whitespace is kept.
+Whitespace: text is kept exactly as the file has it, as EasyEdit passes it on. 15 of the first
+1000 ZsRE `alt` values start with a space (" MAT-49", first at index 26); the edit is tokenized
+as f"{prompt} {target}", so such a target becomes a double space, in EasyEdit and here alike.
+`strip=True` strips every field of surrounding whitespace instead (inner whitespace is kept):
+a different token sequence, so a trial records which it used.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def resolve_data_path(path: str | os.PathLike[str] | None = None) -> Path:
     return candidate
 
 
-def _text(record: dict[str, Any], key: str, path: Path, index: int) -> str:
+def _text(record: dict[str, Any], key: str, path: Path, index: int, strip: bool) -> str:
     if key not in record:
         raise DeferInputError(f"{path}: record {index}: missing field '{key}'")
     value = record[key]
@@ -76,10 +77,9 @@ def _text(record: dict[str, Any], key: str, path: Path, index: int) -> str:
         value = value[0]
     if not isinstance(value, str):
         raise DeferInputError(f"{path}: record {index}: field '{key}' must be a string, got {type(value).__name__}")
-    value = value.strip()
-    if not value:
+    if not value.strip():
         raise DeferInputError(f"{path}: record {index}: field '{key}' is empty")
-    return value
+    return value.strip() if strip else value
 
 
 def _field_map(record: dict[str, Any]) -> dict[str, str]:
@@ -96,18 +96,19 @@ def _generic_locality(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def parse_record(raw: Any, path: Path, index: int) -> EditRecord:
+def parse_record(raw: Any, path: Path, index: int, strip: bool = False) -> EditRecord:
     if not isinstance(raw, dict):
         raise DeferInputError(f"{path}: record {index}: expected a JSON object, got {type(raw).__name__}")
     raw = _generic_locality(raw)
     fields = _field_map(raw)
-    values = {name: _text(raw, key, path, index) for name, key in fields.items()}
+    values = {name: _text(raw, key, path, index, strip) for name, key in fields.items()}
     record_id = str(raw.get("case_id", raw.get("id", index)))
     return EditRecord(record_id=record_id, **values)
 
 
-def load_records(path: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[EditRecord]:
-    """Read the first `limit` records (all if None); a record that cannot be used is an error."""
+def load_records(path: str | os.PathLike[str] | None = None, limit: int | None = None, *, strip: bool = False) -> list[EditRecord]:
+    """Read the first `limit` records (all if None); a record that cannot be used is an error.
+    Text is kept as written (EasyEdit's handling) unless `strip`."""
     resolved = resolve_data_path(path)
     try:
         raw = json.loads(resolved.read_text(encoding="utf-8"))
@@ -119,4 +120,4 @@ def load_records(path: str | os.PathLike[str] | None = None, limit: int | None =
         if limit > len(raw):
             raise DeferInputError(f"{resolved}: asked for {limit} records but the file has {len(raw)}")
         raw = raw[:limit]
-    return [parse_record(item, resolved, index) for index, item in enumerate(raw)]
+    return [parse_record(item, resolved, index, strip) for index, item in enumerate(raw)]

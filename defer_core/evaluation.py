@@ -4,6 +4,10 @@ Rel scores the edit prompts, Gen the rephrased prompts, both as token accuracy a
 target. Loc is the fraction of the locality answer's predicted tokens that are unchanged from
 the unedited model. The unedited predictions do not depend on the trial, so they are computed
 once per model and record set (`UneditedLocality`) and reused.
+
+Scorings (results.SCORINGS): `tf` teacher-forced; `gen` and `genctx` greedy generation, which
+differ only in the ids compared (tokens.py), so one generation of the longer budget serves both.
+Every record's own scores are kept (`score_records`); a milestone is their mean.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from .data import EditRecord
 from .files import atomic_write_text
 from .models import LoadedModel
 from .results import METRICS, metric_key
-from .scoring import both_scorings, generation_predictions, teacher_forced_predictions, token_accuracy
-from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, prompt_target
+from .scoring import both_scorings, generated_sequences, generation_predictions, teacher_forced_and_sequences, teacher_forced_predictions, token_accuracy, window
+from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, in_context, prompt_target
+
+TEACHER_FORCED = "tf"
+GENERATED = ("gen", "genctx")  # scorings answered by greedy generation
 
 
 @dataclass
@@ -36,19 +43,25 @@ class RecordProbes:
     gen_rel: GenerationProbe
     gen_gen: GenerationProbe
     gen_loc: GenerationProbe
+    genctx_rel: GenerationProbe
+    genctx_gen: GenerationProbe
+    genctx_loc: GenerationProbe
+
+    def probe(self, scoring: str, kind: str) -> PromptTarget | GenerationProbe:
+        """The probe a scoring reads for one metric (rel, gen or loc)."""
+        return getattr(self, f"{scoring}_{kind}")
 
 
 def build_probes(loaded: LoadedModel, record: EditRecord) -> RecordProbes:
     tok = loaded.tokenizer
-    edit = prompt_target(tok, record.prompt, record.target)
+    texts = {"rel": (record.prompt, record.target), "gen": (record.rephrase, record.target), "loc": (record.locality_prompt, record.locality_answer)}
+    tf = {kind: prompt_target(tok, *pair) for kind, pair in texts.items()}
+    gen = {kind: generation_probe(tok, *pair) for kind, pair in texts.items()}
     return RecordProbes(
-        edit=edit,
-        tf_rel=edit,
-        tf_gen=prompt_target(tok, record.rephrase, record.target),
-        tf_loc=prompt_target(tok, record.locality_prompt, record.locality_answer),
-        gen_rel=generation_probe(tok, record.prompt, record.target),
-        gen_gen=generation_probe(tok, record.rephrase, record.target),
-        gen_loc=generation_probe(tok, record.locality_prompt, record.locality_answer),
+        edit=tf["rel"],
+        **{f"tf_{kind}": tf[kind] for kind in texts},
+        **{f"gen_{kind}": gen[kind] for kind in texts},
+        **{f"genctx_{kind}": in_context(gen[kind], tf[kind]) for kind in texts},
     )
 
 
@@ -71,13 +84,35 @@ class Scorer:
 
     def predict(self, adaptor: DeferAdaptor | None, scoring: str, probes: Sequence[PromptTarget | GenerationProbe]) -> list[list[int]]:
         model = self.loaded.model
-        if scoring == "tf":
+        if scoring == TEACHER_FORCED:
             return teacher_forced_predictions(model, adaptor, probes, self.pad_id, self.batch_size)  # type: ignore[arg-type]
         return generation_predictions(model, adaptor, probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)  # type: ignore[arg-type]
 
     def predict_both(self, adaptor: DeferAdaptor | None, tf_probes: Sequence[PromptTarget], gen_probes: Sequence[GenerationProbe]) -> tuple[list[list[int]], list[list[int]]]:
         """tf and gen predictions of the same prompts, sharing the frozen layers' work."""
         return both_scorings(self.loaded.model, adaptor, tf_probes, gen_probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)
+
+    def predict_scorings(self, adaptor: DeferAdaptor | None, probes: dict[str, Sequence[PromptTarget | GenerationProbe]]) -> dict[str, list[list[int]]]:
+        """Predictions of the same prompts under several scorings, each equal to `predict` alone:
+        the generation scorings share one generation of the longest budget (`window` reads each
+        off it), and tf shares the frozen layers' pass with it."""
+        generated = {scoring: rows for scoring, rows in probes.items() if scoring in GENERATED}
+        if not generated:
+            return {scoring: self.predict(adaptor, scoring, rows) for scoring, rows in probes.items()}
+        columns = list(zip(*generated.values()))  # per prompt: its probe under each generation scoring
+        if any(len({probe.prompt_ids for probe in column}) != 1 for column in columns):  # type: ignore[union-attr]
+            raise ValueError("generation scorings of one prompt must share its prompt tokens")
+        longest = [max(column, key=lambda probe: len(probe.target_ids)) for column in columns]
+        model, out = self.loaded.model, {}
+        if TEACHER_FORCED in probes:
+            out[TEACHER_FORCED], sequences = teacher_forced_and_sequences(
+                model, adaptor, probes[TEACHER_FORCED], longest, self.pad_id, self._eos, self.batch_size, self.reuse_prefix  # type: ignore[arg-type]
+            )
+        else:
+            sequences = generated_sequences(model, adaptor, longest, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)  # type: ignore[arg-type]
+        for scoring, rows in generated.items():
+            out[scoring] = [window(sequence, len(probe.prompt_ids), len(probe.target_ids)) for sequence, probe in zip(sequences, rows)]  # type: ignore[union-attr]
+        return {scoring: out[scoring] for scoring in probes}
 
 
 @dataclass
@@ -127,6 +162,37 @@ def unedited_cache_file(cache_dir: Path, loaded: LoadedModel, records: Sequence[
     return cache_dir / f"unedited-{safe_name}-{digest.hexdigest()[:16]}.json"
 
 
+def score_records(
+    scorer: Scorer,
+    adaptor: DeferAdaptor,
+    records: Sequence[EditRecord],
+    probes: Sequence[RecordProbes],
+    scorings: Sequence[str],
+    unedited: UneditedLocality,
+) -> list[dict[str, float]]:
+    """Each record's Rel, Gen and Loc under each scoring, keyed `rel_tf`, `loc_gen`, ..."""
+    for scoring in scorings:
+        unedited.ensure(scorer, adaptor, records, probes, scoring)
+    # one call for the three probes of every record: a single record (immediate) is one batch
+    together = scorer.predict_scorings(adaptor, {s: [p.probe(s, kind) for kind in METRICS for p in probes] for s in scorings})
+    n = len(probes)
+    predicted = {kind: {s: together[s][i * n : (i + 1) * n] for s in scorings} for i, kind in enumerate(METRICS)}
+    rows: list[dict[str, float]] = []
+    for index, (record, probe) in enumerate(zip(records, probes)):
+        row: dict[str, float] = {}
+        for scoring in scorings:
+            for kind in ("rel", "gen"):
+                row[metric_key(kind, scoring)] = token_accuracy(predicted[kind][scoring][index], probe.probe(scoring, kind).target_ids)
+            row[metric_key("loc", scoring)] = token_accuracy(predicted["loc"][scoring][index], unedited.predictions[scoring][record.record_id])
+        rows.append(row)
+    return rows
+
+
+def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over records (the value a milestone reports)."""
+    return {key: fmean(row[key] for row in rows) for key in rows[0]}
+
+
 def evaluate(
     scorer: Scorer,
     adaptor: DeferAdaptor,
@@ -136,21 +202,4 @@ def evaluate(
     unedited: UneditedLocality,
 ) -> dict[str, float]:
     """Mean Rel, Gen and Loc over `records` for each scoring, keyed `rel_tf`, `loc_gen`, ..."""
-    for scoring in scorings:
-        unedited.ensure(scorer, adaptor, records, probes, scoring)
-    predicted: dict[tuple[str, str], list[list[int]]] = {}
-    for kind in METRICS:
-        if "tf" in scorings and "gen" in scorings:
-            both = scorer.predict_both(adaptor, [getattr(p, f"tf_{kind}") for p in probes], [getattr(p, f"gen_{kind}") for p in probes])
-            predicted[("tf", kind)], predicted[("gen", kind)] = both
-        else:
-            for scoring in scorings:
-                predicted[(scoring, kind)] = scorer.predict(adaptor, scoring, [getattr(p, f"{scoring}_{kind}") for p in probes])
-    metrics: dict[str, float] = {}
-    for scoring in scorings:
-        for kind in ("rel", "gen"):
-            expected = [getattr(p, f"{scoring}_{kind}").target_ids for p in probes]
-            metrics[metric_key(kind, scoring)] = fmean(token_accuracy(a, b) for a, b in zip(predicted[(scoring, kind)], expected))
-        before = unedited.predictions[scoring]
-        metrics[metric_key("loc", scoring)] = fmean(token_accuracy(a, before[r.record_id]) for a, r in zip(predicted[(scoring, "loc")], records))
-    return metrics
+    return mean_metrics(score_records(scorer, adaptor, records, probes, scorings, unedited))

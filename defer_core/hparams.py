@@ -2,6 +2,8 @@
 
 EasyEdit's `hparams/DEFER/*.yaml` has exactly the keys of `DeferHyperParams`. PyYAML reads
 `7e-5` (no dot) as a string, so numeric keys are coerced here, as EasyEdit's own loader does.
+EasyEdit's loader refuses unknown keys, so the model dtype a configuration was tuned in goes
+into a comment line at the top of the file, never into a key.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .errors import DeferInputError
 from .files import atomic_write_text, read_yaml
 
 REQUIRED_KEYS = ("alg_name", "model_name", "device", "inner_params", "edit_lr", "n_iter", "threshold")
+DTYPE_COMMENT = "# dtype: {dtype}  (the model dtype these values were tuned in; EasyEdit's DEFER runs float32)"
 OPTIONAL_KEYS = ("batch_size", "max_length", "model_parallel")
 
 
@@ -125,11 +128,13 @@ def load_hparams(path: str | os.PathLike[str]) -> DeferHParams:
     return hparams_from_dict(read_yaml(path, "hparams file"), source=str(path))
 
 
-def dump_hparams(hparams: DeferHParams) -> str:
-    """YAML text in EasyEdit's DEFER layout; floats are written so PyYAML reads them back as floats."""
-    return yaml.safe_dump(hparams.to_easyedit_dict(), sort_keys=False)
+def dump_hparams(hparams: DeferHParams, dtype: str | None = None) -> str:
+    """YAML text in EasyEdit's DEFER layout; floats are written so PyYAML reads them back as
+    floats. With `dtype`, a first comment line says which dtype the values were tuned in."""
+    text = yaml.safe_dump(hparams.to_easyedit_dict(), sort_keys=False)
+    return f"{DTYPE_COMMENT.format(dtype=dtype)}\n{text}" if dtype else text
 
 
-def save_hparams(hparams: DeferHParams, path: str | os.PathLike[str]) -> Path:
+def save_hparams(hparams: DeferHParams, path: str | os.PathLike[str], dtype: str | None = None) -> Path:
     """Write atomically: a reader never sees half a file."""
-    return atomic_write_text(Path(path), dump_hparams(hparams))
+    return atomic_write_text(Path(path), dump_hparams(hparams, dtype))

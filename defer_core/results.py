@@ -1,19 +1,51 @@
-"""What a trial produces: one outcome per edit and one metric set per milestone.
+"""What a trial produces: one outcome per edit and one metric set per milestone, and the
+names every part shares (metrics, scorings, protocols, dtypes).
 
-Metric keys are `{metric}_{scoring}`: metric in rel/gen/loc, scoring in tf (teacher-forced)
-or gen (greedy generation), e.g. `rel_tf`, `loc_gen`.
+Metric keys are `{metric}_{scoring}`: metric in rel/gen/loc, scoring in tf (teacher-forced),
+gen (greedy generation against EasyEdit's target tokens) or genctx (greedy generation against
+the target's tokens in context), e.g. `rel_tf`, `loc_gen`, `gen_genctx`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCORINGS = ("tf", "gen")
-PROTOCOLS = ("stream", "chunks")
+from .errors import DeferInputError
+
+SCORINGS = ("tf", "gen", "genctx")
+DEFAULT_SCORINGS = ("tf", "gen")  # EasyEdit's two; genctx is asked for by name
+# Which published numbers each scoring reproduces (README "Scoring and protocols").
+SCORING_SOURCES = {
+    "tf": "teacher-forced token accuracy: EasyEdit's test_prediction_acc, what EasyEdit scores DEFER with",
+    "gen": "greedy generation vs tok.encode(target, add_special_tokens=False): EasyEdit's vanilla_generation, exact",
+    "genctx": "greedy generation vs the target's tokens in context (those tf scores); not an EasyEdit metric",
+}
+PROTOCOLS = ("stream", "chunks", "immediate")
+# Which published numbers each protocol reproduces.
+PROTOCOL_SOURCES = {
+    "stream": "every record scored after all n edits: the WISE paper and EasyEdit sequential_edit=True before 3c21b20 (2026-06-11)",
+    "chunks": "n records edited, scored, rolled back, next n; mean over the chunks (EasyEdit sequential_edit=False when n = 1)",
+    "immediate": "each record scored right after its own edit, mean over the n so far: EasyEdit sequential_edit=True from 3c21b20 (PR 687) on",
+}
+# Protocols one edit stream can serve together: they edit the same records in the same order
+# and differ only in when each record is scored.
+SHARED_STREAM = ("stream", "immediate")
 METRICS = ("rel", "gen", "loc")
-# Model dtypes a trial can run in, by every spelling accepted (models.py maps them to torch's).
-DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-DTYPE_CHOICES = ("auto", *DTYPE_NAMES)  # auto: float32 on CPU, bfloat16 on a GPU
+# Model dtypes a trial can run in, by every spelling accepted, and the canonical name of each.
+DTYPE_SPELLINGS = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
+DTYPE_NAMES = tuple(DTYPE_SPELLINGS)
+DEFAULT_DTYPE = "float32"  # what `auto` means: EasyEdit's DEFER always runs float32 (its hparams have no fp16 key)
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
+
+
+def dtype_name(choice: str) -> str:
+    """The canonical dtype a choice runs in: `auto` is float32 (EasyEdit's setting) on every
+    device; bfloat16 and float16 only when asked for by name."""
+    if choice == "auto":
+        return DEFAULT_DTYPE
+    if choice not in DTYPE_SPELLINGS:
+        raise DeferInputError(f"dtype {choice!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPE_SPELLINGS[choice]
 
 
 def default_milestones(total: int) -> tuple[int, ...]:
@@ -53,16 +85,32 @@ class EditOutcome:
 
 
 @dataclass(frozen=True)
+class RecordScores:
+    """One record's Rel/Gen/Loc behind a milestone (keys as in `MilestoneResult.metrics`):
+    a milestone's value is the mean of its records' values, so every number is traceable."""
+
+    record_id: str
+    metrics: dict[str, float]
+    chunk: int = 0
+
+
+@dataclass(frozen=True)
 class MilestoneResult:
-    """Metrics after `n_edits` edits (stream) or averaged over chunks of `n_edits` (chunks)."""
+    """Metrics after `n_edits` edits (stream), averaged over chunks of `n_edits` (chunks), or
+    over the first `n_edits` records each scored right after its own edit (immediate)."""
 
     n_edits: int
     protocol: str
     metrics: dict[str, float]
     seconds: float = 0.0
+    records: tuple[RecordScores, ...] = ()
 
 
 @dataclass
 class TrialResult:
     edits: list[EditOutcome] = field(default_factory=list)
     milestones: list[MilestoneResult] = field(default_factory=list)
+
+    def milestones_of(self, protocol: str) -> list[MilestoneResult]:
+        """The milestones of one protocol (a shared edit stream reports several)."""
+        return [m for m in self.milestones if m.protocol == protocol]

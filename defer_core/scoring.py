@@ -82,7 +82,6 @@ def teacher_forced_predictions(
     return results
 
 
-@torch.no_grad()
 def generation_predictions(
     model: nn.Module,
     adaptor: DeferAdaptor | None,
@@ -95,6 +94,23 @@ def generation_predictions(
     """Greedy-generate len(target) tokens per probe; return the last len(target) ids of prompt +
     generation, as EasyEdit slices `generate`'s output (a row stops at EOS, like generate, and
     the window may then include prompt tokens; if even that is short, NOT_GENERATED fills it)."""
+    sequences = generated_sequences(model, adaptor, probes, pad_id, eos_ids, batch_size, reuse_prefix)
+    return [_window(sequence, len(probe.target_ids)) for sequence, probe in zip(sequences, probes)]
+
+
+@torch.no_grad()
+def generated_sequences(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    probes: Sequence[GenerationProbe],
+    pad_id: int,
+    eos_ids: frozenset[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reuse_prefix: bool = True,
+) -> list[list[int]]:
+    """Each probe's prompt followed by its greedy continuation: len(target) tokens, fewer when
+    the row emits EOS. A shorter budget's answer is a prefix of it (`window`), so scorings that
+    differ only in how many tokens they compare can share one generation."""
     frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
     # rows that need as many tokens share a batch, so no row waits long for a longer one
     order = sorted(range(len(probes)), key=lambda i: (len(probes[i].target_ids), len(probes[i].prompt_ids)))
@@ -106,18 +122,24 @@ def generation_predictions(
             sequences = _generate_recomputing(model, adaptor, prompts, budgets, pad_id, eos_ids)
         else:
             sequences = generate_reusing_prefix(model, adaptor, frozen, prompts, budgets, pad_id, eos_ids)
-        for sequence, budget, i in zip(sequences, budgets, batch):
-            results[order[i]] = _window(sequence, budget)
+        for sequence, i in zip(sequences, batch):
+            results[order[i]] = sequence
     return results
+
+
+def window(sequence: Sequence[int], n_prompt: int, budget: int) -> list[int]:
+    """What generating `budget` tokens scores, read from a generation that may have gone on
+    longer: greedy decoding and EOS stops do not depend on the budget, so cutting the sequence
+    after `budget` generated tokens gives exactly the shorter generation."""
+    return _window(sequence[: n_prompt + budget], budget)
 
 
 def _window(sequence: Sequence[int], budget: int) -> list[int]:
     """The last `budget` ids of prompt + generation, left-filled when even that is short."""
-    window = list(sequence[-budget:]) if budget else []
-    return [NOT_GENERATED] * (budget - len(window)) + window
+    ids = list(sequence[-budget:]) if budget else []
+    return [NOT_GENERATED] * (budget - len(ids)) + ids
 
 
-@torch.no_grad()
 def both_scorings(
     model: nn.Module,
     adaptor: DeferAdaptor | None,
@@ -128,9 +150,26 @@ def both_scorings(
     batch_size: int = DEFAULT_BATCH_SIZE,
     reuse_prefix: bool = True,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Teacher-forced and generation predictions of the same prompts, equal to the two
-    functions above. With `reuse_prefix`, a prompt whose generation tokens start its
-    teacher-forced sequence goes through the layers below the adaptor once for both."""
+    """Teacher-forced and generation predictions of the same prompts, equal to
+    `teacher_forced_predictions` and `generation_predictions`."""
+    teacher_forced, sequences = teacher_forced_and_sequences(model, adaptor, tf_probes, gen_probes, pad_id, eos_ids, batch_size, reuse_prefix)
+    return teacher_forced, [_window(sequence, len(probe.target_ids)) for sequence, probe in zip(sequences, gen_probes)]
+
+
+@torch.no_grad()
+def teacher_forced_and_sequences(
+    model: nn.Module,
+    adaptor: DeferAdaptor | None,
+    tf_probes: Sequence[PromptTarget],
+    gen_probes: Sequence[GenerationProbe],
+    pad_id: int,
+    eos_ids: frozenset[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reuse_prefix: bool = True,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Teacher-forced predictions and generated sequences (`generated_sequences`) of the same
+    prompts. With `reuse_prefix`, a prompt whose generation tokens start its teacher-forced
+    sequence goes through the layers below the adaptor once for both."""
     frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
     pairs = list(zip(tf_probes, gen_probes))
     shared = [i for i, (tf, gen) in enumerate(pairs) if frozen is not None and shares_prefix(tf, gen)]
@@ -139,7 +178,7 @@ def both_scorings(
     generated: list[list[int]] = [[] for _ in pairs]
     if alone:
         tf_alone = teacher_forced_predictions(model, adaptor, [tf_probes[i] for i in alone], pad_id, batch_size)
-        gen_alone = generation_predictions(model, adaptor, [gen_probes[i] for i in alone], pad_id, eos_ids, batch_size, reuse_prefix)
+        gen_alone = generated_sequences(model, adaptor, [gen_probes[i] for i in alone], pad_id, eos_ids, batch_size, reuse_prefix)
         for i, tf, gen in zip(alone, tf_alone, gen_alone):
             teacher_forced[i], generated[i] = tf, gen
     order = sorted(shared, key=lambda i: (len(gen_probes[i].target_ids), len(tf_probes[i].ids)))
@@ -148,7 +187,7 @@ def both_scorings(
         assert frozen is not None
         tf_out, sequences = teacher_forced_and_generated(model, adaptor, frozen, [pairs[i] for i in chosen], pad_id, eos_ids)
         for i, tf, sequence in zip(chosen, tf_out, sequences):
-            teacher_forced[i], generated[i] = tf, _window(sequence, len(gen_probes[i].target_ids))
+            teacher_forced[i], generated[i] = tf, sequence
     return teacher_forced, generated
 
 

@@ -2,8 +2,16 @@
 
 An edit or a teacher-forced probe is the text f"{prompt} {target}" tokenized with the
 tokenizer's special tokens; its first `n_prompt` ids are the tokens of `prompt` alone (so the
-labels are the remaining ids). A generation probe is `prompt` tokenized alone plus the target's
-ids without special tokens, whose count is the number of tokens to generate.
+labels are the remaining ids). A generation probe is `prompt` tokenized alone plus the ids to
+compare the generation with, whose count is the number of tokens to generate:
+
+* `generation_probe` (scoring `gen`): the target encoded alone without special tokens, as
+  EasyEdit's vanilla_generation does. A byte-level BPE (SmolLM2, GPT-2, Llama-3) encodes
+  "species" without its leading space, while a model continues a prompt with the spaced token
+  (" species"), so these ids are not what a right answer generates;
+* `in_context` (scoring `genctx`): the target's ids as they follow the prompt, i.e. the ids the
+  teacher-forced probe scores. A sentencepiece tokenizer that adds the prefix space itself
+  (Llama-2) gives the same ids both ways.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ def generation_probe(tokenizer: PreTrainedTokenizerBase, prompt: str, target: st
     if not target_ids:
         raise DeferInputError(f"target {target!r} of prompt {prompt!r} has no tokens")
     return GenerationProbe(prompt_ids=tuple(tokenizer(prompt)["input_ids"]), target_ids=target_ids)
+
+
+def in_context(generation: GenerationProbe, teacher_forced: PromptTarget) -> GenerationProbe:
+    """The generation prompt, compared with the target's tokens in context (scoring `genctx`)."""
+    return GenerationProbe(prompt_ids=generation.prompt_ids, target_ids=teacher_forced.target_ids)
 
 
 def eos_token_ids(model_config, generation_config, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

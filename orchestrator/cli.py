@@ -9,9 +9,10 @@ import sys
 from typing import Callable, Sequence
 
 from defer_core.errors import DeferInputError
-from defer_core.results import DTYPE_CHOICES, PROTOCOLS
+from defer_core.results import DEFAULT_DTYPE, DEFAULT_SCORINGS, DTYPE_CHOICES, PROTOCOLS, SCORINGS
 
 from . import commands
+from .compare import FORMATS as COMPARE_FORMATS
 from .commands import ExitCode
 
 
@@ -25,25 +26,43 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--data", default=None, help="ZsRE/EasyEdit JSON file or data directory (default: $DEFER_SWEEP_DATA_DIR or ../shared/data)")
     trial.add_argument("--T", type=int, required=True, dest="T", help="number of edit records in the stream")
     trial.add_argument("--milestones", default=None, help="comma-separated edit counts to evaluate at (default: 1,10,100,... up to T, and T)")
-    trial.add_argument("--protocol", choices=PROTOCOLS, default="stream")
-    trial.add_argument("--scoring", default="tf,gen", help="comma-separated scorings: tf (teacher-forced), gen (generation)")
+    trial.add_argument("--protocol", choices=PROTOCOLS, default="stream", help=_PROTOCOL_HELP)
+    trial.add_argument("--scoring", default=",".join(DEFAULT_SCORINGS), help=_SCORING_HELP)
     trial.add_argument("--model", default=None, help="smollm2-135m (default), tiny-llama, a Hugging Face id or a local directory")
-    trial.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: float32 on CPU, bfloat16 on GPU")
+    trial.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=_DTYPE_HELP)
+    trial.add_argument("--strip", action="store_true", help=_STRIP_HELP)
     trial.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
     trial.add_argument("--seed", type=int, default=0, help="seed for the adaptor's initial weights")
     trial.add_argument("--edit-path", choices=("fast", "plain"), default="fast", help="fast: suffix-only edit steps; plain: the reference's full forward")
     trial.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     trial.set_defaults(handler=commands.trial)
 
+    compare = sub.add_parser("compare", help="run one configuration under every protocol x scoring x dtype asked and print a WISE-style table")
+    compare.add_argument("hparams", help="EasyEdit DEFER hparams YAML")
+    compare.add_argument("--T", required=True, dest="T", help="comma-separated edit counts, the table's columns (e.g. 1,10,100)")
+    compare.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"comma-separated, default all: {_PROTOCOL_HELP}")
+    compare.add_argument("--scorings", default=",".join(SCORINGS), help=f"comma-separated, default all: {_SCORING_HELP}")
+    compare.add_argument("--dtypes", default=DEFAULT_DTYPE, help=f"comma-separated model dtypes, e.g. float32,bfloat16 (default {DEFAULT_DTYPE}, EasyEdit's)")
+    compare.add_argument("--seeds", default="0", help="comma-separated adaptor seeds; cells are the mean over them (default 0)")
+    compare.add_argument("--data", default=None, help="ZsRE/EasyEdit JSON file or data directory (default: $DEFER_SWEEP_DATA_DIR or ../shared/data)")
+    compare.add_argument("--model", default=None, help="smollm2-135m (default), tiny-llama, a Hugging Face id or a local directory")
+    compare.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
+    compare.add_argument("--strip", action="store_true", help=_STRIP_HELP)
+    compare.add_argument("--format", choices=COMPARE_FORMATS, default="md", help="table format on stdout and in OUTPUT (default md)")
+    compare.add_argument("--output", default=None, help="directory for the table and records.parquet (default runs/compare-DATE-TIME)")
+    compare.set_defaults(handler=commands.compare)
+
     run = sub.add_parser("run", help="run a sweep from a spec YAML (see search_spaces/)")
     run.add_argument("spec", help="sweep spec YAML")
     run.add_argument("--output-dir", default=None, help="override the spec's output_dir")
     run.add_argument("--verbose-ray", action="store_true", help="show Ray Tune's own progress tables")
+    _progress_flags(run)
     run.set_defaults(handler=commands.run)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep from its output directory")
     resume.add_argument("output_dir")
     resume.add_argument("--verbose-ray", action="store_true", help="show Ray Tune's own progress tables")
+    _progress_flags(resume)
     resume.set_defaults(handler=commands.resume)
 
     export = sub.add_parser("export", help="write the best (or a Pareto-front) configuration as an EasyEdit DEFER YAML")
@@ -58,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("output_dir")
     report.set_defaults(handler=commands.report)
     return parser
+
+
+def _progress_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="print only a line per finished trial and the summary (no live edit counts)")
+    parser.add_argument("--progress-every", type=float, default=60.0, metavar="SECONDS",
+                        help="when stdout is not a terminal, print the running trials' edit counts this often (default 60; a terminal redraws them every second)")
+
+
+_PROTOCOL_HELP = "stream (score all after n edits; WISE paper, EasyEdit before 3c21b20), chunks (edit n, score, roll back), immediate (score each right after its edit; EasyEdit from 3c21b20)"
+_SCORING_HELP = "tf (teacher-forced, EasyEdit's DEFER metric), gen (generation vs EasyEdit's target tokens), genctx (generation vs the target's tokens in context)"
+_DTYPE_HELP = f"auto: {DEFAULT_DTYPE}, as EasyEdit runs DEFER; bfloat16 is faster on a GPU and changes the numbers"
+_STRIP_HELP = "strip surrounding whitespace from every text field (default: as written, as EasyEdit reads it)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,12 +11,13 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence, TextIO
 
 from defer_core.errors import DeferInputError
 from defer_core.results import METRICS, default_milestones, metric_key, milestones_ending_at
@@ -25,18 +26,61 @@ if TYPE_CHECKING:
     from defer_core.results import MilestoneResult
     from defer_core.trial import TrialPlan
 
+    from .sinks.progress import LiveOutput
+    from .storage import Location
     from .sweep.driver import SweepOutcome
 
 
 class ExitCode(IntEnum):
     OK = 0
+    ALL_FAILED = 1  # a finished sweep in which every trial failed (the reasons are printed)
     BAD_INPUT = 2  # a spec, path, data file or flag the user can fix (one line on stderr)
     INTERRUPTED = 130  # Ctrl-C, or a sweep that stopped before every trial ended: resumable
 
 
+TTY_REFRESH_S = 1.0  # a terminal's live block is redrawn this often
+MLFLOW_UI_HOST, MLFLOW_UI_PORT = "127.0.0.1", 5000  # what the printed `mlflow ui` command serves on
+
+
 def print_line(line: str) -> None:
-    """The progress sink sweeps print through (a module-level function, so Tune can pickle it)."""
+    """The progress sink sweeps print through."""
     print(line, flush=True)
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    """Live progress in a log (stdout not a terminal): plain lines, every --progress-every seconds."""
+    if lines:
+        print("\n".join(lines), flush=True)
+
+
+class Terminal:
+    """Trial lines scroll; the live block stays under them, redrawn in place (ANSI: cursor up,
+    clear to the end), each line cut to the terminal's width so the count of lines to move up
+    holds. No progress-bar library: the block is a few text lines that change every second,
+    which rich or tqdm would only wrap, and both would be one more dependency."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._block: list[str] = []
+
+    def line(self, text: str) -> None:
+        self._clear()
+        self.stream.write(text + "\n")
+        self._draw(self._block)
+
+    def status(self, lines: Sequence[str]) -> None:
+        self._clear()
+        self._draw(list(lines))
+
+    def _draw(self, lines: list[str]) -> None:
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        self._block = [line[:width] for line in lines]
+        self.stream.write("".join(f"{line}\n" for line in self._block))
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self._block:
+            self.stream.write(f"\x1b[{len(self._block)}F\x1b[J")
 
 
 # -- trial ------------------------------------------------------------------------------------------
@@ -75,13 +119,22 @@ def milestone_table(milestones: list["MilestoneResult"], scorings: tuple[str, ..
 def trial(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep trial HPARAMS --T N`: one continual-editing trial, per-edit progress on
     stderr, the milestone table (or JSON) on stdout."""
-    from defer_core import EMBEDDED_MODEL, load_hparams, load_model, load_records, resolve_data_path, run_trial
+    from defer_core.runtime import EMBEDDED_MODEL, model_problem, require_device, stay_offline_by_default
+
+    stay_offline_by_default()  # before transformers is imported: huggingface_hub reads it once
+    require_device(args.device, "--device")  # device and model answered before the heavy imports
+    model_name = args.model or EMBEDDED_MODEL
+    if problem := model_problem(model_name):
+        raise DeferInputError(f"--model: {problem}")
+    from defer_core import load_hparams, load_model, load_records, model_dtype, resolve_data_path, run_trial
 
     hparams = load_hparams(args.hparams)
     plan = trial_plan(args)
     data_path = resolve_data_path(args.data)
-    records = load_records(data_path, limit=plan.total_records)
-    model_name = args.model or EMBEDDED_MODEL
+    records = load_records(data_path, limit=plan.total_records, strip=args.strip)
+    if hparams.model_name and hparams.model_name != model_name:
+        chosen = "given with --model" if args.model else "the default; choose another with --model"
+        print(f"defer-sweep: warning: {args.hparams} names model_name {hparams.model_name!r}; this trial runs {model_name!r} ({chosen})", file=sys.stderr, flush=True)
     started = time.perf_counter()
     loaded = load_model(model_name, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - started
@@ -99,9 +152,9 @@ def trial(args: argparse.Namespace) -> ExitCode:
         print(f"milestone T={milestone.n_edits} ({milestone.protocol}, eval {milestone.seconds:.1f}s): {scores}", file=sys.stderr, flush=True)
 
     print(
-        f"DEFER trial: model {model_name} ({loaded.num_layers} layers, loaded in {load_seconds:.1f}s), "
+        f"DEFER trial: model {model_name} ({loaded.num_layers} layers, {model_dtype(loaded)}, loaded in {load_seconds:.1f}s), "
         f"{hparams.module_path}, edit_lr {hparams.edit_lr:g}, n_iter {hparams.n_iter}, threshold {hparams.threshold:g}, "
-        f"{plan.protocol} protocol, milestones {list(plan.milestones)}, data {data_path}",
+        f"{plan.protocol} protocol, milestones {list(plan.milestones)}, data {data_path}{' (stripped)' if args.strip else ''}",
         file=sys.stderr,
         flush=True,
     )
@@ -110,6 +163,8 @@ def trial(args: argparse.Namespace) -> ExitCode:
     summary = {
         "model": model_name,
         "hparams": hparams.to_easyedit_dict(),
+        "dtype": model_dtype(loaded),
+        "strip": args.strip,
         "protocol": plan.protocol,
         "scorings": list(plan.scorings),
         "edit_path": plan.edit_path,
@@ -123,6 +178,58 @@ def trial(args: argparse.Namespace) -> ExitCode:
     else:
         print(milestone_table(result.milestones, plan.scorings))
         print(f"seconds per edit: {summary['seconds_per_edit']:.2f}  (wall {summary['wall_seconds']:.1f}s, {plan.edit_path} edit path)")
+    return ExitCode.OK
+
+
+# -- compare ----------------------------------------------------------------------------------------
+
+
+def parse_choices(text: str, flag: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    """A comma-separated list of distinct names, each one of `allowed`."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in allowed]
+    if not names or unknown or len(set(names)) != len(names):
+        raise DeferInputError(f"{flag}: expected distinct comma-separated names among {', '.join(allowed)}, got {text!r}")
+    return names
+
+
+def compare(args: argparse.Namespace) -> ExitCode:
+    """`defer-sweep compare HPARAMS --T 1,10,100 ...`: the configuration under every protocol ×
+    scoring × dtype asked; progress on stderr, the table on stdout, the table and the
+    per-record Parquet in --output."""
+    from defer_core.runtime import require_device, stay_offline_by_default
+
+    stay_offline_by_default()  # before transformers is imported
+    from defer_core import EMBEDDED_MODEL, load_hparams, load_records, resolve_data_path
+    from defer_core.files import require_writable_dir
+    from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, dtype_name
+
+    from .compare import ComparePlan, render, run_comparison, write_outputs
+
+    require_device(args.device, "--device")
+    milestones = parse_int_list(args.T, "--T")
+    if not milestones or milestones[0] < 1 or list(milestones) != sorted(set(milestones)):
+        raise DeferInputError(f"--T: expected distinct positive edit counts in ascending order, got {args.T!r}")
+    seeds = parse_int_list(args.seeds, "--seeds")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise DeferInputError(f"--seeds: expected distinct comma-separated integers, got {args.seeds!r}")
+    dtypes = tuple(dict.fromkeys(dtype_name(d) for d in parse_choices(args.dtypes, "--dtypes", DTYPE_CHOICES)))
+    hparams = load_hparams(args.hparams)
+    data_path = resolve_data_path(args.data)
+    plan = ComparePlan(
+        hparams=hparams, model=args.model or EMBEDDED_MODEL, milestones=milestones,
+        protocols=parse_choices(args.protocols, "--protocols", PROTOCOLS), scorings=parse_choices(args.scorings, "--scorings", SCORINGS),
+        dtypes=dtypes, seeds=seeds, device=args.device, strip=args.strip, data=str(data_path),
+    )
+    records = load_records(data_path, limit=plan.total_records, strip=args.strip)
+    output = Path(args.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
+    require_writable_dir(output, "the comparison's output directory")  # before hours of editing, not after
+    print(f"compare: {plan.model}, {hparams.module_path}, T {list(milestones)}, protocols {','.join(plan.protocols)}, "
+          f"scorings {','.join(plan.scorings)}, dtypes {','.join(dtypes)}, seeds {list(seeds)}, data {data_path}", file=sys.stderr, flush=True)
+    comparison = run_comparison(plan, records, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
+    table, per_record = write_outputs(comparison, args.format, output)
+    print(render(comparison, args.format))
+    print(f"wrote {table} and {per_record} (wall {comparison.seconds:.0f}s)", file=sys.stderr, flush=True)
     return ExitCode.OK
 
 
@@ -141,14 +248,70 @@ def _quiet_libraries(verbose_ray: bool) -> None:
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
+def _console(args: argparse.Namespace) -> tuple[Callable[[str], None], "LiveOutput | None"]:
+    """Where a sweep's lines go and whether (and how) live edit counts show: none with --quiet,
+    a block redrawn in place on a terminal, plain lines every --progress-every seconds in a log."""
+    from .sinks.progress import LiveOutput
+
+    if args.progress_every <= 0:
+        raise DeferInputError(f"--progress-every: expected seconds > 0, got {args.progress_every:g}")
+    if args.quiet:
+        return print_line, None
+    if sys.stdout.isatty():
+        terminal = Terminal(sys.stdout)
+        return terminal.line, LiveOutput(terminal.status, TTY_REFRESH_S)
+    return print_line, LiveOutput(print_lines, args.progress_every)
+
+
+def _resume_hint(root: Path) -> str:
+    return f"sweep not finished; continue it with: defer-sweep resume {root}"
+
+
+def _failure_reasons(parquet: "Location") -> list[tuple[str, int]]:
+    """The distinct errors of failed trials (the trials table's short error lines), most
+    frequent first, so a sweep in which every trial failed says why once, not N times."""
+    from collections import Counter
+
+    from .protocol import Status
+    from .sinks.parquet_sink import read_table
+
+    rows = read_table(parquet, "trials").select(["status", "error"]).to_pylist()
+    reasons = Counter(row["error"] or "no error text recorded" for row in rows if row["status"] == Status.FAILED)
+    return reasons.most_common()
+
+
+def _mlflow_ui_lines(outcome: "SweepOutcome") -> list[str]:
+    """How to see the sweep's parent run: its page on a tracking server, or a command that
+    works as printed (the venv's mlflow by full path) and the page to open once it runs."""
+    import shlex
+
+    from .sinks.mlflow_sink import run_page, sweep_mlflow
+
+    uri = outcome.state.mlflow_tracking_uri
+    store = sweep_mlflow(outcome.layout, outcome.state)
+    experiment_id, parent = store.experiment_id, store.find_parent()
+    if uri.startswith(("http://", "https://")):
+        return [f"MLflow UI:       {run_page(uri, experiment_id, parent)}"]
+    mlflow = Path(sys.executable).with_name("mlflow")  # the venv's, without activating it
+    command = shlex.quote(str(mlflow)) if mlflow.is_file() else f"{shlex.quote(sys.executable)} -m mlflow"
+    return [
+        f"open the MLflow UI: {command} ui --backend-store-uri {shlex.quote(uri)} --host {MLFLOW_UI_HOST} --port {MLFLOW_UI_PORT}",
+        f"  then browse {run_page(f'http://{MLFLOW_UI_HOST}:{MLFLOW_UI_PORT}', experiment_id, parent)}",
+    ]
+
+
 def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
     from .protocol import Status
 
     layout, state, counts = outcome.layout, outcome.state, outcome.counts
     unfinished = f", {counts[Status.RUNNING]} unfinished" if counts[Status.RUNNING] else ""
     print(f"trials: {counts[Status.COMPLETE]} complete, {counts[Status.PRUNED]} pruned, {counts[Status.FAILED]} failed{unfinished}")
+    if counts[Status.FAILED]:
+        print("failed trials, by error:")
+        for reason, count in _failure_reasons(layout.parquet):
+            print(f"  {count} x {reason}")
     if not outcome.finished:
-        print(f"sweep not finished; continue it with: defer-sweep resume {layout.root}", file=sys.stderr)
+        print(_resume_hint(layout.root), file=sys.stderr)
         return ExitCode.INTERRUPTED
     print(f"MLflow store:    {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}')")
     print(f"Parquet dataset: {layout.parquet}  (tables: trials/, milestones/, edits/)")
@@ -158,33 +321,58 @@ def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
         print("best.yaml:       not written (no trial completed all edits)")
     if outcome.report_html:
         print(f"report:          {outcome.report_html}")
-    print(f"open the MLflow UI: mlflow ui --backend-store-uri {state.mlflow_tracking_uri}")
+    for line in _mlflow_ui_lines(outcome):
+        print(line)
+    if counts[Status.FAILED] and not counts[Status.COMPLETE] and not counts[Status.PRUNED]:
+        print(f"defer-sweep: every trial failed (exit status {int(ExitCode.ALL_FAILED)}); the errors are listed above", file=sys.stderr)
+        return ExitCode.ALL_FAILED
     return ExitCode.OK
 
 
 def run(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep run SPEC [--output-dir DIR]`: start, or continue, the sweep."""
+    from defer_core.runtime import stay_offline_by_default
+
     from .spec import load_spec
+    from .sweep.preflight import check_machine
+
+    stay_offline_by_default()  # before transformers is imported (the driver's preflight) and for Ray's workers
+    spec = load_spec(args.spec)
+    check_machine(spec, args.spec)  # device and model name, answered before the driver's heavy imports
     from .sweep.driver import execute, prepare
 
-    spec = load_spec(args.spec)
     if args.output_dir:
         spec = spec.with_output_dir(args.output_dir)
     layout = prepare(spec)
+    sink, live = _console(args)
     _quiet_libraries(args.verbose_ray)
     print(f"sweep '{spec.name}': {spec.num_trials} trials of {spec.model.name}, T={spec.T}, output {layout.root}", flush=True)
-    return _print_outcome(execute(spec, layout, sink=print_line, verbose_ray=args.verbose_ray))
+    try:
+        outcome = execute(spec, layout, sink=sink, verbose_ray=args.verbose_ray, live=live)
+    except KeyboardInterrupt:  # a second Ctrl-C, while Tune was still stopping after the first
+        print(_resume_hint(layout.root), file=sys.stderr)
+        raise
+    return _print_outcome(outcome)
 
 
 def resume(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep resume OUT_DIR`: continue an interrupted sweep from its directory alone."""
+    from defer_core.runtime import stay_offline_by_default
+
+    stay_offline_by_default()
     from .sinks.layout import require_sweep_dir
     from .sweep.driver import resume as resume_sweep
 
+    sink, live = _console(args)
     _quiet_libraries(args.verbose_ray)
     layout = require_sweep_dir(args.output_dir)
     print(f"resuming the sweep in {layout.root}", flush=True)
-    return _print_outcome(resume_sweep(layout.root, sink=print_line, verbose_ray=args.verbose_ray))
+    try:
+        outcome = resume_sweep(layout.root, sink=sink, verbose_ray=args.verbose_ray, live=live)
+    except KeyboardInterrupt:
+        print(_resume_hint(layout.root), file=sys.stderr)
+        raise
+    return _print_outcome(outcome)
 
 
 # -- export / report ---------------------------------------------------------------------------------
@@ -193,15 +381,15 @@ def resume(args: argparse.Namespace) -> ExitCode:
 def export(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep export OUT_DIR [--objective NAME | --pareto-index K] [-o FILE]`."""
     from .export import export_best, mlflow_for
-    from .sinks.layout import require_sweep_dir
-    from .spec import load_spec
+    from .protocol import OPTUNA_TRIAL, trial_label
+    from .sinks.layout import read_spec, require_sweep_dir
 
     layout = require_sweep_dir(args.output_dir)
-    spec = load_spec(layout.spec)
+    spec = read_spec(layout)
     output = Path(args.output).expanduser().resolve() if args.output else None
     target, chosen = export_best(layout, spec, output, args.objective, args.pareto_index, mlflow_for(layout))
     hparams = chosen.hparams
-    print(f"wrote {target}: trial {chosen.row['trial_id']} ({chosen.reason})")
+    print(f"wrote {target}: trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}; {chosen.reason})")
     print(f"  {hparams.module_path}  edit_lr={hparams.edit_lr:g}  n_iter={hparams.n_iter}  threshold={hparams.threshold:g}")
     return ExitCode.OK
 

@@ -2,7 +2,9 @@
 
 Candidates are the trials that reached T (status complete in the Parquet trials table): a
 pruned trial's metrics are from an earlier milestone and not comparable. The YAML is written
-by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams read it back.
+by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams read it back; its
+first line is a comment naming the dtype the trial ran in, and a trial tuned in another dtype
+than EasyEdit's float32 is exported with a warning (its optimum may not carry over).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from typing import Any
 
 from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, save_hparams
+from defer_core.results import DEFAULT_DTYPE
 
 from .protocol import METRIC_COLUMNS, Status
 from .search.ranking import pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state, require_sweep_dir
-from .sinks.mlflow_sink import MlflowSink
+from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .sinks.parquet_sink import read_table
 from .spec import Objective, SweepSpec, load_spec
+from .storage import one_line
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,16 @@ class ChosenTrial:
     row: dict[str, Any]
     reason: str
     hparams: DeferHParams
+    dtype: str  # the dtype the trial ran in
+
+
+def trial_dtype(spec: SweepSpec, row: dict[str, Any]) -> str:
+    """The dtype a trial ran in: its row's, or the spec's for rows written before it was recorded."""
+    return row.get("dtype") or spec.model.run_dtype
 
 
 def completed_rows(layout: SweepLayout) -> list[dict[str, Any]]:
-    table = read_table(layout.parquet, "trials")
+    table = read_table(layout.parquet, "trials", skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
     return [row for row in table.to_pylist() if row["status"] == Status.COMPLETE]
 
 
@@ -70,21 +80,25 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
             raise DeferInputError(f"--objective {chosen.metric}: no completed trial reported it (scorings: {', '.join(spec.scorings)})")
         row = ranked[0]
         reason = f"best {chosen.metric}={row[chosen.metric]:.4f} ({chosen.direction})"
-    return ChosenTrial(row=row, reason=reason, hparams=hparams_for(spec, row))
+    return ChosenTrial(row=row, reason=reason, hparams=hparams_for(spec, row), dtype=trial_dtype(spec, row))
 
 
 def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None, mlflow: MlflowSink | None = None) -> tuple[Path, ChosenTrial]:
     """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
     chosen = choose(spec, completed_rows(layout), objective, pareto_index)
-    target = save_hparams(chosen.hparams, output or layout.best_yaml)
+    target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype)
+    if chosen.dtype != DEFAULT_DTYPE:
+        log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
+                    target, chosen.row["trial_id"], chosen.dtype, DEFAULT_DTYPE)
     if mlflow is not None:
-        mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.reason": chosen.reason})
+        try:
+            mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.reason": chosen.reason})
+        except Exception as error:  # noqa: BLE001 - the file is the export; an unreachable tracking store must not fail it
+            log.warning("%s: not attached to MLflow (%s): %s", target, mlflow.tracking_uri, one_line(error))
     log.info("exported %s: trial %s, %s", target, chosen.row["trial_id"], chosen.reason)
     return target, chosen
 
 
 def mlflow_for(layout: SweepLayout) -> MlflowSink | None:
     state = load_state(layout)
-    if state is None:
-        return None
-    return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id)
+    return None if state is None else sweep_mlflow(layout, state)

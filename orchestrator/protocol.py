@@ -46,6 +46,7 @@ class Status(str, Enum):
     COMPLETE = "complete"
     PRUNED = "pruned"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # MLflow only: the driver stopped (Ctrl-C) before it ended; resume reruns it
 
     def __str__(self) -> str:
         return self.value
@@ -68,6 +69,12 @@ def trial_order_key(row: Mapping[str, Any]) -> tuple[int, str]:
     """Ties and listings go by Optuna trial number, then trial id: deterministic everywhere."""
     number = row.get(OPTUNA_TRIAL)
     return (int(number) if number is not None else _UNNUMBERED, str(row.get("trial_id", "")))
+
+
+def trial_label(number: int | None, trial_id: str) -> str:
+    """How the console, MLflow run names and the report name a DEFER trial: its Optuna trial
+    number, `#007`; its trial id when it has none."""
+    return f"#{int(number):03d}" if number is not None else str(trial_id)
 
 
 # -- what the driver had recorded when a killed sweep was resumed ---------------------------------

@@ -58,9 +58,42 @@ def as_location(where: Location | str | os.PathLike[str]) -> Location:
     return where if isinstance(where, Location) else local_location(where)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An exception as one short line for a one-line error message (pyarrow's span several)."""
     lines = str(error).strip().splitlines()
     return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def read_bytes(where: Location, name: str) -> bytes | None:
+    """The whole file `name` in directory `where`, or None when there is none."""
+    try:
+        with where.filesystem.open_input_stream(where.child(name).path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(where: Location, name: str, payload: bytes) -> None:
+    """Replace file `name` in `where` whole: locally through a hidden temporary name and a
+    rename, on an object store by one PUT (all-or-nothing), so a reader never sees half of it."""
+    target = where.child(name).path
+    if not where.is_local:
+        with where.filesystem.open_output_stream(target) as stream:
+            stream.write(payload)
+        return
+    where.filesystem.create_dir(where.path, recursive=True)
+    tmp = where.child(f".{name}.tmp-{os.getpid()}").path
+    with where.filesystem.open_output_stream(tmp) as stream:
+        stream.write(payload)
+    where.filesystem.move(tmp, target)
+
+
+def delete_file(where: Location, name: str) -> None:
+    """Remove file `name` in `where`; already gone is fine."""
+    try:
+        where.filesystem.delete_file(where.child(name).path)
+    except FileNotFoundError:
+        pass
 
 
 def _offline_form(uri: str) -> str:
@@ -80,7 +113,7 @@ def normalize_storage_uri(uri: str) -> str:
     try:
         filesystem, path = pafs.FileSystem.from_uri(_offline_form(uri))
     except (pa.ArrowException, OSError, ValueError) as error:
-        raise ValueError(_one_line(error)) from None
+        raise ValueError(one_line(error)) from None
     if filesystem.type_name == "mock":
         raise ValueError("mock:// is an in-memory test filesystem; results would be lost")
     if not path.strip("/"):
@@ -99,5 +132,5 @@ def open_storage(uri: str) -> Location:
             raise FileNotFoundError(f"bucket {bucket!r} does not exist")
         filesystem.get_file_info(path)  # credentials and list permission
     except (pa.ArrowException, OSError, ValueError) as error:
-        raise DeferInputError(f"key 'storage_uri' = {uri!r}: cannot open it ({_one_line(error)})") from None
+        raise DeferInputError(f"key 'storage_uri' = {uri!r}: cannot open it ({one_line(error)})") from None
     return Location(filesystem, path)

@@ -3,7 +3,7 @@ three stores (Parquet, MLflow, Optuna) so each test can check them against each 
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import optuna
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.sinks.layout import SweepLayout, require_sweep_dir
+from orchestrator.sinks.layout import SweepLayout, load_state, require_sweep_dir
 from orchestrator.sinks.mlflow_sink import TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 from orchestrator.sinks.parquet_sink import read_table
 
@@ -29,7 +29,8 @@ def tiny_spec(tmp_path: Path, name: str = "tiny", **changes: Any) -> Path:
 
 
 def state(out: Path) -> dict[str, str]:
-    return json.loads((out / "sweep.json").read_text())
+    """sweep.json as the commands read it: the default stores (null there) are OUT's files."""
+    return asdict(load_state(require_sweep_dir(out)))
 
 
 def parquet_rows(out: Path, table: str) -> list[dict[str, Any]]:

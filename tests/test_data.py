@@ -8,8 +8,14 @@ from defer_core import DeferInputError, load_records, resolve_data_path
 from defer_core.data import DATA_DIR_ENV
 
 
-def test_zsre_mend_file_maps_fields_and_strips_stray_spaces():
+def test_zsre_mend_file_keeps_text_as_written_by_default_like_easyedit():
     records = load_records(None)
+    raw_records = json.loads(resolve_data_path(None).read_text())
+    assert [(r.prompt, r.target) for r in records] == [(raw["src"], raw["alt"]) for raw in raw_records]
+
+
+def test_zsre_mend_file_maps_fields_and_strips_stray_spaces_when_asked():
+    records = load_records(None, strip=True)
     assert len(records) == 1037
     first = records[0]
     raw = json.loads(resolve_data_path(None).read_text())[0]

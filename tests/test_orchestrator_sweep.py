@@ -157,7 +157,7 @@ def test_progress_has_a_line_per_trial_and_a_running_summary(finished_sweep: Pat
     trial_lines = [line for line in lines if line.startswith("[")]
     summaries = [line for line in lines if line.startswith("  sweep: ")]
     assert len(trial_lines) == 4 and len(summaries) == 4
-    assert trial_lines[-1].startswith("[4/4] ")
+    assert trial_lines[-1].startswith("[4/4 done] #")
     assert "L2 lr=5.0e-02 it=5 th=0.50" in "\n".join(trial_lines)
     assert any(" pruned " in line and "@2 rel_tf=" in line for line in trial_lines)
     assert summaries[-1].startswith("  sweep: 4/4 done · 0 running · ") and "best rel_tf=" in summaries[-1]

@@ -101,7 +101,7 @@ def swept(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Swept:
     lines: list[str] = []
     outcome = execute(spec, prepare(spec), sink=lines.append)
     assert outcome.finished
-    reported = {line.split()[2]: line.split()[1] for line in lines if line.startswith("[")}
+    reported = {line.split()[4]: line.split()[3] for line in lines if line.startswith("[")}  # "[k/N done] #007 STATUS ID ..."
     return Swept(spec.output_dir, uri, s3_endpoint, reported)
 
 

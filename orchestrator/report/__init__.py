@@ -26,10 +26,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from defer_core.files import atomic_write_bytes, atomic_write_text
+from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
 
-from ..sinks.layout import SweepState, require_sweep_dir
-from ..sinks.mlflow_sink import MlflowSink
+from ..sinks.layout import SweepLayout, SweepState, require_sweep_dir
+from ..sinks.mlflow_sink import sweep_mlflow
 from .data import TOP_TRIALS, best_yaml_notes, load_sweep
 from .html import render_html
 from .importance import MIN_IMPORTANCE_TRIALS, load_study, param_importances
@@ -73,14 +73,14 @@ def write_report_files(out_dir: str | os.PathLike[str], report_dir: str | os.Pat
     layout = require_sweep_dir(out_dir)
     data = load_sweep(layout)
     target = Path(report_dir).expanduser().resolve() if report_dir is not None else layout.root / REPORT_DIR
-    target.mkdir(parents=True, exist_ok=True)
+    make_dirs(target, "the report folder")
     importance = param_importances(load_study(data.state), data.spec.objectives, list(data.spec.search_space.searched()))
     plot_list = build_plots(data, importance)
     written = _write_pngs(target, plot_list)
     page = target / HTML_NAME
     atomic_write_text(page, render_html(data, plot_list, importance, best_yaml_notes(data)))
     log.info("report: wrote %s (%d plots)", page, len(plot_list))
-    run_id = log_report_to_mlflow(data.state, target) if log_to_mlflow else None
+    run_id = log_report_to_mlflow(layout, data.state, target) if log_to_mlflow else None
     if run_id:
         log.info("report: logged to MLflow run %s under %s/", run_id, MLFLOW_ARTIFACT_PATH)
     return WrittenReport(page, written, run_id)
@@ -99,16 +99,12 @@ def _write_pngs(target: Path, plot_list: list[Plot]) -> list[str]:
     return sorted(written)
 
 
-def log_report_to_mlflow(state: SweepState, report_dir: Path) -> str | None:
+def log_report_to_mlflow(layout: SweepLayout, state: SweepState, report_dir: Path) -> str | None:
     """Logs the report's files under `report/` of the sweep's parent run (found by the tags
     the MLflow sink gives it); returns the run id, or None when it could not be logged (the
-    files on disk are the report either way)."""
-    sink = MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id)
+    sink says why; the files on disk are the report either way)."""
     try:
-        parent = sink.log_report(report_dir, MLFLOW_ARTIFACT_PATH)
+        return sweep_mlflow(layout, state).log_report(report_dir, MLFLOW_ARTIFACT_PATH)
     except Exception as error:  # an unreachable tracking server must not lose the report
         log.warning("report: could not log to MLflow (%s): %s", state.mlflow_tracking_uri, error)
         return None
-    if parent is None:
-        log.warning("report: no MLflow parent run for sweep %s in %s; not logged", state.sweep_id, state.mlflow_tracking_uri)
-    return parent

@@ -17,13 +17,13 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import dump_hparams
 from defer_core.results import metric_key
 
-from ..export import ChosenTrial, choose
+from ..export import ChosenTrial, choose, trial_dtype
 from ..protocol import FINAL_STATUSES, Status, trial_order_key
 from ..search.ranking import pareto_front, rank_by
 from ..search.space import hparams_for
-from ..sinks.layout import SweepLayout, SweepState, load_state
-from ..sinks.parquet_sink import read_table
-from ..spec import Objective, SweepSpec, load_spec
+from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
+from ..sinks.parquet_sink import read_tables
+from ..spec import Objective, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,13 @@ class SweepData:
 def load_sweep(layout: SweepLayout) -> SweepData:
     """Everything the report needs, read once; a missing best trial is a warning, not an error,
     so a report of a sweep still running shows what has finished."""
-    spec = load_spec(layout.spec)
+    spec = read_spec(layout)
     state = load_state(layout)
     if state is None:  # require_sweep_dir checked the file exists
         raise DeferInputError(f"{layout.state}: missing")
-    trials = sorted(read_table(layout.parquet, "trials").to_pylist(), key=trial_order_key)
-    milestones = _milestones_by_trial(read_table(layout.parquet, "milestones").to_pylist())
+    tables = read_tables(layout.parquet, ("trials", "milestones"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    trials = sorted(tables["trials"].to_pylist(), key=trial_order_key)
+    milestones = _milestones_by_trial(tables["milestones"].to_pylist())
     return SweepData(layout, spec, state, trials, milestones, _choose_best(spec, trials))
 
 
@@ -118,13 +119,13 @@ def top_trials(data: SweepData, limit: int = TOP_TRIALS) -> tuple[list[Row], set
 
 def trial_yaml(spec: SweepSpec, row: Row) -> str:
     """The EasyEdit DEFER YAML `defer-sweep export` writes for this trial."""
-    return dump_hparams(hparams_for(spec, row))
+    return dump_hparams(hparams_for(spec, row), trial_dtype(spec, row))
 
 
 def best_yaml_notes(data: SweepData) -> list[str]:
     """A note when best.yaml on disk was exported for another trial than the one the page calls best."""
     if data.choice is None or not data.layout.best_yaml.is_file():
         return []
-    if data.layout.best_yaml.read_text(encoding="utf-8") != dump_hparams(data.choice.hparams):
+    if data.layout.best_yaml.read_text(encoding="utf-8") != dump_hparams(data.choice.hparams, data.choice.dtype):
         return [f"{data.layout.best_yaml} holds a different configuration than the best trial shown here (it was exported with --objective or --pareto-index)."]
     return []

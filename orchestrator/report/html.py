@@ -23,13 +23,16 @@ from ..search.space import describe_config
 from ..spec import SweepSpec
 from .data import Row, SweepData, scorings_with_data, top_trials, trial_yaml
 from .importance import Importance
-from .plots import HEIGHT_PX, SECTIONS, WIDTH_PX, Plot, trial_label
+from .plots import HEIGHT_PX, SECTIONS, WIDTH_PX, Hotspot, Plot, trial_label
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 .meta { color: #555; } .meta td { padding: 1px 12px 1px 0; }
-figure { margin: 12px 0 20px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figure { margin: 12px 0 20px 0; } figure img { display: block; max-width: 100%; height: auto; border: 1px solid #eee; }
+.plotbox { position: relative; display: inline-block; max-width: 100%; }
+.plotbox svg { position: absolute; left: 0; top: 0; width: 100%; height: 100%; }
+.plotbox circle { fill: transparent; pointer-events: all; } .plotbox circle:hover { stroke: #222; stroke-width: 2; }
 figcaption { color: #555; font-size: 0.92em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 10px; margin: 6px 0; }
 table.trials { border-collapse: collapse; font-size: 0.88em; width: 100%; }
@@ -61,7 +64,10 @@ _TEMPLATE = (
 <h2 id="{{ s.key }}">{{ s.title }}</h2><p>{{ s.intro }}</p>
 {{ notes(s.notes) }}
 {% for f in s.figures %}
-<figure id="fig-{{ f.name }}"><img class="plot" id="img-{{ f.name }}" alt="{{ f.title }}" width="{{ width }}" height="{{ height }}" src="{{ f.src }}"><figcaption>{{ f.caption }}</figcaption></figure>
+<figure id="fig-{{ f.name }}"><div class="plotbox"><img class="plot" id="img-{{ f.name }}" alt="{{ f.title }}" width="{{ width }}" height="{{ height }}" src="{{ f.src }}">
+{%- if f.hotspots %}<svg class="hotspots" id="spots-{{ f.name }}" viewBox="0 0 {{ width }} {{ height }}" preserveAspectRatio="none">
+{%- for h in f.hotspots %}<circle cx="{{ h.x }}" cy="{{ h.y }}" r="{{ hotspot_radius }}"><title>{{ h.title }}</title></circle>{% endfor -%}
+</svg>{% endif %}</div><figcaption>{{ f.caption }}</figcaption></figure>
 {% endfor %}
 {% endfor %}
 <h2 id="top">Top trials</h2>
@@ -96,6 +102,7 @@ _SECTION_TEXT = {  # section key -> (title, intro); keys and order are plots.SEC
 }
 _NOTHING_YET = "Nothing to plot yet: no trial has reported these values."
 _HPARAM_COLUMNS = ("layer", "edit_lr", "n_iter", "threshold")
+HOTSPOT_RADIUS_PX = 7  # a plot point's hover area, in image pixels
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Figure:
     title: str
     caption: str
     src: str  # data: URI
+    hotspots: Sequence[Hotspot]  # drawn as transparent SVG circles with a <title> over the image
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,7 @@ def render_html(data: SweepData, plot_list: Sequence[Plot], importance: Importan
         sections=_sections(plot_list, importance),
         width=WIDTH_PX,
         height=HEIGHT_PX,
+        hotspot_radius=HOTSPOT_RADIUS_PX,
         top=_top_table(data),
         failed=_failed(data),
     )
@@ -206,7 +215,7 @@ def _sections(plot_list: Sequence[Plot], importance: Importance) -> list[Section
 
 def _figure(plot: Plot) -> Figure:
     src = "data:image/png;base64," + base64.b64encode(plot.png).decode("ascii")
-    return Figure(plot.name, plot.title, plot.caption, src)
+    return Figure(plot.name, plot.title, plot.caption, src, plot.hotspots)
 
 
 def _top_table(data: SweepData) -> TopTable:

@@ -1,6 +1,7 @@
 """Hyperparameter importance for the report: Optuna's evaluators (fANOVA and PED-ANOVA) on the
 sweep's study, or notes saying why a value is missing (too few trials, no variation, an
-evaluator that needs more trials or a missing package).
+evaluator that needs more trials or a missing package), and for every evaluator shown over a
+small sample, the caveat that its ranking is a hint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ MIN_IMPORTANCE_TRIALS = 4
 # PED-ANOVA is stable with >= 5 trials in its top quantile (Optuna's documentation).
 PED_ANOVA_TOP_TRIALS = 5
 PED_ANOVA_MIN_TRIALS = 2 * PED_ANOVA_TOP_TRIALS
+# Below this many completed trials any evaluator's ranking is a hint, not a finding (fANOVA's
+# random forest fits few points; one trial more or less can reorder the parameters): one
+# threshold for every method, PED-ANOVA's own. Below it PED-ANOVA is skipped with a note and
+# every evaluator shown gets the caveat.
+SMALL_SAMPLE_TRIALS = PED_ANOVA_MIN_TRIALS
 
 MakeEvaluator = Callable[[], optuna.importance.BaseImportanceEvaluator]
 
@@ -32,6 +38,7 @@ class Importance:
     values: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     n_complete: int = 0
+    caveats: dict[str, str] = field(default_factory=dict)  # evaluator → its small-sample caveat, for the plot's legend
 
 
 def load_study(state: SweepState) -> optuna.Study | None:
@@ -68,7 +75,22 @@ def param_importances(study: optuna.Study | None, objectives: Sequence[Objective
             importances = _evaluate(study, make(), params, index, objective, name, result.notes)
             if importances is not None:
                 result.values.setdefault(objective.metric, {})[name] = importances
+    _small_sample_caveats(result)
     return result
+
+
+def _small_sample_caveats(result: Importance) -> None:
+    """A caveat (a note, and a legend tag) for each evaluator shown over fewer than
+    SMALL_SAMPLE_TRIALS completed trials."""
+    if result.n_complete >= SMALL_SAMPLE_TRIALS:
+        return
+    shown = dict.fromkeys(name for by_evaluator in result.values.values() for name in by_evaluator)
+    for name in shown:
+        result.caveats[name] = f"{result.n_complete} trials: small sample"
+        result.notes.append(
+            f"{name} is computed over only {result.n_complete} completed trial(s), fewer than {SMALL_SAMPLE_TRIALS}: "
+            "a small sample, so read its ranking as a hint (one trial more or less can reorder the parameters)."
+        )
 
 
 def _evaluators(n_complete: int, notes: list[str]) -> dict[str, MakeEvaluator]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -20,9 +20,10 @@ from matplotlib.lines import Line2D
 
 from defer_core.results import METRICS, metric_key
 
-from ..protocol import Status
+from ..protocol import OPTUNA_TRIAL, Status, trial_label as label_of
+from ..search.space import describe_config
 from ..spec import Choice as ChoiceRange, FloatRange, SweepSpec
-from .data import SweepData, rel_loc_front, scorings_with_data, spec_front_ids
+from .data import SweepData, rel_loc_front, scorings_with_data, spec_front_ids, top_trials
 from .importance import Importance
 
 WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
@@ -32,9 +33,10 @@ FAILED_COLOR = "#8c564b"
 FRONT_COLOR = "#dd8452"
 BEST_COLOR = "#c44e52"
 
+LABELLED_CURVES = 5  # curves named at their end: best.yaml's trial and the top trials (the page's order)
 Row = Mapping[str, Any]
 METRIC_LABELS = {"rel": "Rel (edit prompts)", "gen": "Gen (rephrased prompts)", "loc": "Loc (unrelated prompts)"}
-SCORING_LABELS = {"tf": "teacher-forced", "gen": "generation"}
+SCORING_LABELS = {"tf": "teacher-forced", "gen": "generation", "genctx": "generation, in-context target"}
 
 
 def new_figure() -> Figure:
@@ -52,8 +54,31 @@ def png_bytes(figure: Figure) -> bytes:
 
 
 def trial_label(row: Row) -> str:
-    number = row.get("optuna_trial")
-    return f"#{number}" if number is not None else str(row.get("trial_id", "?"))
+    """`#007`, as the console and MLflow run names print it (protocol.trial_label)."""
+    return label_of(row.get(OPTUNA_TRIAL), str(row.get("trial_id", "?")))
+
+
+@dataclass(frozen=True)
+class Hotspot:
+    """A point of a figure, in image pixels (origin top left), that the page gives a hover title."""
+
+    x: float
+    y: float
+    title: str
+
+
+Mark = tuple[Any, float, float, str]  # (axes, x, y in data units, title)
+
+
+def hotspots(figure: Figure, marks: Iterable[Mark]) -> tuple[Hotspot, ...]:
+    """Data points → image pixels. Draws the figure first, so constrained layout has placed
+    the axes exactly where the PNG (same size and dpi) will have them."""
+    figure.canvas.draw()
+    spots = []
+    for ax, x, y, title in marks:
+        px, py = ax.transData.transform((x, y))
+        spots.append(Hotspot(round(float(px), 1), round(HEIGHT_PX - float(py), 1), title))
+    return tuple(spots)
 
 
 def scoring_title(scoring: str) -> str:
@@ -66,8 +91,9 @@ def _unit_axes(ax: Any) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int) -> Figure:
-    """Rel vs Loc at T for completed trials; the non-dominated ones joined and labelled."""
+def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int) -> tuple[Figure, tuple[Hotspot, ...]]:
+    """Rel vs Loc at T for completed trials; the non-dominated ones joined and labelled; each
+    point a hotspot naming its trial."""
     rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
     figure = new_figure()
     ax = figure.add_subplot()
@@ -97,7 +123,8 @@ def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best:
         ax.text(0.5, 0.5, "no completed trial", ha="center", va="center", transform=ax.transAxes, fontsize=14, color="dimgray")
     else:
         ax.legend(loc="best", fontsize=9)
-    return figure
+    marks = [(ax, r[rel], r[loc], f"{trial_label(r)} {describe_config(r)}: {rel}={r[rel]:.3f}, {loc}={r[loc]:.3f}") for r in rows]
+    return figure, hotspots(figure, marks)
 
 
 def _edit_axis(ax: Any, milestones: Sequence[int]) -> None:
@@ -109,31 +136,77 @@ def _edit_axis(ax: Any, milestones: Sequence[int]) -> None:
         ax.minorticks_off()
 
 
-def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapping[str, Sequence[Row]], best: Row | None, front_ids: set[str], milestones: Sequence[int]) -> Figure:
-    """Rel, Gen and Loc against the number of edits: one line per trial, the best on top."""
+@dataclass(frozen=True)
+class Curve:
+    """One line of a curves panel: the trials whose points are all the same (drawn once)."""
+
+    trials: tuple[Row, ...]
+    points: tuple[tuple[int, float], ...]
+
+    @property
+    def ids(self) -> set[str]:
+        return {t["trial_id"] for t in self.trials}
+
+
+def curves(trials: Sequence[Row], milestones_by_trial: Mapping[str, Sequence[Row]], key: str) -> list[Curve]:
+    """Trials with the same status and the same points (to 6 decimals) share one Curve: many
+    pruned trials stop at 0.0 together, and drawn one over the other they would look like one."""
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    points_of: dict[tuple[Any, ...], tuple[tuple[int, float], ...]] = {}
+    for trial in trials:
+        points = tuple((int(m["n_edits"]), float(m[key])) for m in milestones_by_trial.get(trial["trial_id"], []) if m.get(key) is not None)
+        if not points:
+            continue
+        group = (trial["status"], tuple((n, round(v, 6)) for n, v in points))
+        groups.setdefault(group, []).append(trial)
+        points_of.setdefault(group, points)
+    return [Curve(tuple(members), points_of[group]) for group, members in groups.items()]
+
+
+def _curve_title(curve: Curve, key: str, n_edits: int, value: float) -> str:
+    names = ", ".join(f"{trial_label(t)} {describe_config(t)}" for t in curve.trials)
+    same = f"{len(curve.trials)} trials with this curve: " if len(curve.trials) > 1 else ""
+    return f"{same}{names} ({curve.trials[0]['status']}): {key}={value:.3f} at {n_edits} edits"
+
+
+def _end_label(curve: Curve, labelled: Sequence[str]) -> str:
+    """`#004`, `#004, #009` or `×3` (with the labelled members' numbers when there are some)."""
+    named = [trial_label(t) for trial_id in labelled for t in curve.trials if t["trial_id"] == trial_id]
+    count = f"×{len(curve.trials)}" if len(curve.trials) > 1 else ""
+    return " ".join(part for part in (", ".join(named), count) if part)
+
+
+def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapping[str, Sequence[Row]], best: Row | None, front_ids: set[str], milestones: Sequence[int], labelled: Sequence[str] = ()) -> tuple[Figure, tuple[Hotspot, ...]]:
+    """Rel, Gen and Loc against the number of edits: one line per trial (identical ones drawn
+    once, with their count at the end), the best on top, the `labelled` trials named at their
+    line's end; every point a hotspot naming its trial(s)."""
     figure = new_figure()
     axes = figure.subplots(1, 3, sharey=True)
     best_id = best["trial_id"] if best is not None else None
     styles = {Status.COMPLETE: ("-", COMPLETE_COLOR, 0.45), Status.PRUNED: ("--", PRUNED_COLOR, 0.7), Status.FAILED: (":", FAILED_COLOR, 0.7)}
+    marks: list[Mark] = []
     for ax, metric in zip(axes, METRICS):
         key = metric_key(metric, scoring)
-        for trial in trials:
-            points = [(m["n_edits"], m[key]) for m in milestones_by_trial.get(trial["trial_id"], []) if m.get(key) is not None]
-            if not points or trial["trial_id"] == best_id:
-                continue
-            xs, ys = zip(*points)
-            if trial["trial_id"] in front_ids:
-                ax.plot(xs, ys, "-o", color=FRONT_COLOR, linewidth=1.6, markersize=4, alpha=0.9, zorder=3)
-                continue
-            style, color, alpha = styles.get(trial["status"], styles[Status.COMPLETE])
-            ax.plot(xs, ys, style, color=color, linewidth=1.0, alpha=alpha, marker="o", markersize=3, zorder=2)
-            if trial["status"] != Status.COMPLETE:
-                ax.plot(xs[-1:], ys[-1:], "x", color=color, markersize=7, zorder=2)
-        if best_id is not None:
-            points = [(m["n_edits"], m[key]) for m in milestones_by_trial.get(best_id, []) if m.get(key) is not None]
-            if points:
-                xs, ys = zip(*points)
+        ends: dict[tuple[int, float], list[str]] = {}  # end point → labels; curves ending together share one
+        for curve in sorted(curves(trials, milestones_by_trial, key), key=lambda c: best_id in c.ids):  # the best's line last, on top
+            xs, ys = zip(*curve.points)
+            if best_id in curve.ids:
                 ax.plot(xs, ys, "-o", color=BEST_COLOR, linewidth=3.0, markersize=7, zorder=5)
+            elif curve.ids & front_ids:
+                ax.plot(xs, ys, "-o", color=FRONT_COLOR, linewidth=1.6, markersize=4, alpha=0.9, zorder=3)
+            else:
+                status = curve.trials[0]["status"]
+                style, color, alpha = styles.get(status, styles[Status.COMPLETE])
+                ax.plot(xs, ys, style, color=color, linewidth=1.0, alpha=alpha, marker="o", markersize=3, zorder=2)
+                if status != Status.COMPLETE:
+                    ax.plot(xs[-1:], ys[-1:], "x", color=color, markersize=7, zorder=2)
+            marks.extend((ax, n, v, _curve_title(curve, key, n, v)) for n, v in curve.points)
+            text = _end_label(curve, labelled)
+            if text:
+                ends.setdefault(curve.points[-1], []).append(text)
+        for (x, y), texts in ends.items():
+            ax.annotate(", ".join(texts), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, zorder=6)
+        ax.margins(x=0.12)  # room for the end labels inside the panel
         _edit_axis(ax, milestones)
         ax.set_ylim(-0.03, 1.03)
         ax.grid(True, alpha=0.3)
@@ -151,13 +224,14 @@ def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapp
     if best is not None:
         handles.append(Line2D([], [], color=BEST_COLOR, linewidth=3, marker="o", label=f"best.yaml ({trial_label(best)})"))
     figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9)
-    figure.suptitle(f"Rel / Gen / Loc vs number of edits, {scoring_title(scoring)} scoring, {len(trials)} trial(s)")
-    return figure
+    figure.suptitle(f"Rel / Gen / Loc vs number of edits, {scoring_title(scoring)} scoring, {len(trials)} trial(s); ×N: N trials with the same curve")
+    return figure, hotspots(figure, marks)
 
 
-def importance_figure(importances: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
+def importance_figure(importances: Mapping[str, Mapping[str, Mapping[str, float]]], caveats: Mapping[str, str] | None = None) -> Figure:
     """importances[objective][evaluator][param] (normalised to sum 1): grouped horizontal bars,
-    one panel per objective."""
+    one panel per objective; an evaluator's caveat (e.g. a small sample) tags its legend entry."""
+    caveats = caveats or {}
     figure = new_figure()
     objectives = list(importances)
     axes = figure.subplots(1, len(objectives), squeeze=False)[0]
@@ -169,7 +243,8 @@ def importance_figure(importances: Mapping[str, Mapping[str, Mapping[str, float]
         for index, evaluator in enumerate(evaluators):
             ys = [i + (index - (len(evaluators) - 1) / 2) * height for i in range(len(params))]
             values = [by_evaluator[evaluator].get(p, 0.0) for p in params]
-            bars = ax.barh(ys, values, height=height * 0.95, label=evaluator, color=("#55a868", "#8172b3", "#64b5cd")[index % 3])
+            label = f"{evaluator} ({caveats[evaluator]})" if evaluator in caveats else evaluator
+            bars = ax.barh(ys, values, height=height * 0.95, label=label, color=("#55a868", "#8172b3", "#64b5cd")[index % 3])
             ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
         ax.set_yticks(range(len(params)))
         ax.set_yticklabels(params)
@@ -236,6 +311,7 @@ class Plot:
     title: str
     caption: str
     png: bytes
+    hotspots: tuple[Hotspot, ...] = ()  # points the page titles on hover (trial numbers)
 
 
 def is_report_png(name: str) -> bool:
@@ -260,29 +336,42 @@ def _pareto_plot(data: SweepData, scoring: str) -> Plot:
     completed = data.completed
     rows = [r for r in completed if r.get(rel) is not None and r.get(loc) is not None]
     front = rel_loc_front(rows, scoring)
-    figure = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(completed))
+    figure, spots = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(completed))
     caption = (
         f"Each point is a trial that made all {T} edits, scored {scoring_title(scoring)}. "
         f"Orange: the {len(front)} non-dominated trial(s) (no other trial is at least as good on both Rel and Loc and better on one). "
-        "Red star: the trial in best.yaml."
+        "Red star: the trial in best.yaml. Hover a point for its trial."
     )
-    return Plot(f"pareto_{scoring}", "pareto", f"Pareto front: Rel vs Loc ({scoring})", caption, png_bytes(figure))
+    return Plot(f"pareto_{scoring}", "pareto", f"Pareto front: Rel vs Loc ({scoring})", caption, png_bytes(figure), spots)
 
 
 def _curves_plot(data: SweepData, scoring: str) -> Plot:
     front_ids = spec_front_ids(data)
-    figure = curves_figure(scoring, data.trials, data.milestones, data.best, front_ids, data.spec.milestones)
+    labelled = _labelled_trials(data)
+    figure, spots = curves_figure(scoring, data.trials, data.milestones, data.best, front_ids, data.spec.milestones, labelled)
     caption = (
         "One line per trial, evaluated over all edits made so far at each milestone. Dashed grey lines end where the "
         "scheduler pruned a trial; the thick red line is the trial in best.yaml"
-        + ("; orange lines are the spec's Pareto front." if front_ids else ".")
+        + ("; orange lines are the spec's Pareto front" if front_ids else "")
+        + f". The best.yaml trial and the top {LABELLED_CURVES} trials are named at their line's end; trials whose curves are "
+        "identical are drawn once, marked ×N. Hover a point for its trial(s)."
     )
-    return Plot(f"curves_{scoring}", "curves", f"Rel / Gen / Loc vs number of edits ({scoring})", caption, png_bytes(figure))
+    return Plot(f"curves_{scoring}", "curves", f"Rel / Gen / Loc vs number of edits ({scoring})", caption, png_bytes(figure), spots)
+
+
+def _labelled_trials(data: SweepData) -> list[str]:
+    """Trial ids named at their curve's end, in the page's order: best.yaml's trial, then the top ones."""
+    ranked, _ = top_trials(data, LABELLED_CURVES)
+    ids = [data.best["trial_id"]] if data.best is not None else []
+    ids += [r["trial_id"] for r in ranked if r["trial_id"] not in ids]
+    return ids[: LABELLED_CURVES + 1]
 
 
 def _importance_plot(importance: Importance) -> Plot:
-    figure = importance_figure(importance.values)
+    figure = importance_figure(importance.values, importance.caveats)
     caption = f"How much of the objective's variation each hyperparameter explains, over {importance.n_complete} completed trial(s) of the Optuna study."
+    if importance.caveats:
+        caption += f" Every method here saw a small sample ({', '.join(importance.caveats)}): see the notes above."
     return Plot("importance", "importance", "Hyperparameter importance", caption, png_bytes(figure))
 
 

@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
-def default_storage_url(path: str) -> str:
-    return f"sqlite:///{path}"
-
-
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url=url)
 

@@ -3,13 +3,21 @@ need only that directory; with the spec's `storage_uri`, Tune's experiment and t
 dataset live at <storage_uri>/tune and <storage_uri>/parquet instead (see storage.py), and
 sweep.json records the URI.
 
-    OUT/spec.yaml        the spec the sweep runs (copied at start; resume reloads it)
-    OUT/sweep.json       sweep id, resolved MLflow URI, Optuna storage/study, storage_uri
+    OUT/spec.yaml        the spec the sweep runs (copied at start; resume reloads it); its
+                         output_dir says where the sweep was created
+    OUT/sweep.json       sweep id, MLflow URI, Optuna storage/study, storage_uri
     OUT/optuna.db        Optuna RDB storage (default)
     OUT/mlflow.db        MLflow tracking store (default), artifacts under OUT/mlartifacts
     OUT/tune/            Ray Tune experiment (what Tuner.restore reads)
     OUT/parquet/{trials,milestones,edits}/<trial_id>.parquet
     OUT/best.yaml        the exported EasyEdit DEFER hparams
+
+A folder can be copied or moved (`ray rsync-down` off a cluster) and still read: every path
+is taken from the folder's current location. sweep.json writes the default stores in OUT as
+null, and a folder written before that (absolute paths) has its stores under the output_dir
+it was created in read from the same place under its current location. A user-given MLflow
+URI, Optuna URL or storage_uri is kept as given. Only `resume` needs the folder where it was
+created (require_in_place): Tune's saved experiment holds absolute paths.
 """
 
 from __future__ import annotations
@@ -17,15 +25,24 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
+from ..spec import SweepSpec, load_spec
 from ..storage import Location, local_location, open_storage
 
 TUNE_EXPERIMENT = "tune"
+
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_url(path: Path) -> str:
+    """A SQLite file as the URL MLflow and Optuna (SQLAlchemy) take."""
+    return f"{SQLITE}{path}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,11 @@ class SweepLayout:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"
+
+    @property
+    def default_stores(self) -> dict[str, str]:
+        """SweepState field -> the store in OUT it defaults to (sweep.json writes these as null)."""
+        return {"mlflow_tracking_uri": sqlite_url(self.mlflow_db), "optuna_storage": sqlite_url(self.optuna_db)}
 
     @property
     def results(self) -> Location:
@@ -88,17 +110,54 @@ def new_sweep_id() -> str:
 
 
 def save_state(layout: SweepLayout, state: SweepState) -> None:
-    atomic_write_text(layout.state, json.dumps(asdict(state), indent=2) + "\n")
+    """sweep.json, with the default stores in OUT as null so the folder can be copied or moved."""
+    data = asdict(state)
+    for key, default in layout.default_stores.items():
+        if data[key] == default:
+            data[key] = None
+    atomic_write_text(layout.state, json.dumps(data, indent=2) + "\n")
 
 
 def load_state(layout: SweepLayout) -> SweepState | None:
+    """sweep.json with every default store in the folder's current location."""
     if not layout.state.is_file():
         return None
     try:
-        data = json.loads(layout.state.read_text(encoding="utf-8"))
-        return SweepState(**data)
+        state = SweepState(**json.loads(layout.state.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as error:
         raise DeferInputError(f"{layout.state}: unreadable sweep state ({error})") from None
+    return _in_place(layout, state)
+
+
+def _in_place(layout: SweepLayout, state: SweepState) -> SweepState:
+    """null -> the store in OUT; an absolute default path under the output_dir the sweep was
+    created in (how sweep.json was written before) -> the same file under OUT."""
+    current = layout.default_stores
+    recorded: dict[str, str | None] = {key: getattr(state, key) for key in current}
+    elsewhere = any(value and value != current[key] and value.startswith(SQLITE) for key, value in recorded.items())
+    original = SweepLayout(created_in(layout)).default_stores if elsewhere else {}
+    return replace(state, **{key: current[key] for key, value in recorded.items() if value is None or value == original.get(key)})
+
+
+def created_in(layout: SweepLayout) -> Path:
+    """The output directory the sweep was created in: spec.yaml's output_dir."""
+    return load_spec(layout.spec).output_dir
+
+
+def read_spec(layout: SweepLayout) -> SweepSpec:
+    """OUT/spec.yaml with output_dir the folder's current location (the file keeps the first)."""
+    return load_spec(layout.spec).with_output_dir(layout.root)
+
+
+def require_in_place(layout: SweepLayout) -> None:
+    """Only resume needs the folder where the sweep was created: Tune's saved experiment, its
+    callbacks and the searcher hold absolute paths, so a moved copy would write there."""
+    origin = created_in(layout)
+    if origin != layout.root:
+        raise DeferInputError(
+            f"{layout.root}: this sweep was created in {origin}; resume it there (move the folder back first: "
+            f"Ray Tune's saved experiment holds absolute paths); export and report work on a moved or copied folder"
+        )
 
 
 def require_sweep_dir(path: str | os.PathLike[str]) -> SweepLayout:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -18,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ..protocol import Status
+from .layout import SweepLayout, SweepState, sqlite_url
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,43 @@ TAG_PACK = "defer_sweep.pack_id"  # the Tune trial (pack) that ran the trial
 TAG_ROLE = "defer_sweep.role"
 TAG_STATUS = "status"
 TAG_ERROR = "error"
-_RUN_STATUS = {Status.COMPLETE: "FINISHED", Status.PRUNED: "KILLED", Status.FAILED: "FAILED", Status.RUNNING: "RUNNING"}
+# MLflow 3's UI has two views, GenAI (an experiment opens on its traces "Overview") and model
+# training (it opens on the runs table). The experiment's kind tag (values: the UI's
+# ExperimentKind enum in server/js/build/static/js/main.*.js) chose the view; MLflow 3.17's UI
+# takes it from the page URL's `workflowType` instead (else the last choice, else GenAI), so
+# the sweep sets the tag for the UIs that read it and links with UI_WORKFLOW (run_page).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # "Machine learning": the runs table
+UI_WORKFLOW = "workflowType=machine_learning"
+_RUN_STATUS = {Status.COMPLETE: "FINISHED", Status.PRUNED: "KILLED", Status.FAILED: "FAILED", Status.RUNNING: "RUNNING", Status.INTERRUPTED: "KILLED"}
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 _TAG_LIMIT = 5000
 
 
+def run_page(ui_url: str, experiment_id: str, run_id: str | None) -> str:
+    """The MLflow UI's page of a run (its hash route `#/experiments/<id>/runs/<run id>`), or of
+    the experiment's runs without a run id, in the model-training view."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + f"?{UI_WORKFLOW}"
+
+
 def default_tracking_uri(db_path: Path) -> str:
     """MLflow >= 3.7 defaults to SQLite and refuses new file stores: a SQLite file in OUT."""
-    return f"sqlite:///{db_path}"
+    return sqlite_url(db_path)
+
+
+def sweep_mlflow(layout: SweepLayout, state: SweepState) -> "MlflowSink":
+    """The sweep's sink; with the default store in OUT its artifacts belong in OUT/mlartifacts,
+    and none are logged to a run whose artifacts lie elsewhere (see _artifacts_in_place)."""
+    local = state.mlflow_tracking_uri == default_tracking_uri(layout.mlflow_db)
+    return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id, str(layout.mlflow_artifacts) if local else None)
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local path of a file:// URI or a plain path; None for any other scheme."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(urllib.request.url2pathname(parts.path)).resolve()
+    return Path(uri).resolve() if not parts.scheme else None
 
 
 class MlflowSink:
@@ -75,9 +107,13 @@ class MlflowSink:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is None:
-                self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=self.artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+                )
             else:
                 self._experiment_id = found.experiment_id
+                if TAG_EXPERIMENT_KIND not in found.tags:  # an older sweep's experiment; a kind chosen in the UI stays
+                    self.client.set_experiment_tag(self._experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return self._experiment_id
 
     def _find_runs(self, filter_string: str) -> list[Any]:
@@ -103,7 +139,8 @@ class MlflowSink:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags={TAG_SWEEP: self.sweep_id, TAG_ROLE: "sweep"})
             parent = run.info.run_id
             self.client.log_batch(parent, params=[Param(k, _param(v)) for k, v in params.items()])
-            self.client.log_artifact(parent, str(spec_file))
+            if self._artifacts_in_place(parent):
+                self.client.log_artifact(parent, str(spec_file))
         else:
             self.client.update_run(parent, status="RUNNING")
         self._parent_id = parent
@@ -122,17 +159,38 @@ class MlflowSink:
         self.client.set_terminated(self.parent_id, status=status)
 
     def log_best(self, best_yaml: Path, tags: Mapping[str, Any]) -> None:
-        self.client.log_artifact(self.parent_id, str(best_yaml))
+        if self._artifacts_in_place(self.parent_id):
+            self.client.log_artifact(self.parent_id, str(best_yaml))
         self.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_report(self, report_dir: Path, artifact_path: str) -> str | None:
         """Logs every file of a report directory under artifact_path of the sweep's parent run;
-        returns that run's id, or None when the sweep has no parent run (never opened here)."""
+        returns that run's id, or None (with a warning) when it was not logged."""
         parent = self.find_parent()
         if parent is None:
+            log.warning("no MLflow parent run for sweep %s in %s; %s/ not logged", self.sweep_id, self.tracking_uri, artifact_path)
+            return None
+        if not self._artifacts_in_place(parent):
             return None
         self.client.log_artifacts(parent, str(report_dir), artifact_path)
         return parent
+
+    def _artifacts_in_place(self, run_id: str) -> bool:
+        """With the default store in OUT, artifacts are logged only into OUT/mlartifacts. MLflow
+        keeps each run's artifact location, absolute, in mlflow.db, so the runs of a copied or
+        moved sweep folder still name the original folder: logging there would write into it,
+        or create it again. Such a run gets tags and metrics but no artifacts, and a warning."""
+        if self.artifact_location is None:
+            return True
+        where = self.client.get_run(run_id).info.artifact_uri
+        path, root = _local_path(where), _local_path(self.artifact_location)
+        if path is not None and root is not None and path.is_relative_to(root):
+            return True
+        log.warning(
+            "MLflow artifacts not logged: run %s keeps them in %s, outside this sweep folder's %s (the folder was copied or moved)",
+            run_id, where, self.artifact_location,
+        )
+        return False
 
     def _sweep_trial_runs(self) -> list[Any]:
         return self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'trial'")
@@ -171,6 +229,15 @@ class MlflowSink:
             self.client.set_tag(run_id, TAG_STATUS, Status.RUNNING.value)
         self._trial_runs[trial_id] = run_id
         return run_id
+
+    def interrupt_running_trials(self) -> int:
+        """After Ctrl-C: the sweep's trial runs still RUNNING end KILLED with status
+        `interrupted` (start_trial reopens them when a resume runs the trial again)."""
+        runs = self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'RUNNING'")
+        for run in runs:
+            self.client.set_tag(run.info.run_id, TAG_STATUS, Status.INTERRUPTED.value)
+            self.client.set_terminated(run.info.run_id, status=_RUN_STATUS[Status.INTERRUPTED])
+        return len(runs)
 
     def _trial_run(self, trial_id: str) -> str | None:
         if trial_id in self._trial_runs:
@@ -216,7 +283,7 @@ class MlflowSink:
         if short_error:
             tags.append(RunTag(TAG_ERROR, short_error[:_TAG_LIMIT]))
         self.client.log_batch(run_id, tags=tags)
-        if error:
+        if error and self._artifacts_in_place(run_id):
             self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, status=_RUN_STATUS[status])
 

@@ -6,20 +6,31 @@ rows of every DEFER trial of a pack, see packing.py) and appears whole or not at
 writing a trial again (a resumed sweep re-running an interrupted trial) replaces its rows
 instead of duplicating them. Schemas are fixed (every metric column exists, null where a
 scoring was not run), so the files of many sweeps concatenate.
+
+Files are read one by one, so a damaged one (truncated, or not Parquet at all) is named with
+what is wrong: strict readers (everything a running or resuming sweep reads) raise
+UnreadableParquetError, one line; `skip_unreadable=True` (export, report) leaves that Tune
+trial out of every table read and logs a warning naming the file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from defer_core.errors import DeferInputError
+
 from ..protocol import FINAL_STATUSES, METRIC_COLUMNS
-from ..storage import Location, as_location
+from ..storage import Location, as_location, one_line
+
+log = logging.getLogger(__name__)
 
 TABLES = ("trials", "milestones", "edits")
 _TIME = pa.timestamp("us", tz="UTC")
@@ -39,8 +50,10 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("n_iter", pa.int64()),
         pa.field("threshold", pa.float64()),
         pa.field("model", pa.string()),
+        pa.field("dtype", pa.string()),  # the dtype the trial ran in (auto resolved)
         pa.field("protocol", pa.string()),
         pa.field("T", pa.int64()),
+        pa.field("strip", pa.bool_()),  # text fields stripped of surrounding whitespace (data.strip)
         pa.field("n_edits", pa.int64()),
         *_METRICS,
         pa.field("seconds", pa.float64()),
@@ -147,10 +160,74 @@ def finished_packs(root: Location | str | os.PathLike[str]) -> dict[str, list[di
     }
 
 
-def read_table(root: Location | str | os.PathLike[str], table: str) -> pa.Table:
+# Reading: pyarrow raises these for a truncated, empty or foreign file, or a column of another type.
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+_READ_THREADS = 8  # files are read concurrently: on an object store each is a round trip
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """A table file that cannot be read, and what pyarrow said about it (one line)."""
+
+    path: str  # as a person writes it: a local path, or s3://bucket/key
+    pack_id: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: not a readable Parquet file ({self.problem})"
+
+
+class UnreadableParquetError(DeferInputError):
+    """A strict read met a damaged file; the message is one line naming it."""
+
+    def __init__(self, file: UnreadableFile) -> None:
+        super().__init__(str(file))
+        self.file = file
+
+
+def read_table(root: Location | str | os.PathLike[str], table: str, *, skip_unreadable: bool = False) -> pa.Table:
     """All trials' rows of one table (empty with the right schema if there are none)."""
+    return read_tables(root, (table,), skip_unreadable=skip_unreadable)[table]
+
+
+def read_tables(root: Location | str | os.PathLike[str], tables: Sequence[str], *, skip_unreadable: bool = False) -> dict[str, pa.Table]:
+    """Several tables, each in its fixed schema. A damaged file raises UnreadableParquetError
+    (the first in path order), or with skip_unreadable its Tune trial is left out of every
+    table returned here, so the tables stay consistent, and a warning names the file."""
     location = as_location(root)
+    read: dict[str, list[tuple[str, pa.Table | UnreadableFile]]] = {table: _read_files(location, table) for table in tables}
+    bad = [part for parts in read.values() for _, part in parts if isinstance(part, UnreadableFile)]
+    if bad and not skip_unreadable:
+        raise UnreadableParquetError(min(bad, key=lambda file: file.path))
+    for file in sorted(bad, key=lambda file: file.path):
+        log.warning("%s; leaving out Tune trial %s", file, file.pack_id)
+    skipped = {file.pack_id for file in bad}
+    return {
+        table: pa.concat_tables([SCHEMAS[table].empty_table(), *(part for pack_id, part in parts if pack_id not in skipped)])
+        for table, parts in read.items()
+    }
+
+
+def _read_files(location: Location, table: str) -> list[tuple[str, pa.Table | UnreadableFile]]:
+    """(pack id, rows or what is wrong) for each of the table's files, in path order."""
     files = list_files(location, table)
-    if not files:
-        return SCHEMAS[table].empty_table()
-    return pads.dataset(files, schema=SCHEMAS[table], format="parquet", filesystem=location.filesystem).to_table()
+    if len(files) <= 1:
+        return [_read_file(location, table, path) for path in files]
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(files))) as pool:
+        return list(pool.map(lambda path: _read_file(location, table, path), files))
+
+
+def _read_file(location: Location, table: str, path: str) -> tuple[str, pa.Table | UnreadableFile]:
+    pack_id = path.rsplit("/", 1)[1].removesuffix(".parquet")
+    try:
+        with pq.ParquetFile(path, filesystem=location.filesystem) as file:
+            return pack_id, conform(file.read(), SCHEMAS[table])
+    except _READ_ERRORS as error:
+        return pack_id, UnreadableFile(str(Location(location.filesystem, path)), pack_id, one_line(error))
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A file's rows in the table's schema: a column the file lacks (written before that
+    metric existed) is null, one it has beyond the schema is dropped, types are cast."""
+    columns = [data.column(field.name).cast(field.type) if field.name in data.column_names else pa.nulls(data.num_rows, field.type) for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from ..protocol import EDITS_KEY, EVAL_SECONDS, METRIC_COLUMNS, N_EDITS, RecordedTrial, Status
+from ..protocol import EDITS_KEY, EVAL_SECONDS, METRIC_COLUMNS, N_EDITS, RecordedTrial, Status, trial_label
 from ..search.packing import member_configs, member_results, member_trial_id, pack_report
 from ..search.space import describe_config, module_for
 from ..spec import SweepSpec
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def run_name(log_: TrialLog) -> str:
-    number = f"#{log_.optuna_trial:03d} " if log_.optuna_trial is not None else ""
-    return f"{number}{describe_config(log_.config)}"
+    """`#007 L27 lr=...`: the trial's label as the console and the report print it."""
+    return f"{trial_label(log_.optuna_trial, log_.trial_id)} {describe_config(log_.config)}"
 
 
 def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
@@ -38,8 +38,10 @@ def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
         "pack_id": log_.pack_id,
         "optuna_trial": log_.optuna_trial,
         "model": spec.model.name,
+        "dtype": spec.model.run_dtype,
         "protocol": spec.protocol,
         "T": spec.T,
+        "strip": spec.data.strip,
     }
 
 

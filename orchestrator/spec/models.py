@@ -23,7 +23,8 @@ from pydantic.json_schema import WithJsonSchema
 from typing_extensions import TypedDict
 
 from defer_core.errors import DeferInputError
-from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, default_milestones, milestones_ending_at
+from defer_core.results import DEFAULT_SCORINGS, DTYPE_CHOICES, PROTOCOLS, SCORINGS, default_milestones, dtype_name, milestones_ending_at
+from defer_core.runtime import DEVICE_PATTERN, device_problem
 
 from ..protocol import metric_names
 from .fields import CHOICE, FIXED, RANGE, SPEC_ERROR, Count, Flag, Float, NonNegativeFloat, NonNegativeInt, PositiveFloat, Text
@@ -256,15 +257,33 @@ def _describe(param: Any) -> str:
 # -- the other sections ----------------------------------------------------------------------------
 
 
+def _device(value: Any) -> str:
+    """A torch device name a trial can run on; `gpu` or a typo fails here, naming the key."""
+    problem = device_problem(text(value))
+    if problem:
+        raise fail(problem)
+    return value
+
+
+Device = Annotated[str, BeforeValidator(_device), WithJsonSchema({"type": "string", "pattern": DEVICE_PATTERN})]
+
+
 class ModelSpec(Section):
     name: Text
     dtype: Annotated[str, one_of(DTYPE_CHOICES), enum(DTYPE_CHOICES)] = "auto"
-    device: Text | None = None  # None: cuda if the worker sees a GPU, else cpu
+    device: Device | None = None  # None: cuda if the worker sees a GPU, else cpu
+
+    @property
+    def run_dtype(self) -> str:
+        """The dtype trials run in, as recorded with them: `auto` is float32 (EasyEdit's)."""
+        return dtype_name(self.dtype)
 
 
 class DataSpec(Section):
     # None: $DEFER_SWEEP_DATA_DIR or ../shared/data (defer_core.data.resolve_data_path)
     path: Annotated[Text, AfterValidator(lambda path: str(Path(path).expanduser().resolve()))] | None = None
+    # false: text as the file has it, as EasyEdit reads it (a spaced `alt` becomes a double space)
+    strip: Flag = Field(False, description="strip surrounding whitespace from every text field (EasyEdit does not)")
 
 
 class Objective(_Positional):
@@ -384,7 +403,7 @@ class SweepSpec(Section):
     T: Count
     milestones: tuple[Count, ...] = _derived("edit counts at which trials report; default 1, 10, 100, ... below T; T is always added")
     protocol: Annotated[str, one_of(PROTOCOLS), enum(PROTOCOLS)] = "stream"
-    scorings: Annotated[tuple[Scoring, ...], BeforeValidator(_scorings)] = Field(SCORINGS, json_schema_extra=_or({"enum": list(SCORINGS)}))
+    scorings: Annotated[tuple[Scoring, ...], BeforeValidator(_scorings)] = Field(DEFAULT_SCORINGS, json_schema_extra=_or({"enum": list(SCORINGS)}))
     search_space: SearchSpace
     initial_points: Annotated[tuple[Point, ...], BeforeValidator(_point_list)] = ()
     objectives: Annotated[tuple[Objective, ...], BeforeValidator(_objective_list)] = Field(json_schema_extra=_or(None))
@@ -512,7 +531,9 @@ class SweepSpec(Section):
     def _output_dir(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             value = f"runs/{info.data.get('name', DEFAULT_NAME)}"
-        return Path(text(value)).expanduser().resolve()
+        if "://" in text(value):  # it would become a local folder named like the URL
+            raise fail(f"must be a local directory path, got {value!r} (Tune's experiment and the Parquet dataset go to shared storage with storage_uri)")
+        return Path(value).expanduser().resolve()
 
     @field_validator("pack_size")
     @classmethod

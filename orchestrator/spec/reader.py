@@ -39,7 +39,9 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
 
 
 def spec_to_yaml(spec: SweepSpec) -> str:
-    """The spec as given, with output_dir and data path made absolute (what resume reloads)."""
+    """The spec as given, with output_dir and data path made absolute (what resume reloads).
+    In OUT/spec.yaml, output_dir thus records where the sweep was created: the commands read
+    the folder where it is now (sinks/layout.py); only resume needs it back in that place."""
     raw = dict(spec.raw)
     raw["name"] = spec.name
     raw["output_dir"] = str(spec.output_dir)

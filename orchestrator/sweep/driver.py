@@ -25,21 +25,23 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from defer_core.errors import DeferInputError
-from defer_core.files import atomic_write_text
+from defer_core.files import atomic_write_text, require_writable_dir
+from defer_core.runtime import hub_env
 
 from ..export import export_best
-from ..protocol import FINAL_STATUSES, Status
-from ..search.optuna_search import default_storage_url, delete_study_if_exists, fail_orphaned_trials, make_searcher
+from ..protocol import FINAL_STATUSES, OPTUNA_TRIAL, RecordedTrial, Status, trial_label
+from ..search.optuna_search import delete_study_if_exists, fail_orphaned_trials, make_searcher
 from ..search.packing import num_packs
 from ..search.scheduler import make_scheduler
-from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_sweep_dir, save_state
-from ..sinks.mlflow_sink import MlflowSink, default_tracking_uri
-from ..sinks.parquet_sink import ParquetSink, read_table
-from ..sinks.progress import ProgressCallback, Sink
+from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_in_place, require_sweep_dir, save_state
+from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
+from ..sinks.parquet_sink import TABLES, ParquetSink, UnreadableParquetError, read_table, read_tables
+from ..sinks.progress import LiveOutput, ProgressCallback, Sink, console_session
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
 from ..spec import SweepSpec, load_spec, spec_to_yaml
 from ..worker.trainable import TrialSettings, defer_trainable
-from .preflight import check_model, load_spec_records
+from .lock import sweep_lock
+from .preflight import LOCAL_RAY, check_cluster_gpus, check_model, load_spec_records, ray_init_address
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +73,22 @@ def new_state(spec: SweepSpec, layout: SweepLayout) -> SweepState:
     """The spec's defaults that need the output directory or the sweep id are filled in here;
     all others are in the spec's models (orchestrator/spec/models.py)."""
     sweep_id = new_sweep_id()
+    defaults = layout.default_stores
     return SweepState(
         sweep_id=sweep_id,
-        mlflow_tracking_uri=spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(layout.mlflow_db),
+        mlflow_tracking_uri=spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or defaults["mlflow_tracking_uri"],
         mlflow_experiment=spec.mlflow.experiment,
-        optuna_storage=spec.optuna.storage or default_storage_url(str(layout.optuna_db)),
+        optuna_storage=spec.optuna.storage or defaults["optuna_storage"],
         optuna_study_name=spec.optuna.study_name or f"{spec.name}-{sweep_id}",
         storage_uri=spec.storage_uri,
     )
 
 
-def mlflow_sink(layout: SweepLayout, state: SweepState) -> MlflowSink:
-    local = state.mlflow_tracking_uri == default_tracking_uri(layout.mlflow_db)
-    return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id, str(layout.mlflow_artifacts) if local else None)
-
-
 def _sweep_params(spec: SweepSpec) -> dict[str, object]:
     return {
         "model": spec.model.name,
-        "dtype": spec.model.dtype,
+        "dtype": spec.model.run_dtype,
+        "strip": spec.data.strip,
         "T": spec.T,
         "milestones": ",".join(map(str, spec.milestones)),
         "protocol": spec.protocol,
@@ -122,8 +121,21 @@ def _check_storage_unused(layout: SweepLayout, restorable: bool) -> None:
 # -- Ray and Tune ----------------------------------------------------------------------------------------
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune ends an interrupted run with "Resume experiment with: Tuner.restore(...)"; a sweep
+    resumes with `defer-sweep resume OUT`, which the command layer prints. Only that record is
+    dropped: every other Tune warning and error still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+_RESTORE_HINT_FILTER = _NoTuneRestoreHint()
+
+
 def _set_tune_env(verbose_ray: bool) -> None:
     """Tune reads these from the driver's environment; explicit user settings win."""
+    logging.getLogger("ray.tune.tune").addFilter(_RESTORE_HINT_FILTER)  # the logger of ray/tune/tune.py; adding it twice is a no-op
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
     # Parquet and MLflow are the record; of Tune's loggers only JSON is kept (added as a
     # callback), the CSV and TensorBoard ones would duplicate it (and TensorBoard warns
@@ -145,15 +157,15 @@ def ray_session(spec: SweepSpec, verbose_ray: bool) -> Iterator[None]:
         "include_dashboard": False,
         "logging_level": logging.INFO if verbose_ray else logging.WARNING,
         "log_to_driver": verbose_ray,
-        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}},
+        # workers load models offline too, unless the user set the HF variables (hub_env)
+        "runtime_env": {"env_vars": {**hub_env(), "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}},
     }
-    address = spec.ray.address
-    if spec.ray.num_cpus:  # a CPU count only makes sense for an instance we start
-        address = address or "local"
-        if address == "local":
-            kwargs["num_cpus"] = spec.ray.num_cpus
+    address = ray_init_address(spec)
+    if spec.ray.num_cpus and address == LOCAL_RAY:
+        kwargs["num_cpus"] = spec.ray.num_cpus
     ray.init(address=address, **kwargs)
     try:
+        check_cluster_gpus(spec)
         yield
     finally:
         ray.shutdown()
@@ -163,22 +175,22 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
     return trial.trial_id
 
 
-def _trainable(spec: SweepSpec, records: list, recorded: dict | None = None) -> object:
-    settings = TrialSettings(spec=spec, records=tuple(records), recorded=recorded or {})
+def _trainable(spec: SweepSpec, records: list, recorded: dict | None = None, board: str | None = None) -> object:
+    settings = TrialSettings(spec=spec, records=tuple(records), recorded=recorded or {}, progress_board=board)
     resources = {"cpu": spec.resources_per_trial.cpu, "gpu": spec.resources_per_trial.gpu}
     return tune.with_resources(tune.with_parameters(defer_trainable, settings=settings), resources)
 
 
-def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records: list, sink: Sink, mlflow: MlflowSink, verbose_ray: bool) -> tune.Tuner:
+def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records: list, mlflow: MlflowSink, verbose_ray: bool, board: str | None) -> tune.Tuner:
     scheduler, scheduler_callbacks = make_scheduler(spec)
     callbacks = [
         ResultsCallback(spec, state.sweep_id, ParquetSink(layout.parquet), mlflow),
-        ProgressCallback(spec, sink, layout.parquet),
+        ProgressCallback(spec, layout.parquet),  # prints through the console attached in execute
         *scheduler_callbacks,
         JsonLoggerCallback(),  # Tune's own result.json per trial, which its ExperimentAnalysis reads
     ]
     return tune.Tuner(
-        _trainable(spec, records),
+        _trainable(spec, records, board=board),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec, state.optuna_storage, state.optuna_study_name),
             scheduler=scheduler,
@@ -206,12 +218,20 @@ def status_counts(layout: SweepLayout) -> dict[str, int]:
     return {status: rows.count(status) for status in (*FINAL_STATUSES, Status.RUNNING)}
 
 
-def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False) -> SweepOutcome:
-    """Start the sweep in `layout`, or continue it if the directory already holds it."""
+def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False, live: LiveOutput | None = None) -> SweepOutcome:
+    """Start the sweep in `layout`, or continue it if the directory already holds it. One
+    driver per sweep: the lock (lock.py) is taken before anything in the directory is touched
+    and held to the end, and a second driver is refused in one line."""
+    with sweep_lock(layout):
+        return _execute_locked(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live)
+
+
+def _execute_locked(spec: SweepSpec, layout: SweepLayout, *, sink: Sink, verbose_ray: bool, live: LiveOutput | None) -> SweepOutcome:
     check_model(spec, str(layout.spec if layout.spec.is_file() else spec.name))
     records = load_spec_records(spec)
     tune_at = layout.tune  # opens the storage_uri, if any: an unreachable one fails here, before any write
     restorable = tune.Tuner.can_restore(tune_at.path, storage_filesystem=tune_at.filesystem)
+    recorded = _recorded_for_resume(layout, spec) if restorable else {}
     state = load_state(layout)
     if state is None:
         _check_storage_unused(layout, restorable)
@@ -219,20 +239,21 @@ def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, v
         state = new_state(spec, layout)
         atomic_write_text(layout.spec, spec_to_yaml(spec))
         save_state(layout, state)
-    mlflow = mlflow_sink(layout, state)
+    mlflow = sweep_mlflow(layout, state)
     if not restorable:
         _reset_partial(layout, state, mlflow)
     mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
     _set_tune_env(verbose_ray)
-    with ray_session(spec, verbose_ray):
+    # The console (trial lines, live edit counts) is attached here, not pickled with Tune's callbacks.
+    with ray_session(spec, verbose_ray), console_session(sink, live, state.sweep_id) as board:
         if restorable:
             log.info("resuming the Tune experiment in %s", tune_at)
-            trainable = _trainable(spec, records, recorded_trials(layout.parquet, spec))
+            trainable = _trainable(spec, records, recorded, board)
             tuner = tune.Tuner.restore(
                 tune_at.path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False, storage_filesystem=tune_at.filesystem
             )
         else:
-            tuner = _new_tuner(spec, layout, state, records, sink, mlflow, verbose_ray)
+            tuner = _new_tuner(spec, layout, state, records, mlflow, verbose_ray, board)
         grid = tuner.fit()
     # Trial directories are named by trial id (trial_dirname): what Tune knows after fit.
     known = {PurePosixPath(result.path).name for result in grid}
@@ -241,13 +262,26 @@ def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, v
     return finish(spec, layout, state, mlflow)
 
 
+def _recorded_for_resume(layout: SweepLayout, spec: SweepSpec) -> dict[str, RecordedTrial]:
+    """The finished trials a resume replays, read before anything changes (MLflow's parent run
+    included), with every table file checked. A damaged file stops the resume: re-running its
+    trial is not possible, as Tune's restored state may say that trial ended (Tune never runs
+    an ended trial again) and Optuna was already told its result."""
+    try:
+        read_tables(layout.parquet, TABLES)
+        return recorded_trials(layout.parquet, spec)
+    except UnreadableParquetError as error:
+        raise DeferInputError(f"{error}; resume needs every recorded trial: restore that file, or start the sweep over in a new output_dir (export and report skip it)") from None
+
+
 def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -> SweepOutcome:
     """After fit: if every trial ended, tidy Optuna, write best.yaml and close the MLflow run."""
     counts = status_counts(layout)
     done = sum(counts[s] for s in FINAL_STATUSES)
     finished = done >= spec.num_trials
     best_yaml = reason = None
-    if not finished:  # interrupted (Ctrl-C): resumable, so the parent run is KILLED, not FAILED
+    if not finished:  # interrupted (Ctrl-C): resumable, so the runs are KILLED, not FAILED
+        mlflow.interrupt_running_trials()
         mlflow.close_sweep("KILLED", counts)
         return SweepOutcome(layout, state, counts, False, None, None)
     orphans = fail_orphaned_trials(state.optuna_storage, state.optuna_study_name)
@@ -255,7 +289,7 @@ def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: Mlfl
         log.warning("marked %d Optuna trial(s) lost with an earlier driver as FAIL", orphans)
     if counts[Status.COMPLETE]:
         best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
-        reason = f"trial {chosen.row['trial_id']}: {chosen.reason}"
+        reason = f"trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}): {chosen.reason}"
     report_html = _write_report(layout)
     mlflow.close_sweep("FINISHED", {status: counts[status] for status in FINAL_STATUSES})
     return SweepOutcome(layout, state, counts, True, best_yaml, reason, report_html)
@@ -272,19 +306,21 @@ def _write_report(layout: SweepLayout) -> Path | None:
         return None
 
 
-def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verbose_ray: bool = False) -> SweepOutcome:
+def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verbose_ray: bool = False, live: LiveOutput | None = None) -> SweepOutcome:
     layout = require_sweep_dir(output_dir)
+    require_in_place(layout)  # a moved copy would write where Tune's saved state points
+    require_writable_dir(layout.root, "the output directory")
     spec = load_spec(layout.spec)
-    if spec.output_dir != layout.root:
-        # Tune's pickled state, the Optuna URL and the callbacks hold absolute paths.
-        raise DeferInputError(f"{layout.root}: this sweep was created in {spec.output_dir}; resume it there (moving a sweep directory is not supported)")
-    return execute(spec, layout, sink=sink, verbose_ray=verbose_ray)
+    return execute(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live)
 
 
 def prepare(spec: SweepSpec) -> SweepLayout:
-    """Refuse to mix two different sweeps in one output directory."""
+    """Refuse, before anything is written, an output directory that cannot be one (a file, under
+    a file, read-only), a sweep folder moved from where it was created, and a different sweep."""
     layout = SweepLayout(spec.output_dir, spec.storage_uri)
+    require_writable_dir(layout.root, "the output directory")
     if layout.spec.is_file():
+        require_in_place(layout)
         existing = load_spec(layout.spec)
         if existing != spec:
             raise DeferInputError(

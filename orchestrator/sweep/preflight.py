@@ -1,44 +1,129 @@
-"""Checks that need the model's shape or the data, done in the driver before Ray starts.
+"""Checks that need the model's shape, the machine or the data, done in the driver before Ray
+starts and before anything is written.
 
-The model is built on PyTorch's `meta` device from its config (no weights, so even a 7B model
-takes a moment), and every module path the search space can produce is resolved on it: a
-layer range past the model's depth or a template naming a module that does not exist fails
-here, naming the spec key, instead of failing every trial on the workers.
+The model name is resolved from local files only (defer_core.models.model_source: a built-in
+name, a local directory or an id in the Hugging Face cache; no Hub call unless the user allows
+downloads), and its architecture is built on PyTorch's `meta` device from its config (no
+weights, so even a 7B model takes a moment). Every module path the search space can produce is
+resolved on it: a layer range past the model's depth or a template naming a module that does
+not exist fails here, naming the spec key, instead of failing every trial on the workers.
+
+`check_machine` (device and model name, from local files) imports neither torch nor Ray, so the
+command layer runs it before importing the driver: a bad name is answered in a moment.
+CUDA is checked where the trials will run. With a Ray instance the driver starts itself, that
+is this machine, checked here. When ray.init joins a cluster (`ray.address`, RAY_ADDRESS, or a
+cluster `ray start` recorded on this machine, as under `ray submit`), the GPUs are on worker
+nodes the driver cannot see: once Ray is up, `check_cluster_gpus` reads the cluster's
+resources, and only warns when there are none, since an autoscaling cluster (cluster/cluster.yaml)
+adds its GPU workers only when trials wait for one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from defer_core.data import EditRecord, load_records
 from defer_core.errors import DeferInputError
-from defer_core.models import EMBEDDED_MODEL, TINY_MODEL, embedded_model_dir, tiny_llama
-from defer_core.module_path import parse_module_path, resolve_module
+from defer_core.runtime import TINY_MODEL, cuda_problem, hub_offline, model_problem, stay_offline_by_default, uses_cuda
 
-from ..search.space import module_for
 from ..spec import SweepSpec
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
-def _config(name: str) -> PretrainedConfig:
+log = logging.getLogger(__name__)
+
+LOCAL_RAY = "local"  # ray.init's address for a new instance on this machine
+_RAY_CLUSTER_RECORD = "ray/ray_current_cluster"  # under Ray's temp dir: where `ray start` records its cluster
+
+
+def ray_init_address(spec: SweepSpec) -> str | None:
+    """The address the driver passes to ray.init: a CPU count only makes sense for an
+    instance it starts, so `ray.num_cpus` implies a local one."""
+    return spec.ray.address or (LOCAL_RAY if spec.ray.num_cpus else None)
+
+
+def joins_cluster(spec: SweepSpec) -> bool:
+    """Whether ray.init(address) joins a running cluster rather than starting Ray here, in the
+    order its documentation gives: the address; RAY_ADDRESS; the cluster `ray start` recorded
+    in Ray's temp dir (RAY_TMPDIR, TMPDIR or /tmp); else a new local instance."""
+    address = ray_init_address(spec) or os.environ.get("RAY_ADDRESS")
+    if address:
+        return address != LOCAL_RAY
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return (Path(temp) / _RAY_CLUSTER_RECORD).is_file()
+
+
+def cuda_requested(spec: SweepSpec) -> bool:
+    return uses_cuda(spec.model.device) or spec.resources_per_trial.gpu > 0
+
+
+def check_device(spec: SweepSpec, source: str) -> None:
+    """CUDA asked for (model.device or resources_per_trial.gpu) on a machine without it fails
+    here, before the output folder exists, instead of in every trial; a cluster's GPUs are
+    checked once Ray is up (check_cluster_gpus)."""
+    if not cuda_requested(spec) or joins_cluster(spec):
+        return
+    problem = cuda_problem(spec.model.device, spec.resources_per_trial.gpu)
+    if problem:
+        key = "model.device" if uses_cuda(spec.model.device) else "resources_per_trial.gpu"
+        raise DeferInputError(f"{source}: key {key!r}: {problem}")
+
+
+def check_machine(spec: SweepSpec, source: str) -> None:
+    """The device and the model name, before anything heavy is imported or written."""
+    check_device(spec, source)
+    problem = model_problem(spec.model.name)
+    if problem:
+        raise DeferInputError(f"{source}: key 'model.name': {problem}")
+
+
+def check_cluster_gpus(spec: SweepSpec) -> None:
+    """After ray.init on a cluster: warn when CUDA is asked for and the nodes up now offer no
+    GPU (or fewer than one trial needs); an error would stop an autoscaling cluster's sweep."""
+    import ray
+
+    if not cuda_requested(spec) or not joins_cluster(spec):
+        return
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus <= 0 or gpus < spec.resources_per_trial.gpu:
+        log.warning(
+            "the spec asks for CUDA (model.device %s, resources_per_trial.gpu %g) but the Ray cluster has %g GPU(s) now; "
+            "trials wait until its autoscaler adds GPU nodes (without one they never start: stop with Ctrl-C)",
+            spec.model.device or "auto", spec.resources_per_trial.gpu, gpus,
+        )
+
+
+def _config(name: str, source: str) -> "PretrainedConfig":
+    from transformers import AutoConfig
+
+    from defer_core.models import model_source, quiet_hub_logging, tiny_llama
+
     if name == TINY_MODEL:
         return tiny_llama().model.config
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    source = embedded_model_dir() if name == EMBEDDED_MODEL else name
+    stay_offline_by_default()
     try:
-        return AutoConfig.from_pretrained(source)
+        with quiet_hub_logging():
+            return AutoConfig.from_pretrained(model_source(name), local_files_only=hub_offline())
     except (OSError, ValueError) as error:
-        raise DeferInputError(
-            f"key 'model.name' = {name!r}: cannot read its config offline ({str(error).splitlines()[0]}); "
-            "give a local directory or an id already in the Hugging Face cache"
-        ) from None
+        raise DeferInputError(f"{source}: key 'model.name' = {name!r}: cannot read its config ({str(error).splitlines()[0]})") from None
 
 
 def check_model(spec: SweepSpec, source: str) -> int:
-    """Resolves the template for every layer in the range; returns the model's layer count."""
-    config = _config(spec.model.name)
+    """Checks the device and name, then resolves the template for every layer in the range; returns the
+    model's layer count."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from defer_core.module_path import parse_module_path, resolve_module
+
+    from ..search.space import module_for
+
+    check_machine(spec, source)
+    config = _config(spec.model.name, source)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     num_layers = int(getattr(config, "num_hidden_layers", 0))
@@ -58,4 +143,4 @@ def check_model(spec: SweepSpec, source: str) -> int:
 
 def load_spec_records(spec: SweepSpec) -> list[EditRecord]:
     """The T records the trials edit; read once in the driver and shipped to the workers."""
-    return load_records(spec.data.path, limit=spec.T)
+    return load_records(spec.data.path, limit=spec.T, strip=spec.data.strip)

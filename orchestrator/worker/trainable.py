@@ -24,10 +24,11 @@ from defer_core.models import LoadedModel, cache_dir, load_model
 from defer_core.results import METRICS, EditOutcome, MilestoneResult, metric_key
 from defer_core.trial import TrialPlan, run_trials
 
-from ..protocol import EDITS_KEY, EVAL_SECONDS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, WORKER_PID, RecordedTrial, Status
+from ..protocol import EDITS_KEY, EVAL_SECONDS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, WORKER_PID, RecordedTrial, Status
 from ..search.packing import is_pack, member_configs, pack_report
 from ..search.space import hparams_for
 from ..spec import SweepSpec
+from .live import EditReporter
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class TrialSettings:
     spec: SweepSpec
     records: tuple[EditRecord, ...]
     recorded: Mapping[str, RecordedTrial] = dataclasses.field(default_factory=dict)
+    progress_board: str | None = None  # the driver's live-progress board (worker/live.py); None: off
 
 
 def cached_model(name: str, dtype: str, device: str | None) -> tuple[LoadedModel, float]:
@@ -108,10 +110,19 @@ def replay(recorded: RecordedTrial) -> None:
         raise RecordedTrialFailure(recorded.error or "failed before the sweep was resumed")
 
 
+def total_edits(plan: TrialPlan) -> int:
+    """Edits a trial makes: T for stream; for chunks, every whole chunk of every size."""
+    if plan.protocol == "chunks":
+        return sum(plan.total_records // size * size for size in plan.milestones)
+    return plan.total_records
+
+
 def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     """Runs one trial, or one pack of trials; `tune.report` after each milestone is where the
-    scheduler may stop it."""
-    recorded = settings.recorded.get(tune.get_context().get_trial_id())
+    scheduler may stop it. Edit counts go to the driver's board, never through tune.report
+    (an extra result would move the scheduler's and the searcher's clocks)."""
+    trial_id = tune.get_context().get_trial_id()
+    recorded = settings.recorded.get(trial_id)
     if recorded is not None:
         replay(recorded)
         return
@@ -122,6 +133,11 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     plan = TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings)
     pending: list[list[EditOutcome]] = [[] for _ in members]
     reports: list[dict[str, Any]] = []
+    live = EditReporter(settings.progress_board, trial_id, [m.get(OPTUNA_TRIAL) for m in members], total_edits(plan))
+
+    def on_edit(k: int, outcome: EditOutcome) -> None:
+        pending[k].append(outcome)
+        live.edit(k, outcome.index, outcome.seconds)
 
     def on_milestone(k: int, milestone: MilestoneResult) -> None:
         reports.append(milestone_report(milestone, pending[k], spec.scorings, load_seconds))
@@ -138,7 +154,7 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         [hparams_for(spec, member) for member in members],
         plan,
         seeds=[spec.seed] * len(members),  # each member seeded as if it ran alone: same results
-        on_edit=lambda k, outcome: pending[k].append(outcome),
+        on_edit=on_edit,
         on_milestone=on_milestone,
         cache_dir=cache_dir() / "unedited",  # per node: every trial of the sweep on this machine shares it
     )
