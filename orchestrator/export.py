@@ -21,10 +21,10 @@ from defer_core.results import DEFAULT_DTYPE
 from .protocol import METRIC_COLUMNS, Status
 from .search.ranking import pareto_front, rank_by
 from .search.space import hparams_for
-from .sinks.layout import SweepLayout, load_state, require_sweep_dir
+from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .sinks.parquet_sink import read_table
-from .spec import Objective, SweepSpec, load_spec
+from .spec import Objective, SweepSpec
 from .storage import one_line
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,8 @@ The library functions here log; only the *_command functions (the CLI layer) pri
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
