@@ -25,7 +25,7 @@ from .data import EditRecord
 from .files import atomic_write_text
 from .models import LoadedModel
 from .results import METRICS, metric_key
-from .scoring import both_scorings, generated_sequences, generation_predictions, teacher_forced_and_sequences, teacher_forced_predictions, token_accuracy, window
+from .scoring import generated_sequences, generation_predictions, teacher_forced_and_sequences, teacher_forced_predictions, token_accuracy, window
 from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, in_context, prompt_target
 
 TEACHER_FORCED = "tf"
@@ -87,10 +87,6 @@ class Scorer:
         if scoring == TEACHER_FORCED:
             return teacher_forced_predictions(model, adaptor, probes, self.pad_id, self.batch_size)  # type: ignore[arg-type]
         return generation_predictions(model, adaptor, probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)  # type: ignore[arg-type]
-
-    def predict_both(self, adaptor: DeferAdaptor | None, tf_probes: Sequence[PromptTarget], gen_probes: Sequence[GenerationProbe]) -> tuple[list[list[int]], list[list[int]]]:
-        """tf and gen predictions of the same prompts, sharing the frozen layers' work."""
-        return both_scorings(self.loaded.model, adaptor, tf_probes, gen_probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)
 
     def predict_scorings(self, adaptor: DeferAdaptor | None, probes: dict[str, Sequence[PromptTarget | GenerationProbe]]) -> dict[str, list[list[int]]]:
         """Predictions of the same prompts under several scorings, each equal to `predict` alone:

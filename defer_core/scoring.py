@@ -140,22 +140,6 @@ def _window(sequence: Sequence[int], budget: int) -> list[int]:
     return [NOT_GENERATED] * (budget - len(ids)) + ids
 
 
-def both_scorings(
-    model: nn.Module,
-    adaptor: DeferAdaptor | None,
-    tf_probes: Sequence[PromptTarget],
-    gen_probes: Sequence[GenerationProbe],
-    pad_id: int,
-    eos_ids: frozenset[int],
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    reuse_prefix: bool = True,
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Teacher-forced and generation predictions of the same prompts, equal to
-    `teacher_forced_predictions` and `generation_predictions`."""
-    teacher_forced, sequences = teacher_forced_and_sequences(model, adaptor, tf_probes, gen_probes, pad_id, eos_ids, batch_size, reuse_prefix)
-    return teacher_forced, [_window(sequence, len(probe.target_ids)) for sequence, probe in zip(sequences, gen_probes)]
-
-
 @torch.no_grad()
 def teacher_forced_and_sequences(
     model: nn.Module,

@@ -74,7 +74,8 @@ def test_both_scorings_sharing_the_prefix_equal_each_scoring_on_its_own(tiny, zs
     gen_rows = [getattr(p, f"gen_{kind}") for p in probes for kind in ("rel", "gen", "loc")]
     gen_rows[0] = GenerationProbe(prompt_ids=gen_rows[1].prompt_ids, target_ids=gen_rows[0].target_ids)
     assert not shares_prefix(tf_rows[0], gen_rows[0]) and sum(shares_prefix(t, g) for t, g in zip(tf_rows, gen_rows)) > 20
-    tf_both, gen_both = Scorer(tiny, batch_size=8).predict_both(editor.adaptor, tf_rows, gen_rows)
+    both = Scorer(tiny, batch_size=8).predict_scorings(editor.adaptor, {"tf": tf_rows, "gen": gen_rows})
+    tf_both, gen_both = both["tf"], both["gen"]
     reference = Scorer(tiny, batch_size=1, reuse_prefix=False)
     assert tf_both == [reference.predict(editor.adaptor, "tf", [row])[0] for row in tf_rows]
     assert gen_both == [reference.predict(editor.adaptor, "gen", [row])[0] for row in gen_rows]
