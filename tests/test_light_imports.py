@@ -65,13 +65,13 @@ def test_export_command_does_not_import_torch(tmp_path: Path) -> None:
     parent run and one completed trial row."""
     from orchestrator.protocol import METRIC_COLUMNS, Status
     from orchestrator.sinks.layout import SweepLayout, SweepState, save_state
-    from orchestrator.sinks.mlflow_sink import MlflowSink, default_tracking_uri
+    from orchestrator.sinks.mlflow_sink import MlflowSink
     from orchestrator.sinks.parquet_sink import ParquetSink
 
     layout = SweepLayout(tmp_path / "sweep")
     layout.root.mkdir()
     shutil.copy(ROOT / "tests" / "specs" / "tiny.yaml", layout.spec)
-    state = SweepState(sweep_id="light", mlflow_tracking_uri=default_tracking_uri(layout.mlflow_db), mlflow_experiment="tiny",
+    state = SweepState(sweep_id="light", mlflow_tracking_uri=layout.default_stores["mlflow_tracking_uri"], mlflow_experiment="tiny",
                        optuna_storage="", optuna_study_name="tiny")
     save_state(layout, state)
     sink = MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id, artifact_location=layout.mlflow_artifacts.as_uri())

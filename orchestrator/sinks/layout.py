@@ -41,7 +41,8 @@ SQLITE = "sqlite:///"
 
 
 def sqlite_url(path: Path) -> str:
-    """A SQLite file as the URL MLflow and Optuna (SQLAlchemy) take."""
+    """A SQLite file as the URL MLflow and Optuna (SQLAlchemy) take (MLflow >= 3.7 defaults to
+    SQLite and refuses new file stores)."""
     return f"{SQLITE}{path}"
 
 

@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ..protocol import Status
-from .layout import SweepLayout, SweepState, sqlite_url
+from .layout import SweepLayout, SweepState
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,10 @@ def run_page(ui_url: str, experiment_id: str, run_id: str | None) -> str:
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + f"?{UI_WORKFLOW}"
 
 
-def default_tracking_uri(db_path: Path) -> str:
-    """MLflow >= 3.7 defaults to SQLite and refuses new file stores: a SQLite file in OUT."""
-    return sqlite_url(db_path)
-
-
 def sweep_mlflow(layout: SweepLayout, state: SweepState) -> "MlflowSink":
     """The sweep's sink; with the default store in OUT its artifacts belong in OUT/mlartifacts,
     and none are logged to a run whose artifacts lie elsewhere (see _artifacts_in_place)."""
-    local = state.mlflow_tracking_uri == default_tracking_uri(layout.mlflow_db)
+    local = state.mlflow_tracking_uri == layout.default_stores["mlflow_tracking_uri"]
     return MlflowSink(state.mlflow_tracking_uri, state.mlflow_experiment, state.sweep_id, str(layout.mlflow_artifacts) if local else None)
 
 
