@@ -82,6 +82,11 @@ class EditOutcome:
     seconds: float
     success: float
     chunk: int = 0
+    # The edit prompt's tf accuracy with the adaptor forced on and off, and the gate that
+    # decides between them (defer_core.curve reads `success` at any threshold from these).
+    gate: float | None = None
+    success_on: float | None = None
+    success_off: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,31 @@ class RecordScores:
 
 
 @dataclass(frozen=True)
+class GateRow:
+    """One probe row of one record at a milestone, under tf scoring: the adaptor's gate on it
+    (at its key token, in the model's dtype), its token accuracy with the adaptor forced on
+    (`on`) and bypassed (`off`, the unedited model's; 1.0 for `loc` by definition). Its
+    accuracy at threshold t is `on if gate >= t else off` (defer_core.curve)."""
+
+    record_id: str
+    probe: str  # one of METRICS: the rel, gen or loc prompt of the record
+    gate: float
+    on: float
+    off: float
+    chunk: int = 0
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """Generation scorings at one threshold of the spec's grid (they depend on the threshold
+    at every generated token, so no exact curve exists): `metrics` keyed like
+    MilestoneResult.metrics, e.g. `rel_gen`, `loc_genctx`."""
+
+    threshold: float
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class MilestoneResult:
     """Metrics after `n_edits` edits (stream), averaged over chunks of `n_edits` (chunks), or
     over the first `n_edits` records each scored right after its own edit (immediate)."""
@@ -104,6 +134,8 @@ class MilestoneResult:
     metrics: dict[str, float]
     seconds: float = 0.0
     records: tuple[RecordScores, ...] = ()
+    gates: tuple[GateRow, ...] = ()  # every record's rel/gen/loc probe rows (defer_core.curve)
+    grid: tuple[GridPoint, ...] = ()  # generation scorings at the plan's threshold grid
 
 
 @dataclass

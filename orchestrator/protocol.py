@@ -22,6 +22,11 @@ NODE_ID = "node_id"  # the Ray node that ran the trial
 MODEL_LOAD_SECONDS = "model_load_seconds"  # 0.0 when the worker had the model cached
 OPTUNA_TRIAL = "optuna_trial"  # in a trial's config: the Optuna trial number behind it
 MEMBERS = "members"  # in a pack's config and reports: one entry per DEFER trial (search/packing.py)
+GATES_KEY = "gates"  # the milestone's tf gate rows (defer_core.results.GateRow as dicts): any threshold's tf metrics
+GRID_KEY = "grid"  # curve mode: generation scorings at each threshold of the spec's grid (GridPoint as dicts)
+POINTS_KEY = "points"  # curve mode: the (threshold, metrics) points of this milestone's curve (search/curve_points.py)
+REUSE_OF = "reuse_of"  # a trial whose training was already recorded: the DEFER trial id it reuses
+THRESHOLD_CURVE = "curve"  # search_space.threshold: curve, every training read at every threshold
 
 # -- metric columns -------------------------------------------------------------------------------
 DERIVED_METRICS = ("mean",)  # mean_{scoring} = mean of rel, gen and loc under that scoring

@@ -1,14 +1,47 @@
 """Best trial and Pareto front over completed trials (values at T), shared by the progress
-summary and export. Ties break by Optuna trial number, so the choice is deterministic."""
+summary and export. Ties break by Optuna trial number, so the choice is deterministic.
+
+With constraints (spec `constraints: [{metric: loc_tf, min: 0.9}]`) a row is feasible when
+every constrained metric lies within its bounds; feasible rows rank before infeasible ones,
+and the Pareto front holds feasible rows only. `violations` is what Optuna's samplers get
+through their `constraints_func` (<= 0 means satisfied), so both read one rule.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import math
+from typing import Any, Mapping, Protocol, Sequence
 
 from ..protocol import trial_order_key
 from ..spec import Objective
 
 Row = Mapping[str, Any]
+
+
+class Bound(Protocol):
+    """A constraint on one metric (spec.Constraint): min and/or max, inclusive."""
+
+    metric: str
+    min: float | None
+    max: float | None
+
+
+def violations(row: Row, constraints: Sequence[Bound]) -> list[float]:
+    """One number per bound, <= 0 when satisfied (Optuna's constraints convention); a metric
+    the row lacks (or NaN) violates by 1."""
+    out: list[float] = []
+    for bound in constraints:
+        value = row.get(bound.metric)
+        missing = value is None or math.isnan(float(value))
+        if bound.min is not None:
+            out.append(1.0 if missing else float(bound.min) - float(value))
+        if bound.max is not None:
+            out.append(1.0 if missing else float(value) - float(bound.max))
+    return out
+
+
+def is_feasible(row: Row, constraints: Sequence[Bound]) -> bool:
+    return all(v <= 0 for v in violations(row, constraints))
 
 
 def _signed(row: Row, objective: Objective) -> float:
@@ -20,10 +53,10 @@ def usable(rows: Sequence[Row], objectives: Sequence[Objective]) -> list[Row]:
     return [r for r in rows if all(r.get(o.metric) is not None for o in objectives)]
 
 
-def rank_by(rows: Sequence[Row], objective: Objective) -> list[Row]:
-    """Best first."""
+def rank_by(rows: Sequence[Row], objective: Objective, constraints: Sequence[Bound] = ()) -> list[Row]:
+    """Best first; feasible rows before infeasible ones."""
     candidates = usable(rows, [objective])
-    return sorted(candidates, key=lambda r: (-_signed(r, objective), trial_order_key(r)))
+    return sorted(candidates, key=lambda r: (not is_feasible(r, constraints), -_signed(r, objective), trial_order_key(r)))
 
 
 def dominates(a: Row, b: Row, objectives: Sequence[Objective]) -> bool:
@@ -32,8 +65,9 @@ def dominates(a: Row, b: Row, objectives: Sequence[Objective]) -> bool:
     return better_or_equal and strictly
 
 
-def pareto_front(rows: Sequence[Row], objectives: Sequence[Objective]) -> list[Row]:
-    """Non-dominated rows, sorted best-first by the first objective, then the next ones."""
-    candidates = usable(rows, objectives)
+def pareto_front(rows: Sequence[Row], objectives: Sequence[Objective], constraints: Sequence[Bound] = ()) -> list[Row]:
+    """Non-dominated feasible rows, sorted best-first by the first objective, then the next
+    ones (empty when constraints leave no row feasible)."""
+    candidates = [r for r in usable(rows, objectives) if is_feasible(r, constraints)]
     front = [r for r in candidates if not any(dominates(o, r, objectives) for o in candidates if o is not r)]
     return sorted(front, key=lambda r: (tuple(-_signed(r, o) for o in objectives), trial_order_key(r)))
