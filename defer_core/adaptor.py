@@ -8,6 +8,11 @@ Semantics follow the reference (GRACE `grace/editors/defer.py`, EasyEdit
 * training: out = g * v + (1 - g) * base(x) at every position, g = sigmoid(defer(q)), v = predict_values(q);
 * evaluation: per row, every position gets v if g >= threshold, else base(x).
 
+Evaluation can also force the value head on for every row (`forced_on`), log each forward's
+gates (`recording_gates`) and give each row its own threshold (`row_thresholds`): a threshold
+curve reads a row's accuracy at any threshold from its gate and its forced-on and unedited
+answers, and a threshold grid generates every row at several thresholds in one batch.
+
 The reference only works for batch size 1; here each row is decided on its own, so a row in a
 padded batch gets the answer it would get alone.
 """
@@ -37,6 +42,8 @@ class DeferAdaptor(nn.Module):
         self.threshold = float(threshold)
         self.untrained = True
         self.key_positions: torch.Tensor | None = None
+        self.thresholds: torch.Tensor | None = None  # per row, used instead of `threshold` while set
+        self.gate_log: list[torch.Tensor] | None = None
         self.train(False)
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -74,6 +81,44 @@ class DeferAdaptor(nn.Module):
         finally:
             self.untrained = previous
 
+    @contextlib.contextmanager
+    def forced_on(self) -> Iterator[None]:
+        """The value head answers every row (threshold -inf: a sigmoid gate is always >= it)."""
+        previous = self.threshold, self.thresholds
+        self.threshold, self.thresholds = float("-inf"), None
+        try:
+            yield
+        finally:
+            self.threshold, self.thresholds = previous
+
+    @contextlib.contextmanager
+    def at_threshold(self, threshold: float) -> Iterator[None]:
+        """Evaluate at another threshold while inside (the heads are untouched)."""
+        previous, self.threshold = self.threshold, float(threshold)
+        try:
+            yield
+        finally:
+            self.threshold = previous
+
+    @contextlib.contextmanager
+    def row_thresholds(self, thresholds: torch.Tensor | None) -> Iterator[None]:
+        """One threshold per batch row, (B,), instead of the scalar one while inside. Give them in
+        float32 (as Python floats become when compared with a tensor), or in the model's dtype."""
+        previous, self.thresholds = self.thresholds, thresholds
+        try:
+            yield
+        finally:
+            self.thresholds = previous
+
+    @contextlib.contextmanager
+    def recording_gates(self) -> Iterator[list[torch.Tensor]]:
+        """Collects the (B,) gate tensor, in the model's dtype, of every evaluation forward inside."""
+        previous, self.gate_log = self.gate_log, []
+        try:
+            yield self.gate_log
+        finally:
+            self.gate_log = previous
+
     def query(self, x: torch.Tensor) -> torch.Tensor:
         if self.key_positions is None:
             return x[:, -1, :]
@@ -89,7 +134,12 @@ class DeferAdaptor(nn.Module):
         values = self.predict_values(query).unsqueeze(1)  # (B, 1, out)
         if self.training:
             return gate * values + (1 - gate) * out
-        return torch.where(gate >= self.threshold, values, out)
+        if self.gate_log is not None:
+            self.gate_log.append(gate.detach().view(-1))
+        if self.thresholds is None:
+            return torch.where(gate >= self.threshold, values, out)
+        thresholds = self.thresholds.to(device=gate.device).to(gate.dtype).view(-1, 1, 1)
+        return torch.where(gate >= thresholds, values, out)
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, untrained={self.untrained}"

@@ -78,6 +78,24 @@ class PackedDeferAdaptor(nn.Module):
                 stack.enter_context(member.bypassed())
             yield
 
+    def chosen(self) -> DeferAdaptor:
+        """The member `member(k)` selected: evaluation reads and sets one trial's adaptor."""
+        if self.selected is None:
+            raise RuntimeError("select a member with member(k) before evaluating a packed adaptor")
+        return self.members[self.selected]
+
+    def forced_on(self) -> contextlib.AbstractContextManager[None]:
+        return self.chosen().forced_on()
+
+    def at_threshold(self, threshold: float) -> contextlib.AbstractContextManager[None]:
+        return self.chosen().at_threshold(threshold)
+
+    def row_thresholds(self, thresholds: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+        return self.chosen().row_thresholds(thresholds)
+
+    def recording_gates(self) -> contextlib.AbstractContextManager[list[torch.Tensor]]:
+        return self.chosen().recording_gates()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.selected is not None:
             return self.members[self.selected](x)

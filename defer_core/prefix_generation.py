@@ -14,13 +14,17 @@ ids are the row's own positions, so every row computes what it would compute alo
 When a probe is scored both ways, the teacher-forced sequence (prompt + target) starts with the
 generation prompt, so the frozen layers run once over it: the tf answer is read from it, then
 generation keeps only the prompts' slots (the target's become padding) and appends after them.
+
+A threshold grid generates every prompt at several thresholds: the frozen layers run over the
+prompts once, then each row is repeated once per threshold (`_SlotBatch.keep` with a repeated
+row index) and carries its own threshold, which follows it when finished rows leave the batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +96,7 @@ class _SlotBatch:
         self.valid = torch.zeros(0, 0, dtype=torch.bool)
         self.positions = torch.zeros(0, 0, dtype=torch.long)
         self.hidden: torch.Tensor | None = None
+        self.thresholds: torch.Tensor | None = None  # per row (threshold grid), else the adaptor's own
 
     def append(self, ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> None:
         """Run the frozen layers for new slots (B, Q) against the cached earlier slots."""
@@ -108,11 +113,14 @@ class _SlotBatch:
         self.hidden = hidden if self.hidden is None else torch.cat([self.hidden, hidden], dim=1)
 
     def keep(self, rows: torch.Tensor | slice, width: int | None = None) -> None:
-        """Drop the other rows (finished ones) and the slots from `width` on."""
+        """Drop the other rows (finished ones) and the slots from `width` on; a row index
+        repeated in `rows` repeats that row."""
         assert self.hidden is not None
         slots = slice(0, width)
         self.hidden, self.valid, self.positions = self.hidden[rows][:, slots], self.valid[rows][:, slots], self.positions[rows][:, slots]
         self.cache.keep(rows, slots)
+        if self.thresholds is not None:
+            self.thresholds = self.thresholds[rows]
 
     def unfrozen_hidden(self, adaptor: DeferAdaptor | None, key_slots: torch.Tensor) -> torch.Tensor:
         """The last decoder layer's output at every slot, the adaptor keyed on `key_slots`."""
@@ -122,8 +130,11 @@ class _SlotBatch:
             slots = torch.arange(hidden.shape[1], device=hidden.device)
             mask = _attention_mask(self.valid, slots, hidden.dtype)
             rotary = self.decoder.rotary_emb(hidden, self.positions)
-            keyed = adaptor.keyed_on(key_slots) if adaptor is not None else contextlib.nullcontext()
-            with keyed:
+            with contextlib.ExitStack() as stack:
+                if adaptor is not None:
+                    stack.enter_context(adaptor.keyed_on(key_slots))
+                    if self.thresholds is not None:
+                        stack.enter_context(adaptor.row_thresholds(self.thresholds))
                 hidden = self.upper.hidden_states(hidden, attention_mask=mask, position_ids=self.positions, position_embeddings=rotary,
                                                   use_cache=False, **{self.cache_keyword: None})
         return hidden
@@ -136,6 +147,23 @@ class _SlotBatch:
         """Greedy next token of every row, reading the row's state at `key_slots`."""
         hidden = self.unfrozen_hidden(adaptor, key_slots)
         return self.argmax_at(hidden, torch.arange(hidden.shape[0], device=hidden.device), key_slots)
+
+
+@contextlib.contextmanager
+def recorded_gates(adaptor: nn.Module | None, wanted: bool) -> Iterator[list[torch.Tensor] | None]:
+    """The adaptor's gate log while inside when `wanted` (else None): one (B,) tensor per forward."""
+    if not wanted or adaptor is None:
+        yield None
+        return
+    with adaptor.recording_gates() as log:
+        yield log
+
+
+def only_gates(log: list[torch.Tensor] | None) -> list[float]:
+    """The gates of the one forward a log holds, as the exact floats of the model-dtype values."""
+    if log is None or len(log) != 1:
+        raise RuntimeError(f"expected the gates of one forward of a trained adaptor, got {0 if log is None else len(log)}")
+    return log[0].float().tolist()
 
 
 def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -187,20 +215,66 @@ def teacher_forced_and_generated(
     target's slots and appends its own tokens after them. Returns (tf predictions, prompt +
     generation per probe), as the separate functions would."""
     batch, lengths = _start_batch(model, frozen, [tf.ids for tf, _ in probes], pad_id)
-    hidden = batch.unfrozen_hidden(adaptor, lengths - 1)
-    rows = torch.cat([torch.full((len(tf.target_ids),), r) for r, (tf, _) in enumerate(probes)]).to(lengths.device)
-    slots = torch.cat([torch.arange(tf.n_prompt - 1, len(tf.ids) - 1) for tf, _ in probes]).to(lengths.device)
-    tokens = batch.argmax_at(hidden, rows, slots).tolist()
-    teacher_forced, start = [], 0
-    for tf, _ in probes:
-        teacher_forced.append(tokens[start : start + len(tf.target_ids)])
-        start += len(tf.target_ids)
+    teacher_forced, _ = _teacher_forced_in(batch, adaptor, [tf for tf, _ in probes], lengths, gated=False)
     prompts = [gen.prompt_ids for _, gen in probes]
     prompt_lengths = torch.tensor([len(prompt) for prompt in prompts], device=lengths.device)
     batch.keep(slice(None), width=int(prompt_lengths.max()))  # the widest prompt's slots: what generation alone would have
     batch.valid = batch.valid & (torch.arange(batch.valid.shape[1], device=lengths.device)[None, :] < prompt_lengths[:, None])
     generated = _generate(batch, adaptor, prompts, [len(gen.target_ids) for _, gen in probes], prompt_lengths, eos_ids)
     return teacher_forced, generated
+
+
+@torch.no_grad()
+def teacher_forced_gated(
+    model: nn.Module, adaptor: DeferAdaptor | None, frozen: int, probes: Sequence[PromptTarget], pad_id: int
+) -> tuple[list[list[int]], list[float]]:
+    """The teacher-forced half of `teacher_forced_and_generated` (same batch, same numbers) and
+    each row's gate: what a threshold curve needs, without generating."""
+    batch, lengths = _start_batch(model, frozen, [tf.ids for tf in probes], pad_id)
+    teacher_forced, gates = _teacher_forced_in(batch, adaptor, probes, lengths, gated=True)
+    assert gates is not None
+    return teacher_forced, gates
+
+
+def _teacher_forced_in(
+    batch: _SlotBatch, adaptor: DeferAdaptor | None, probes: Sequence[PromptTarget], lengths: torch.Tensor, gated: bool
+) -> tuple[list[list[int]], list[float] | None]:
+    """tf predictions of a started batch of tf sequences, and with `gated` each row's gate."""
+    with recorded_gates(adaptor, gated) as log:
+        hidden = batch.unfrozen_hidden(adaptor, lengths - 1)
+    rows = torch.cat([torch.full((len(tf.target_ids),), r) for r, tf in enumerate(probes)]).to(lengths.device)
+    slots = torch.cat([torch.arange(tf.n_prompt - 1, len(tf.ids) - 1) for tf in probes]).to(lengths.device)
+    tokens = batch.argmax_at(hidden, rows, slots).tolist()
+    teacher_forced, start = [], 0
+    for tf in probes:
+        teacher_forced.append(tokens[start : start + len(tf.target_ids)])
+        start += len(tf.target_ids)
+    return teacher_forced, only_gates(log) if gated else None
+
+
+@torch.no_grad()
+def generate_at_thresholds(
+    model: nn.Module,
+    adaptor: DeferAdaptor,
+    frozen: int,
+    prompts: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    thresholds: Sequence[float],
+    pad_id: int,
+    eos_ids: frozenset[int],
+) -> list[list[list[int]]]:
+    """Per prompt, per threshold: the prompt and its greedy continuation with the adaptor at
+    that threshold (as `generate_reusing_prefix` at that threshold). The frozen layers run over
+    the prompts once; each row is then repeated once per threshold."""
+    batch, lengths = _start_batch(model, frozen, prompts, pad_id)
+    count = len(thresholds)
+    rows = torch.arange(len(prompts), device=lengths.device).repeat_interleave(count)
+    batch.keep(rows)
+    # float32, as a Python threshold is rounded when compared with a tensor (then to the gate's dtype)
+    batch.thresholds = torch.tensor(list(thresholds), dtype=torch.float32, device=lengths.device).repeat(len(prompts))
+    repeated = [prompt for prompt in prompts for _ in thresholds]
+    sequences = _generate(batch, adaptor, repeated, [budget for budget in budgets for _ in thresholds], lengths[rows], eos_ids)
+    return [sequences[index * count : (index + 1) * count] for index in range(len(prompts))]
 
 
 def shares_prefix(tf: PromptTarget, gen: GenerationProbe) -> bool:

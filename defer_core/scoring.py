@@ -9,6 +9,9 @@ Generation re-runs the layers from the edited one up over the whole sequence at 
 applies to every position, which a full KV cache would freeze at older decisions. The layers
 below the adaptor are frozen, so by default their keys and values are cached
 (`prefix_generation`); `reuse_prefix=False` re-runs everything, as the reference does.
+
+The `*_gated` variants also return each tf row's gate, batched exactly as their plain
+counterparts batch it, so the gates are those an evaluation computes (defer_core.curve).
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ import torch
 from torch import nn
 
 from .adaptor import DeferAdaptor
-from .prefix_generation import frozen_layer_count, generate_reusing_prefix, right_padded, shares_prefix, teacher_forced_and_generated
+from .prefix_generation import (
+    frozen_layer_count,
+    generate_at_thresholds,
+    generate_reusing_prefix,
+    only_gates,
+    recorded_gates,
+    right_padded,
+    shares_prefix,
+    teacher_forced_and_generated,
+    teacher_forced_gated,
+)
 from .tokens import GenerationProbe, PromptTarget
 
 DEFAULT_BATCH_SIZE = 32
@@ -70,16 +83,34 @@ def teacher_forced_predictions(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[list[int]]:
     """The model's argmax at each target position given the true previous tokens."""
+    return _teacher_forced(model, adaptor, probes, pad_id, batch_size, gated=False)[0]
+
+
+def teacher_forced_predictions_gated(
+    model: nn.Module, adaptor: DeferAdaptor, probes: Sequence[PromptTarget], pad_id: int, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[list[list[int]], list[float]]:
+    """`teacher_forced_predictions` and each row's gate (the adaptor must be trained)."""
+    predictions, gates = _teacher_forced(model, adaptor, probes, pad_id, batch_size, gated=True)
+    assert gates is not None
+    return predictions, gates
+
+
+def _teacher_forced(
+    model: nn.Module, adaptor: DeferAdaptor | None, probes: Sequence[PromptTarget], pad_id: int, batch_size: int, gated: bool
+) -> tuple[list[list[int]], list[float] | None]:
     order = _by_length([len(p.ids) for p in probes])
     results: list[list[int]] = [[] for _ in probes]
+    gates: list[float] = [0.0] * len(probes)
     for batch in _batches(len(order), batch_size):
         chosen = [probes[order[i]] for i in batch]
-        predictions = argmax_at(
-            model, adaptor, [p.ids for p in chosen], [range(p.n_prompt - 1, len(p.ids) - 1) for p in chosen], pad_id
-        )
-        for i, prediction in zip(batch, predictions):
-            results[order[i]] = prediction
-    return results
+        with recorded_gates(adaptor, gated) as log:
+            predictions = argmax_at(
+                model, adaptor, [p.ids for p in chosen], [range(p.n_prompt - 1, len(p.ids) - 1) for p in chosen], pad_id
+            )
+        batch_gates = only_gates(log) if gated else [0.0] * len(chosen)
+        for i, prediction, gate in zip(batch, predictions, batch_gates):
+            results[order[i]], gates[order[i]] = prediction, gate
+    return results, gates if gated else None
 
 
 def generation_predictions(
@@ -155,24 +186,94 @@ def teacher_forced_and_sequences(
     prompts. With `reuse_prefix`, a prompt whose generation tokens start its teacher-forced
     sequence goes through the layers below the adaptor once for both."""
     frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
-    pairs = list(zip(tf_probes, gen_probes))
-    shared = [i for i, (tf, gen) in enumerate(pairs) if frozen is not None and shares_prefix(tf, gen)]
-    alone = sorted(set(range(len(pairs))) - set(shared))
-    teacher_forced: list[list[int]] = [[] for _ in pairs]
-    generated: list[list[int]] = [[] for _ in pairs]
+    shared, alone = _shared_and_alone(tf_probes, gen_probes, frozen)
+    teacher_forced: list[list[int]] = [[] for _ in tf_probes]
+    generated: list[list[int]] = [[] for _ in tf_probes]
     if alone:
         tf_alone = teacher_forced_predictions(model, adaptor, [tf_probes[i] for i in alone], pad_id, batch_size)
         gen_alone = generated_sequences(model, adaptor, [gen_probes[i] for i in alone], pad_id, eos_ids, batch_size, reuse_prefix)
         for i, tf, gen in zip(alone, tf_alone, gen_alone):
             teacher_forced[i], generated[i] = tf, gen
-    order = sorted(shared, key=lambda i: (len(gen_probes[i].target_ids), len(tf_probes[i].ids)))
-    for batch in _batches(len(order), batch_size):
-        chosen = [order[k] for k in batch]
+    for chosen in _shared_batches(shared, tf_probes, gen_probes, batch_size):
         assert frozen is not None
-        tf_out, sequences = teacher_forced_and_generated(model, adaptor, frozen, [pairs[i] for i in chosen], pad_id, eos_ids)
+        tf_out, sequences = teacher_forced_and_generated(model, adaptor, frozen, [(tf_probes[i], gen_probes[i]) for i in chosen], pad_id, eos_ids)
         for i, tf, sequence in zip(chosen, tf_out, sequences):
             teacher_forced[i], generated[i] = tf, sequence
     return teacher_forced, generated
+
+
+@torch.no_grad()
+def teacher_forced_and_sequences_gated(
+    model: nn.Module,
+    adaptor: DeferAdaptor,
+    tf_probes: Sequence[PromptTarget],
+    gen_probes: Sequence[GenerationProbe],
+    pad_id: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reuse_prefix: bool = True,
+) -> tuple[list[list[int]], list[float]]:
+    """The teacher-forced half of `teacher_forced_and_sequences`, in its batches, and each
+    row's gate; nothing is generated."""
+    frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
+    shared, alone = _shared_and_alone(tf_probes, gen_probes, frozen)
+    teacher_forced: list[list[int]] = [[] for _ in tf_probes]
+    gates: list[float] = [0.0] * len(tf_probes)
+    if alone:
+        tf_alone, gates_alone = teacher_forced_predictions_gated(model, adaptor, [tf_probes[i] for i in alone], pad_id, batch_size)
+        for i, tf, gate in zip(alone, tf_alone, gates_alone):
+            teacher_forced[i], gates[i] = tf, gate
+    for chosen in _shared_batches(shared, tf_probes, gen_probes, batch_size):
+        assert frozen is not None
+        tf_out, batch_gates = teacher_forced_gated(model, adaptor, frozen, [tf_probes[i] for i in chosen], pad_id)
+        for i, tf, gate in zip(chosen, tf_out, batch_gates):
+            teacher_forced[i], gates[i] = tf, gate
+    return teacher_forced, gates
+
+
+def _shared_and_alone(tf_probes: Sequence[PromptTarget], gen_probes: Sequence[GenerationProbe], frozen: int | None) -> tuple[list[int], list[int]]:
+    """Which prompts run tf and generation over one frozen pass, and which run them apart."""
+    shared = [i for i, (tf, gen) in enumerate(zip(tf_probes, gen_probes)) if frozen is not None and shares_prefix(tf, gen)]
+    return shared, sorted(set(range(len(tf_probes))) - set(shared))
+
+
+def _shared_batches(shared: Sequence[int], tf_probes: Sequence[PromptTarget], gen_probes: Sequence[GenerationProbe], batch_size: int) -> list[list[int]]:
+    order = sorted(shared, key=lambda i: (len(gen_probes[i].target_ids), len(tf_probes[i].ids)))
+    return [[order[k] for k in batch] for batch in _batches(len(order), batch_size)]
+
+
+@torch.no_grad()
+def generated_sequences_at(
+    model: nn.Module,
+    adaptor: DeferAdaptor,
+    probes: Sequence[GenerationProbe],
+    thresholds: Sequence[float],
+    pad_id: int,
+    eos_ids: frozenset[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reuse_prefix: bool = True,
+) -> list[list[list[int]]]:
+    """Per threshold, `generated_sequences` with the adaptor at that threshold. With a
+    Llama-style decoder and `reuse_prefix`, one batch holds each prompt once per threshold
+    (at most `batch_size` rows, at least one prompt) over one frozen-layer pass of the
+    prompts; otherwise one generation pass per threshold."""
+    frozen = frozen_layer_count(model, adaptor) if reuse_prefix else None
+    if frozen is None or not thresholds:
+        out = []
+        for threshold in thresholds:
+            with adaptor.at_threshold(threshold):
+                out.append(generated_sequences(model, adaptor, probes, pad_id, eos_ids, batch_size, reuse_prefix))
+        return out
+    order = sorted(range(len(probes)), key=lambda i: (len(probes[i].target_ids), len(probes[i].prompt_ids)))
+    results: list[list[list[int]]] = [[[] for _ in probes] for _ in thresholds]
+    for batch in _batches(len(order), max(1, batch_size // len(thresholds))):
+        chosen = [probes[order[i]] for i in batch]
+        per_prompt = generate_at_thresholds(
+            model, adaptor, frozen, [p.prompt_ids for p in chosen], [len(p.target_ids) for p in chosen], thresholds, pad_id, eos_ids
+        )
+        for i, sequences in zip(batch, per_prompt):
+            for t, sequence in enumerate(sequences):
+                results[t][order[i]] = sequence
+    return results
 
 
 def _generate_recomputing(

@@ -10,25 +10,57 @@ chunks: for each milestone T', edit T' records, evaluate them, roll back, take t
 
 stream and immediate edit the same records in the same order, so one plan may ask for both:
 one edit stream then serves both, each record scored after its own edit and at the milestones.
+
+Wherever records are scored, each one's rel/gen/loc probes also get a gate row (gate, tf
+accuracy forced on and unedited: defer_core.curve reads tf metrics at any threshold from them),
+and with a threshold grid the generation scorings are scored at each grid threshold. A plan
+with `threshold_scores=False` skips the scoring at the adaptor's own threshold (curve mode).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Callable, Iterator, Protocol, Sequence
 
 from .adaptor import DeferAdaptor
+from .curve import accuracy_at
 from .data import EditRecord
 from .editor import EDIT_PATHS, DeferEditor, EditStats
 from .errors import DeferInputError
-from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, mean_metrics, score_records, unedited_cache_file
+from .evaluation import (
+    GENERATED,
+    RecordProbes,
+    Scorer,
+    UneditedLocality,
+    build_probes,
+    edit_gate,
+    ensure_unedited_tf,
+    gate_rows,
+    mean_metrics,
+    score_grid,
+    score_records,
+    unedited_cache_file,
+)
 from .hparams import DeferHParams
 from .models import LoadedModel
-from .results import DEFAULT_SCORINGS, PROTOCOLS, SCORINGS, SHARED_STREAM, EditOutcome, MilestoneResult, RecordScores, TrialResult, metric_key
+from .results import (
+    DEFAULT_SCORINGS,
+    PROTOCOLS,
+    SCORINGS,
+    SHARED_STREAM,
+    EditOutcome,
+    GateRow,
+    GridPoint,
+    MilestoneResult,
+    RecordScores,
+    TrialResult,
+    metric_key,
+)
 from .packed import PackedDeferAdaptor, PackedDeferEditor
 from .scoring import token_accuracy
 from .tokens import PromptTarget
@@ -39,12 +71,17 @@ OnMilestone = Callable[[MilestoneResult], None]
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """`protocol`: one of PROTOCOLS, or ("stream", "immediate"): one edit stream scored both ways."""
+    """`protocol`: one of PROTOCOLS, or ("stream", "immediate"): one edit stream scored both ways.
+    `threshold_grid`: thresholds at which the generation scorings are also scored (GridPoint);
+    `threshold_scores=False`: no scoring at the adaptor's own threshold (empty metrics and
+    records), only gate rows and the grid."""
 
     protocol: str | tuple[str, ...] = "stream"
     milestones: tuple[int, ...] = (1,)
     scorings: tuple[str, ...] = DEFAULT_SCORINGS
     edit_path: str = "fast"
+    threshold_grid: tuple[float, ...] = ()
+    threshold_scores: bool = True
 
     def __post_init__(self) -> None:
         protocols = self.protocols
@@ -59,6 +96,13 @@ class TrialPlan:
             raise DeferInputError(f"scorings must be a non-empty subset of {', '.join(SCORINGS)}, got {list(self.scorings)}")
         if self.edit_path not in EDIT_PATHS:
             raise DeferInputError(f"edit_path must be one of {', '.join(EDIT_PATHS)}, got {self.edit_path!r}")
+        grid = list(self.threshold_grid)
+        numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0.0 <= t <= 1.0 for t in grid)
+        if not numbers or len(set(grid)) != len(grid):
+            raise DeferInputError(f"threshold_grid must be distinct numbers in [0, 1], got {grid}")
+        object.__setattr__(self, "threshold_grid", tuple(float(t) for t in grid))
+        if not isinstance(self.threshold_scores, bool):
+            raise DeferInputError(f"threshold_scores must be true or false, got {self.threshold_scores!r}")
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -67,6 +111,11 @@ class TrialPlan:
     @property
     def total_records(self) -> int:
         return self.milestones[-1]
+
+    @property
+    def grid_scorings(self) -> tuple[str, ...]:
+        """The generation scorings scored at the grid thresholds (none without a grid)."""
+        return tuple(s for s in self.scorings if s in GENERATED) if self.threshold_grid else ()
 
 
 def model_dtype(loaded: LoadedModel) -> str:
@@ -78,6 +127,7 @@ class _Editor(Protocol):
     """What the trial loop needs: K members edited together, each scored on its own."""
 
     size: int
+    thresholds: list[float]  # each member's own
 
     def edit(self, probe: PromptTarget) -> list[EditStats]: ...
 
@@ -107,6 +157,7 @@ class _SingleEditor:
     def __init__(self, editor: DeferEditor) -> None:
         self.editor = editor
         self.adaptor = editor.adaptor
+        self.thresholds = [editor.hparams.threshold]
 
     def edit(self, probe: PromptTarget) -> list[EditStats]:
         return [self.editor.edit(probe)]
@@ -138,6 +189,7 @@ class _PackedView:
         self.editor = editor
         self.size = editor.size
         self.adaptor = editor.adaptor
+        self.thresholds = [h.threshold for h in editor.hparams]
 
     def edit(self, probe: PromptTarget) -> list[EditStats]:
         return self.editor.edit(probe)
@@ -216,103 +268,164 @@ def run_trials(
             on_milestone(k, milestone)
 
     with _editor_for(loaded, hparams, seeds, plan.edit_path) as editor:
-        run = _run_chunks if plan.protocols == ("chunks",) else _run_stream
-        run(editor, scorer, records, probes, plan, unedited, record_edit, record_milestone)
+        with editor.member(0) as adaptor:  # not edited yet: the unedited model
+            ensure_unedited_tf(scorer, adaptor, records, probes, unedited)
+        run = _Run(editor, scorer, plan, unedited, model_dtype(loaded), record_edit, record_milestone)
+        if plan.protocols == ("chunks",):
+            run.chunks(records, probes)
+        else:
+            run.stream(records, probes)
     return results
 
 
-def _edit_all(
-    editor: _Editor, scorer: Scorer, index: int, record: EditRecord, probe: RecordProbes, chunk: int, on_edit,
-    scorings: Sequence[str] = (), unedited: UneditedLocality | None = None,
-) -> tuple[list[dict[str, float]], float]:
-    """One edit of every member; with `scorings`, each member's scores of this record right
-    after its edit (the immediate protocol; its rel_tf is the edit's success) and the seconds
-    that scoring took."""
-    scored, seconds = [], 0.0
-    for k, stats in enumerate(editor.edit(probe.edit)):
-        with editor.member(k) as adaptor:
-            if scorings:
-                assert unedited is not None
-                start = time.perf_counter()
-                (scores,) = score_records(scorer, adaptor, [record], [probe], scorings, unedited)
-                seconds += time.perf_counter() - start
-                scored.append(scores)
-            if "tf" in scorings:
-                success = scores[metric_key("rel", "tf")]
-            else:
-                (predicted,) = scorer.predict(adaptor, "tf", [probe.edit])
-                success = token_accuracy(predicted, probe.edit.target_ids)
-        on_edit(k, EditOutcome(
-            index=index,
-            record_id=record.record_id,
-            final_loss=stats.final_loss,
-            seconds=stats.seconds,
-            success=success,
-            chunk=chunk,
-        ))
-    return scored, seconds
+@dataclass
+class _Scored:
+    """One member's evaluation of some records: each record's scores at the member's threshold
+    (none when the plan skips them), gate rows, and per grid threshold each record's
+    generation scores."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    gates: list[GateRow] = field(default_factory=list)
+    grid: list[list[dict[str, float]]] = field(default_factory=list)
+
+    def extend(self, other: "_Scored") -> None:
+        self.rows += other.rows
+        self.gates += other.gates
+        self.grid = [mine + theirs for mine, theirs in zip(self.grid, other.grid)] if self.grid else [list(g) for g in other.grid]
 
 
-def _score_all(editor: _Editor, scorer: Scorer, records, probes, scorings, unedited) -> list[list[dict[str, float]]]:
-    """Per member, each record's scores on the model as it is now."""
-    scored = []
-    for k in range(editor.size):
-        with editor.member(k) as adaptor:
-            scored.append(score_records(scorer, adaptor, records, probes, scorings, unedited))
-    return scored
+def _over_chunks(per_chunk: Sequence[Sequence[dict[str, float]]]) -> dict[str, float]:
+    """The mean over chunks of each chunk's mean over records (one chunk: the mean over records)."""
+    if not per_chunk or not per_chunk[0]:
+        return {}
+    means = [mean_metrics(rows) for rows in per_chunk]
+    return {key: fmean(m[key] for m in means) for key in means[0]}
 
 
 def _record_scores(records: Sequence[EditRecord], rows: Sequence[dict[str, float]], chunk: int = 0) -> tuple[RecordScores, ...]:
     return tuple(RecordScores(record_id=r.record_id, metrics=row, chunk=chunk) for r, row in zip(records, rows))
 
 
-def _run_stream(editor: _Editor, scorer, records, probes, plan, unedited, on_edit, on_milestone) -> None:
-    """stream and/or immediate over one edit stream."""
-    milestones = set(plan.milestones)
-    immediate = "immediate" in plan.protocols
-    at_edit: list[list[dict[str, float]]] = [[] for _ in range(editor.size)]  # immediate: member -> scores per record
-    immediate_seconds = 0.0
-    for index, (record, probe) in enumerate(zip(records, probes), start=1):
-        scored, seconds = _edit_all(editor, scorer, index, record, probe, 0, on_edit, plan.scorings if immediate else (), unedited)
-        immediate_seconds += seconds
-        for k, scores in enumerate(scored):
-            at_edit[k].append(scores)
-        if index not in milestones:
-            continue
-        if "stream" in plan.protocols:
-            start = time.perf_counter()
-            per_member = _score_all(editor, scorer, records[:index], probes[:index], plan.scorings, unedited)
-            seconds = (time.perf_counter() - start) / editor.size
-            for k, rows in enumerate(per_member):
-                on_milestone(k, MilestoneResult(n_edits=index, protocol="stream", metrics=mean_metrics(rows), seconds=seconds,
-                                                records=_record_scores(records[:index], rows)))
-        if immediate:
-            for k in range(editor.size):
-                on_milestone(k, MilestoneResult(n_edits=index, protocol="immediate", metrics=mean_metrics(at_edit[k]), seconds=immediate_seconds / editor.size,
-                                                records=_record_scores(records[:index], at_edit[k])))
-            immediate_seconds = 0.0
+@dataclass
+class _Run:
+    """The protocols' loops over one editor (K members in lockstep), with what every
+    evaluation needs."""
 
+    editor: _Editor
+    scorer: Scorer
+    plan: TrialPlan
+    unedited: UneditedLocality
+    dtype: str
+    on_edit: Callable[[int, EditOutcome], None]
+    on_milestone: Callable[[int, MilestoneResult], None]
 
-def _run_chunks(editor: _Editor, scorer, records, probes, plan, unedited, on_edit, on_milestone) -> None:
-    edit_index = 0
-    for size in plan.milestones:
-        per_chunk: list[list[list[dict[str, float]]]] = []  # chunk -> member -> record scores
-        seconds = 0.0
-        for chunk in range(len(records) // size):
-            editor.reset()
-            span = slice(chunk * size, (chunk + 1) * size)
-            for record, probe in zip(records[span], probes[span]):
-                edit_index += 1
-                _edit_all(editor, scorer, edit_index, record, probe, chunk, on_edit)
-            start = time.perf_counter()
-            per_chunk.append(_score_all(editor, scorer, records[span], probes[span], plan.scorings, unedited))
-            seconds += (time.perf_counter() - start) / editor.size
-        for k in range(editor.size):
-            chunk_means = [mean_metrics(member_rows[k]) for member_rows in per_chunk]
-            metrics = {key: fmean(m[key] for m in chunk_means) for key in chunk_means[0]}
-            scores = tuple(
-                score for chunk, member_rows in enumerate(per_chunk)
-                for score in _record_scores(records[chunk * size : (chunk + 1) * size], member_rows[k], chunk)
-            )
-            on_milestone(k, MilestoneResult(n_edits=size, protocol="chunks", metrics=metrics, seconds=seconds, records=scores))
-    editor.reset()
+    def evaluate(self, adaptor: DeferAdaptor, records: Sequence[EditRecord], probes: Sequence[RecordProbes], chunk: int = 0) -> _Scored:
+        """Gate rows, the scores at the adaptor's threshold (unless skipped) and the grid."""
+        plan = self.plan
+        scored = _Scored(gates=gate_rows(self.scorer, adaptor, records, probes, plan.scorings, self.unedited, chunk))
+        if plan.threshold_scores:
+            scored.rows = score_records(self.scorer, adaptor, records, probes, plan.scorings, self.unedited)
+        if plan.grid_scorings:
+            scored.grid = score_grid(self.scorer, adaptor, records, probes, plan.grid_scorings, plan.threshold_grid, self.unedited)
+        return scored
+
+    def evaluate_all(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes], chunk: int = 0) -> list[_Scored]:
+        """Per member, `evaluate` on the model as it is now."""
+        out = []
+        for k in range(self.editor.size):
+            with self.editor.member(k) as adaptor:
+                out.append(self.evaluate(adaptor, records, probes, chunk))
+        return out
+
+    def edit_all(self, index: int, record: EditRecord, probe: RecordProbes, chunk: int, immediate: bool) -> tuple[list[_Scored], float]:
+        """One edit of every member; when `immediate`, each member's evaluation of this record
+        right after its edit (its rel row is then the edit's gate row when tf is scored) and the
+        seconds it took."""
+        scored, seconds = [], 0.0
+        shares_rel = immediate and "tf" in self.plan.scorings
+        for k, stats in enumerate(self.editor.edit(probe.edit)):
+            with self.editor.member(k) as adaptor:
+                if immediate:
+                    start = time.perf_counter()
+                    scored.append(self.evaluate(adaptor, [record], [probe]))
+                    seconds += time.perf_counter() - start
+                edit_row = scored[-1].gates[0] if shares_rel else edit_gate(self.scorer, adaptor, record, probe, self.unedited)
+                if not self.plan.threshold_scores:
+                    success = accuracy_at(edit_row.gate, edit_row.on, edit_row.off, self.editor.thresholds[k], self.dtype)
+                elif shares_rel:
+                    success = scored[-1].rows[0][metric_key("rel", "tf")]
+                else:
+                    (predicted,) = self.scorer.predict(adaptor, "tf", [probe.edit])
+                    success = token_accuracy(predicted, probe.edit.target_ids)
+            self.on_edit(k, EditOutcome(
+                index=index,
+                record_id=record.record_id,
+                final_loss=stats.final_loss,
+                seconds=stats.seconds,
+                success=success,
+                chunk=chunk,
+                gate=edit_row.gate,
+                success_on=edit_row.on,
+                success_off=edit_row.off,
+            ))
+        return scored, seconds
+
+    def milestone(self, k: int, n_edits: int, protocol: str, seconds: float, chunks: Sequence[tuple[Sequence[EditRecord], _Scored]]) -> None:
+        """Member k's result from its evaluation of each chunk's records (one chunk unless the
+        protocol is chunks): means per chunk, then over chunks."""
+        grid = tuple(
+            GridPoint(threshold=t, metrics=_over_chunks([scored.grid[i] for _, scored in chunks]))
+            for i, t in enumerate(self.plan.threshold_grid)
+        ) if self.plan.grid_scorings else ()
+        self.on_milestone(k, MilestoneResult(
+            n_edits=n_edits,
+            protocol=protocol,
+            metrics=_over_chunks([scored.rows for _, scored in chunks]),
+            seconds=seconds,
+            records=tuple(score for chunk, (records, scored) in enumerate(chunks) for score in _record_scores(records, scored.rows, chunk)),
+            gates=tuple(row for _, scored in chunks for row in scored.gates),
+            grid=grid,
+        ))
+
+    def stream(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes]) -> None:
+        """stream and/or immediate over one edit stream."""
+        plan, size = self.plan, self.editor.size
+        milestones = set(plan.milestones)
+        immediate = "immediate" in plan.protocols
+        at_edit = [_Scored() for _ in range(size)]  # immediate: each member's records, each scored right after its edit
+        immediate_seconds = 0.0
+        for index, (record, probe) in enumerate(zip(records, probes), start=1):
+            scored, seconds = self.edit_all(index, record, probe, 0, immediate)
+            immediate_seconds += seconds
+            for k, one in enumerate(scored):
+                at_edit[k].extend(one)
+            if index not in milestones:
+                continue
+            if "stream" in plan.protocols:
+                start = time.perf_counter()
+                per_member = self.evaluate_all(records[:index], probes[:index])
+                seconds = (time.perf_counter() - start) / size
+                for k, member in enumerate(per_member):
+                    self.milestone(k, index, "stream", seconds, [(records[:index], member)])
+            if immediate:
+                for k in range(size):
+                    self.milestone(k, index, "immediate", immediate_seconds / size, [(records[:index], at_edit[k])])
+                immediate_seconds = 0.0
+
+    def chunks(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes]) -> None:
+        edit_index = 0
+        for size in self.plan.milestones:
+            per_chunk: list[tuple[Sequence[EditRecord], list[_Scored]]] = []  # chunk -> (its records, member -> evaluation)
+            seconds = 0.0
+            for chunk in range(len(records) // size):
+                self.editor.reset()
+                span = slice(chunk * size, (chunk + 1) * size)
+                for record, probe in zip(records[span], probes[span]):
+                    edit_index += 1
+                    self.edit_all(edit_index, record, probe, chunk, immediate=False)
+                start = time.perf_counter()
+                per_chunk.append((records[span], self.evaluate_all(records[span], probes[span], chunk)))
+                seconds += (time.perf_counter() - start) / self.editor.size
+            for k in range(self.editor.size):
+                self.milestone(k, size, "chunks", seconds, [(chunk_records, members[k]) for chunk_records, members in per_chunk])
+        self.editor.reset()

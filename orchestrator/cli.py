@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=_DTYPE_HELP)
     trial.add_argument("--strip", action="store_true", help=_STRIP_HELP)
     trial.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
-    trial.add_argument("--seed", type=int, default=0, help="seed for the adaptor's initial weights")
+    trial.add_argument("--seed", type=int, default=None, help="seed for the adaptor's initial weights (default 0)")
+    trial.add_argument("--seeds", default=None, help="comma-separated adaptor seeds, instead of --seed; with several runs (seeds x orders) each milestone shows mean ± Student t 95%% half-width")
+    trial.add_argument("--orders", type=int, default=1, help="edit orders 0..N-1 (0: file order; k: a fixed shuffle of the same records), each run with every seed (default 1)")
     trial.add_argument("--edit-path", choices=("fast", "plain"), default="fast", help="fast: suffix-only edit steps; plain: the reference's full forward")
     trial.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     trial.set_defaults(handler=commands.trial)
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"comma-separated, default all: {_PROTOCOL_HELP}")
     compare.add_argument("--scorings", default=",".join(SCORINGS), help=f"comma-separated, default all: {_SCORING_HELP}")
     compare.add_argument("--dtypes", default=DEFAULT_DTYPE, help=f"comma-separated model dtypes, e.g. float32,bfloat16 (default {DEFAULT_DTYPE}, EasyEdit's)")
-    compare.add_argument("--seeds", default="0", help="comma-separated adaptor seeds; cells are the mean over them (default 0)")
+    compare.add_argument("--seeds", default="0", help="comma-separated adaptor seeds; cells are the mean over seeds x orders, with a Student t 95%% half-width when several (default 0)")
+    compare.add_argument("--orders", type=int, default=1, help="edit orders 0..N-1 (0: file order; k: a fixed shuffle of the same records), each run with every seed (default 1)")
     compare.add_argument("--data", default=None, help="ZsRE/EasyEdit JSON file or data directory (default: $DEFER_SWEEP_DATA_DIR or ../shared/data)")
     compare.add_argument("--model", default=None, help="smollm2-135m (default), tiny-llama, a Hugging Face id or a local directory")
     compare.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
@@ -76,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write PNG plots and an HTML report for a sweep")
     report.add_argument("output_dir")
     report.set_defaults(handler=commands.report)
+
+    curve = sub.add_parser("curve", help="print a recorded trial's metrics against the threshold (exact tf curve, gen grid), from the Parquet dataset alone")
+    curve.add_argument("output_dir")
+    curve.add_argument("trial", help="a DEFER trial id, or its Optuna number: #007 or 7")
+    curve.add_argument("--n-edits", type=int, default=None, help="the milestone to read (default: the trial's last)")
+    curve.add_argument("--threshold", type=float, default=None, help="also print the metrics at this threshold (tf exact; gen only on the spec's grid) and the edit success there")
+    curve.add_argument("--format", choices=commands.CURVE_FORMATS, default="md", help="md (tables, default), csv (one table with a section column: curve, grid, at) or json")
+    curve.set_defaults(handler=commands.curve)
     return parser
 
 

@@ -23,9 +23,11 @@ from defer_core.errors import DeferInputError
 from defer_core.results import METRICS, default_milestones, metric_key, milestones_ending_at
 
 if TYPE_CHECKING:
-    from defer_core.results import MilestoneResult
+    from defer_core.hparams import DeferHParams
+    from defer_core.results import MilestoneResult, TrialResult
     from defer_core.trial import TrialPlan
 
+    from .intervals import Interval
     from .sinks.progress import LiveOutput
     from .storage import Location
     from .sweep.driver import SweepOutcome
@@ -107,12 +109,56 @@ def trial_plan(args: argparse.Namespace) -> "TrialPlan":
     return TrialPlan(protocol=args.protocol, milestones=milestones, scorings=scorings, edit_path=args.edit_path)
 
 
+def parse_seeds(text: str, flag: str) -> tuple[int, ...]:
+    seeds = parse_int_list(text, flag)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise DeferInputError(f"{flag}: expected distinct comma-separated integers, got {text!r}")
+    return seeds
+
+
+def require_orders(orders: int, flag: str) -> int:
+    if orders < 1:
+        raise DeferInputError(f"{flag}: expected a number of edit orders >= 1, got {orders}")
+    return orders
+
+
+def trial_seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    """--seeds, or the single --seed (default 0); both at once is ambiguous."""
+    if args.seeds is not None and args.seed is not None:
+        raise DeferInputError(f"--seed {args.seed} and --seeds {args.seeds}: give one of them")
+    if args.seeds is not None:
+        return parse_seeds(args.seeds, "--seeds")
+    return (0 if args.seed is None else args.seed,)
+
+
 def milestone_table(milestones: list["MilestoneResult"], scorings: tuple[str, ...]) -> str:
     columns = [metric_key(metric, scoring) for scoring in scorings for metric in METRICS]
     header = f"{'T':>6}  " + "  ".join(f"{name:>7}" for name in columns)
     lines = [header, "-" * len(header)]
     for milestone in milestones:
         lines.append(f"{milestone.n_edits:>6}  " + "  ".join(f"{milestone.metrics[name]:>7.3f}" for name in columns))
+    return "\n".join(lines)
+
+
+def milestone_intervals(results: Sequence["TrialResult"], confidence: float) -> list[tuple["MilestoneResult", dict[str, "Interval"]]]:
+    """Each milestone (as the first member reports it) with every metric's Student t interval
+    over the members, which share the plan and so report the same milestones in the same order."""
+    from .intervals import repeat_interval
+
+    first = results[0].milestones
+    return [(milestone, {key: repeat_interval([r.milestones[i].metrics[key] for r in results], confidence) for key in milestone.metrics})
+            for i, milestone in enumerate(first)]
+
+
+def interval_table(rows: list[tuple["MilestoneResult", dict[str, "Interval"]]], scorings: tuple[str, ...]) -> str:
+    """`milestone_table` with "mean ± half-width" cells."""
+    from .intervals import format_interval
+
+    columns = [metric_key(metric, scoring) for scoring in scorings for metric in METRICS]
+    header = f"{'T':>6}  " + "  ".join(f"{name:>13}" for name in columns)
+    lines = [header, "-" * len(header)]
+    for milestone, intervals in rows:
+        lines.append(f"{milestone.n_edits:>6}  " + "  ".join(f"{format_interval(intervals[name], 3):>13}" for name in columns))
     return "\n".join(lines)
 
 
@@ -130,6 +176,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
 
     hparams = load_hparams(args.hparams)
     plan = trial_plan(args)
+    seeds, orders = trial_seeds(args), require_orders(args.orders, "--orders")
     data_path = resolve_data_path(args.data)
     records = load_records(data_path, limit=plan.total_records, strip=args.strip)
     if hparams.model_name and hparams.model_name != model_name:
@@ -139,9 +186,12 @@ def trial(args: argparse.Namespace) -> ExitCode:
     loaded = load_model(model_name, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - started
 
+    members = [(seed, order) for order in range(orders) for seed in seeds]
+    member = ""  # "seed S order O: " before each progress line when there are several members
+
     def show_edit(outcome) -> None:
         print(
-            f"edit {outcome.index:>5}  record {outcome.record_id:>6}  loss {outcome.final_loss:8.4f}  "
+            f"{member}edit {outcome.index:>5}  record {outcome.record_id:>6}  loss {outcome.final_loss:8.4f}  "
             f"success {outcome.success:5.2f}  {outcome.seconds:6.2f}s",
             file=sys.stderr,
             flush=True,
@@ -149,16 +199,28 @@ def trial(args: argparse.Namespace) -> ExitCode:
 
     def show_milestone(milestone) -> None:
         scores = "  ".join(f"{key} {value:.3f}" for key, value in milestone.metrics.items())
-        print(f"milestone T={milestone.n_edits} ({milestone.protocol}, eval {milestone.seconds:.1f}s): {scores}", file=sys.stderr, flush=True)
+        print(f"{member}milestone T={milestone.n_edits} ({milestone.protocol}, eval {milestone.seconds:.1f}s): {scores}", file=sys.stderr, flush=True)
 
     print(
         f"DEFER trial: model {model_name} ({loaded.num_layers} layers, {model_dtype(loaded)}, loaded in {load_seconds:.1f}s), "
         f"{hparams.module_path}, edit_lr {hparams.edit_lr:g}, n_iter {hparams.n_iter}, threshold {hparams.threshold:g}, "
-        f"{plan.protocol} protocol, milestones {list(plan.milestones)}, data {data_path}{' (stripped)' if args.strip else ''}",
+        f"{plan.protocol} protocol, milestones {list(plan.milestones)}, data {data_path}{' (stripped)' if args.strip else ''}"
+        + (f", {len(members)} runs: seeds {list(seeds)} x edit orders 0..{orders - 1}" if len(members) > 1 else ""),
         file=sys.stderr,
         flush=True,
     )
-    result = run_trial(loaded, records, hparams, plan, seed=args.seed, on_edit=show_edit, on_milestone=show_milestone)
+    from defer_core.evaluation import UneditedLocality
+    from defer_core.orders import ordered_records
+
+    unedited = UneditedLocality()  # keyed by record id: shared by every seed and order
+    results = []
+    for seed, order in members:
+        member = f"seed {seed} order {order}: " if len(members) > 1 else ""
+        in_order = ordered_records(records, order, plan.total_records)
+        results.append(run_trial(loaded, in_order, hparams, plan, seed=seed, on_edit=show_edit, on_milestone=show_milestone, unedited=unedited))
+    if len(members) > 1:
+        return _print_trial_repeats(args, model_name, hparams, model_dtype(loaded), plan, members, results, started)
+    (result,) = results
     edit_seconds = [edit.seconds for edit in result.edits]
     summary = {
         "model": model_name,
@@ -178,6 +240,35 @@ def trial(args: argparse.Namespace) -> ExitCode:
     else:
         print(milestone_table(result.milestones, plan.scorings))
         print(f"seconds per edit: {summary['seconds_per_edit']:.2f}  (wall {summary['wall_seconds']:.1f}s, {plan.edit_path} edit path)")
+    return ExitCode.OK
+
+
+TRIAL_CONFIDENCE = 0.95  # of `trial`'s error bars over seeds x orders
+
+
+def _print_trial_repeats(args: argparse.Namespace, model_name: str, hparams: "DeferHParams", dtype: str, plan: "TrialPlan",
+                         members: list[tuple[int, int]], results: list["TrialResult"], started: float) -> ExitCode:
+    """Several seeds x orders: per milestone the mean ± Student t half-width over the runs (JSON:
+    `milestones` holds means, half-widths and n; `members` every run as one run's JSON has it)."""
+    rows = milestone_intervals(results, TRIAL_CONFIDENCE)
+    edit_seconds = [edit.seconds for result in results for edit in result.edits]
+    wall = time.perf_counter() - started
+    if not args.json:
+        print(interval_table(rows, plan.scorings))
+        print(f"mean ± Student t {TRIAL_CONFIDENCE:.0%} half-width over {len(members)} runs "
+              f"(seeds {list(dict.fromkeys(s for s, _ in members))} x edit orders 0..{max(o for _, o in members)}; order 0 is the file's)")
+        print(f"seconds per edit: {sum(edit_seconds) / len(edit_seconds):.2f}  (wall {wall:.1f}s, {plan.edit_path} edit path)")
+        return ExitCode.OK
+    summary = {
+        "model": model_name, "hparams": hparams.to_easyedit_dict(), "dtype": dtype, "strip": args.strip, "protocol": plan.protocol,
+        "scorings": list(plan.scorings), "edit_path": plan.edit_path, "confidence": TRIAL_CONFIDENCE,
+        "seconds_per_edit": sum(edit_seconds) / len(edit_seconds), "wall_seconds": wall,
+        "milestones": [{"n_edits": m.n_edits, "protocol": m.protocol, "metrics": {k: i.mean for k, i in intervals.items()},
+                        "half_width": {k: i.half_width for k, i in intervals.items()}, "n": len(members)} for m, intervals in rows],
+        "members": [{"seed": seed, "order": order, "milestones": [asdict(m) for m in result.milestones], "edits": [asdict(e) for e in result.edits]}
+                    for (seed, order), result in zip(members, results)],
+    }
+    print(json.dumps(summary, indent=2))
     return ExitCode.OK
 
 
@@ -210,22 +301,22 @@ def compare(args: argparse.Namespace) -> ExitCode:
     milestones = parse_int_list(args.T, "--T")
     if not milestones or milestones[0] < 1 or list(milestones) != sorted(set(milestones)):
         raise DeferInputError(f"--T: expected distinct positive edit counts in ascending order, got {args.T!r}")
-    seeds = parse_int_list(args.seeds, "--seeds")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise DeferInputError(f"--seeds: expected distinct comma-separated integers, got {args.seeds!r}")
+    seeds, orders = parse_seeds(args.seeds, "--seeds"), require_orders(args.orders, "--orders")
     dtypes = tuple(dict.fromkeys(dtype_name(d) for d in parse_choices(args.dtypes, "--dtypes", DTYPE_CHOICES)))
     hparams = load_hparams(args.hparams)
     data_path = resolve_data_path(args.data)
     plan = ComparePlan(
         hparams=hparams, model=args.model or EMBEDDED_MODEL, milestones=milestones,
         protocols=parse_choices(args.protocols, "--protocols", PROTOCOLS), scorings=parse_choices(args.scorings, "--scorings", SCORINGS),
-        dtypes=dtypes, seeds=seeds, device=args.device, strip=args.strip, data=str(data_path),
+        dtypes=dtypes, seeds=seeds, orders=orders, device=args.device, strip=args.strip, data=str(data_path),
+        error_bars=len(seeds) * orders > 1,
     )
     records = load_records(data_path, limit=plan.total_records, strip=args.strip)
     output = Path(args.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     require_writable_dir(output, "the comparison's output directory")  # before hours of editing, not after
     print(f"compare: {plan.model}, {hparams.module_path}, T {list(milestones)}, protocols {','.join(plan.protocols)}, "
-          f"scorings {','.join(plan.scorings)}, dtypes {','.join(dtypes)}, seeds {list(seeds)}, data {data_path}", file=sys.stderr, flush=True)
+          f"scorings {','.join(plan.scorings)}, dtypes {','.join(dtypes)}, seeds {list(seeds)}"
+          + (f", edit orders 0..{orders - 1}" if orders > 1 else "") + f", data {data_path}", file=sys.stderr, flush=True)
     comparison = run_comparison(plan, records, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
     table, per_record = write_outputs(comparison, args.format, output)
     print(render(comparison, args.format))
@@ -314,11 +405,13 @@ def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
         print(_resume_hint(layout.root), file=sys.stderr)
         return ExitCode.INTERRUPTED
     print(f"MLflow store:    {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}')")
-    print(f"Parquet dataset: {layout.parquet}  (tables: trials/, milestones/, edits/)")
+    from .sinks.parquet_sink import TABLES
+
+    print(f"Parquet dataset: {layout.parquet}  (tables: {', '.join(f'{table}/' for table in TABLES)})")
     if outcome.best_yaml:
         print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
     else:
-        print("best.yaml:       not written (no trial completed all edits)")
+        print(f"best.yaml:       not written ({outcome.best_reason or 'no trial completed all edits'})")
     if outcome.report_html:
         print(f"report:          {outcome.report_html}")
     for line in _mlflow_ui_lines(outcome):
@@ -406,3 +499,102 @@ def report(args: argparse.Namespace) -> ExitCode:
     else:
         print("  not logged to MLflow (see the warning above)")
     return ExitCode.OK
+
+
+# -- curve ------------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from .sinks.trial_curve import Reading, TrialCurve
+
+CURVE_FORMATS = ("md", "csv", "json")
+_TF_COLUMNS = tuple(metric_key(metric, "tf") for metric in METRICS)
+
+
+def curve(args: argparse.Namespace) -> ExitCode:
+    """`defer-sweep curve OUT_DIR TRIAL [--n-edits N] [--threshold T] [--format md|csv|json]`:
+    a recorded trial's exact tf curve, its gen grid, and with --threshold its metrics there;
+    read from the Parquet dataset alone (no model, no torch)."""
+    from .sinks.layout import read_spec, require_sweep_dir
+    from .sinks.trial_curve import load_trial_curve, read_at
+
+    layout = require_sweep_dir(args.output_dir)
+    spec = read_spec(layout)
+    found = load_trial_curve(layout, spec, args.trial, args.n_edits)
+    reading = read_at(found, args.threshold) if args.threshold is not None else None
+    print({"md": _curve_md, "csv": _curve_csv, "json": _curve_json}[args.format](found, reading), end="")
+    return ExitCode.OK
+
+
+def _curve_rows(found: "TrialCurve", reading: "Reading | None") -> tuple[list[str], list[dict[str, object]]]:
+    """(columns, rows) of the curve's one table: `section` curve (exact tf breakpoints), grid
+    (the generation scorings at the spec's grid thresholds) or at (the --threshold reading)."""
+    from .protocol import THRESHOLD
+
+    columns = ["section", THRESHOLD, *_TF_COLUMNS, *found.grid_columns]
+    rows: list[dict[str, object]] = [{"section": "curve", THRESHOLD: p.threshold, **p.metrics} for p in found.tf]
+    rows += [{"section": "grid", **point} for point in found.grid]
+    if reading is not None:
+        columns.append("edit_success")
+        rows.append({"section": "at", THRESHOLD: reading.threshold, **reading.tf, **(reading.grid or {}), "edit_success": reading.edit_success})
+    return columns, rows
+
+
+def _curve_csv(found: "TrialCurve", reading: "Reading | None") -> str:
+    import csv
+    import io
+
+    columns, rows = _curve_rows(found, reading)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _curve_json(found: "TrialCurve", reading: "Reading | None") -> str:
+    from .protocol import THRESHOLD
+
+    data: dict[str, object] = {
+        "trial_id": found.trial["trial_id"], "optuna_trial": found.trial.get("optuna_trial"), "n_edits": found.n_edits,
+        "milestones": list(found.milestones), "dtype": found.dtype, "protocol": found.trial.get("protocol"),
+        "curve": [{THRESHOLD: p.threshold, **p.metrics} for p in found.tf],
+        "grid": [dict(point) for point in found.grid],
+    }
+    if reading is not None:
+        data["at"] = {THRESHOLD: reading.threshold, **reading.tf, "on_grid": reading.grid is not None, **(reading.grid or {}), "edit_success": reading.edit_success}
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _md_table(columns: Sequence[str], rows: Sequence[dict[str, object]]) -> list[str]:
+    def cell(value: object) -> str:
+        return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    return [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}", *(f"| {' | '.join(cell(row.get(c)) for c in columns)} |" for row in rows)]
+
+
+def _curve_md(found: "TrialCurve", reading: "Reading | None") -> str:
+    from .protocol import THRESHOLD
+
+    trial = found.trial
+    lines = [
+        f"trial {found.label} ({trial['trial_id']}) at {found.n_edits} edits (milestones with gate rows: {', '.join(map(str, found.milestones))}); "
+        f"{trial.get('protocol')} protocol, gates in {found.dtype}",
+        "",
+        "exact tf curve: each row holds for thresholds above the previous row's, up to its own",
+        "",
+        *_md_table([THRESHOLD, *_TF_COLUMNS], [{THRESHOLD: f"{p.threshold:.6g}", **p.metrics} for p in found.tf]),
+    ]
+    if found.grid:
+        lines += ["", "generation scorings on the threshold grid", "",
+                  *_md_table([THRESHOLD, *found.grid_columns], [{**point, THRESHOLD: f"{point[THRESHOLD]:.6g}"} for point in found.grid])]
+    if reading is not None:
+        tf = " ".join(f"{key}={value:.4f}" for key, value in reading.tf.items())
+        if reading.grid is not None:
+            gen = " ".join(f"{key}={value:.4f}" for key, value in reading.grid.items())
+        elif found.grid:
+            gen = f"generation scorings: {reading.threshold:g} is not on the grid ({', '.join(f'{p[THRESHOLD]:g}' for p in found.grid)})"
+        else:
+            gen = "no generation scorings recorded"
+        success = "edit success: not recorded" if reading.edit_success is None else f"edit success={reading.edit_success:.4f} (mean over {len(found.edits)} edits)"
+        lines += ["", f"at threshold {reading.threshold:g}: {tf} (tf, exact); {gen}; {success}"]
+    return "\n".join(lines) + "\n"

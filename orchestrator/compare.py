@@ -4,13 +4,14 @@ DEFER's published numbers disagree because of evaluation choices (README "Scorin
 protocols"): when each record is scored (protocol), which tokens a generation is compared with
 (scoring), and the model's dtype. This runs one configuration under each combination and gives
 a WISE-style table, rows = protocol × scoring × dtype, columns = Rel/Gen/Loc at each T (the mean
-over seeds when several), plus every record's scores as Parquet, so each cell can be traced to
-the records it averages.
+over the repeat members, seeds × edit orders, when several; with `error_bars` also the Student t
+half-width over them), plus every record's scores as Parquet, so each cell can be traced to the
+records it averages.
 
 It runs defer_core directly (no Ray) and shares what can be shared: one model per dtype; one
 edit stream for stream and immediate (the same edits, scored at different times); every scoring
 read from the same edits; several seeds edited in one packed forward pass (`run_trials`, whose
-members equal each seed run alone). Imports stay light at module level (the CLI's help lists
+members equal each seed run alone); each edit order (defer_core.orders) is its own pass. Imports stay light at module level (the CLI's help lists
 FORMATS); torch loads when a comparison runs.
 """
 
@@ -21,17 +22,20 @@ import gc
 import io
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean
 from typing import Any, Callable
 
 from defer_core.data import EditRecord
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
 from defer_core.hparams import DeferHParams
+from defer_core.orders import ordered_records
 from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, metric_key
+
+from .intervals import Interval, format_interval, repeat_interval
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ _EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "json": "json"}
 TABLE_STEM = "compare"  # OUT/compare.md (.tex, .csv, .json): the table as printed
 RECORDS_FILE = "records.parquet"  # OUT/records.parquet: one row per record behind every cell
 METRIC_LABELS = {"rel": "Rel", "gen": "Gen", "loc": "Loc"}
+CONFIDENCE = 0.95  # of the error bars over repeat members
 # The rows whose numbers published runs report (README "Scoring and protocols"): EasyEdit scores
 # DEFER teacher-forced in float32; its sequential_edit=True loop changed in commit 3c21b20.
 REPRODUCES = {
@@ -68,9 +73,11 @@ class ComparePlan:
     scorings: tuple[str, ...]
     dtypes: tuple[str, ...]  # canonical names (results.dtype_name)
     seeds: tuple[int, ...] = (0,)
+    orders: int = 1  # edit orders 0..orders-1 (defer_core.orders); each seed runs in each order
     device: str | None = None
     strip: bool = False
     data: str = ""  # where the records came from, for the record
+    error_bars: bool = False  # show mean ± Student t half-width over the members (the CLI: when several)
 
     def __post_init__(self) -> None:
         _known(self.protocols, PROTOCOLS, "protocols")
@@ -78,12 +85,19 @@ class ComparePlan:
         _known(self.dtypes, tuple(sorted(set(DTYPE_SPELLINGS.values()))), "dtypes")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise DeferInputError(f"seeds must be distinct, got {list(self.seeds)}")
+        if isinstance(self.orders, bool) or not isinstance(self.orders, int) or self.orders < 1:
+            raise DeferInputError(f"orders must be an integer >= 1, got {self.orders!r}")
         if not self.milestones or self.milestones[0] < 1 or list(self.milestones) != sorted(set(self.milestones)):
             raise DeferInputError(f"T must be distinct positive edit counts in ascending order, got {list(self.milestones)}")
 
     @property
     def total_records(self) -> int:
         return self.milestones[-1]
+
+    @property
+    def member_count(self) -> int:
+        """Repeat members behind each cell: every seed in every edit order."""
+        return len(self.seeds) * self.orders
 
     def edit_streams(self) -> list[tuple[str, ...]]:
         """The runs one dtype needs: stream and immediate share one edit stream, chunks has its own."""
@@ -96,17 +110,22 @@ class ComparePlan:
 
 @dataclass
 class Comparison:
-    """The table's cells and the per-record rows behind them."""
+    """The table's intervals over repeat members and the per-record rows behind them."""
 
     plan: ComparePlan
-    cells: dict[RowKey, dict[int, dict[str, float]]]  # row -> T -> rel/gen/loc, mean over seeds
+    intervals: dict[RowKey, dict[int, dict[str, Interval]]]  # row -> T -> rel/gen/loc over seeds x orders
     records: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def cells(self) -> dict[RowKey, dict[int, dict[str, float]]]:
+        """row -> T -> rel/gen/loc: the mean over the members."""
+        return {key: {n: {m: i.mean for m, i in by_m.items()} for n, by_m in by_t.items()} for key, by_t in self.intervals.items()}
+
 
 def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Progress | None = None) -> Comparison:
-    """Every combination of the plan on the first T records; `on_progress` gets one line per
-    edit (of the first seed) and per milestone."""
+    """Every combination of the plan on the first T records, in each edit order; `on_progress`
+    gets one line per edit (of the first seed) and per milestone."""
     from defer_core.evaluation import UneditedLocality
     from defer_core.models import load_model
     from defer_core.trial import TrialPlan, run_trials
@@ -115,13 +134,13 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
         raise DeferInputError(f"the comparison needs {plan.total_records} records, got {len(records)}")
     say = on_progress or (lambda line: None)
     started = time.perf_counter()
-    per_seed: dict[RowKey, dict[int, list[dict[str, float]]]] = {key: {} for key in plan.row_keys()}
+    per_member: dict[RowKey, dict[int, list[dict[str, float]]]] = {key: {} for key in plan.row_keys()}
     rows: list[dict[str, Any]] = []
     for dtype in plan.dtypes:
         loaded = load_model(plan.model, dtype=dtype, device=plan.device)
         unedited = UneditedLocality()  # per model: the unedited predictions depend on the dtype
-        for protocols in plan.edit_streams():
-            label = f"{dtype} {'+'.join(protocols)}"
+        for protocols, order in ((p, o) for p in plan.edit_streams() for o in range(plan.orders)):
+            label = f"{dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
             total = _edit_count(protocols, plan.milestones)
             say(f"{label}: {total} edits x {len(plan.seeds)} seed(s), scorings {','.join(plan.scorings)}")
             trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings)
@@ -135,15 +154,17 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
                     scores = " ".join(f"{key} {value:.3f}" for key, value in milestone.metrics.items())
                     say(f"{label}: {milestone.protocol} T={milestone.n_edits} (seed {plan.seeds[k]}): {scores}")
 
-            results = run_trials(loaded, records, [plan.hparams] * len(plan.seeds), trial_plan, seeds=list(plan.seeds),
+            in_order = ordered_records(records, order, plan.total_records)
+            results = run_trials(loaded, in_order, [plan.hparams] * len(plan.seeds), trial_plan, seeds=list(plan.seeds),
                                  on_edit=show_edit, on_milestone=show_milestone, unedited=unedited)
             for seed, result in zip(plan.seeds, results):
                 for milestone in result.milestones:
-                    _collect(plan, dtype, seed, milestone, per_seed, rows)
+                    _collect(plan, dtype, (seed, order), milestone, per_member, rows)
         del loaded
         gc.collect()
-    cells = {key: {n: {m: fmean(s[m] for s in seeds) for m in METRICS} for n, seeds in by_t.items()} for key, by_t in per_seed.items()}
-    return Comparison(plan=plan, cells=cells, records=rows, seconds=time.perf_counter() - started)
+    intervals = {key: {n: {m: repeat_interval([v[m] for v in members], CONFIDENCE) for m in METRICS} for n, members in by_t.items()}
+                 for key, by_t in per_member.items()}
+    return Comparison(plan=plan, intervals=intervals, records=rows, seconds=time.perf_counter() - started)
 
 
 def _edit_count(protocols: tuple[str, ...], milestones: tuple[int, ...]) -> int:
@@ -152,15 +173,16 @@ def _edit_count(protocols: tuple[str, ...], milestones: tuple[int, ...]) -> int:
     return milestones[-1]
 
 
-def _collect(plan: ComparePlan, dtype: str, seed: int, milestone: MilestoneResult, per_seed: dict, rows: list[dict[str, Any]]) -> None:
-    """One milestone of one seed: its cell values per scoring, and its records' rows."""
+def _collect(plan: ComparePlan, dtype: str, member: tuple[int, int], milestone: MilestoneResult, per_member: dict, rows: list[dict[str, Any]]) -> None:
+    """One milestone of one member (seed, order): its cell values per scoring, and its records' rows."""
     hparams = plan.hparams
+    seed, order = member
     for scoring in plan.scorings:
         key = (milestone.protocol, scoring, dtype)
-        per_seed[key].setdefault(milestone.n_edits, []).append({m: milestone.metrics[metric_key(m, scoring)] for m in METRICS})
+        per_member[key].setdefault(milestone.n_edits, []).append({m: milestone.metrics[metric_key(m, scoring)] for m in METRICS})
         for record in milestone.records:
             rows.append({
-                "model": plan.model, "dtype": dtype, "protocol": milestone.protocol, "scoring": scoring, "seed": seed,
+                "model": plan.model, "dtype": dtype, "protocol": milestone.protocol, "scoring": scoring, "seed": seed, "order": order,
                 "T": milestone.n_edits, "chunk": record.chunk, "record_id": record.record_id,
                 **{m: record.metrics[metric_key(m, scoring)] for m in METRICS},
                 "inner_param": hparams.module_path, "edit_lr": hparams.edit_lr, "n_iter": hparams.n_iter, "threshold": hparams.threshold,
@@ -176,9 +198,39 @@ def column_names(plan: ComparePlan) -> list[str]:
     return [f"{m}@{n}" for n in plan.milestones for m in METRICS]
 
 
-def _values(comparison: Comparison, key: RowKey) -> list[float]:
-    cells = comparison.cells[key]
+def _intervals(comparison: Comparison, key: RowKey) -> list[Interval]:
+    cells = comparison.intervals[key]
     return [cells[n][m] for n in comparison.plan.milestones for m in METRICS]
+
+
+def _values(comparison: Comparison, key: RowKey) -> list[float]:
+    return [interval.mean for interval in _intervals(comparison, key)]
+
+
+def _shown(comparison: Comparison, key: RowKey) -> list[str]:
+    """A row's cells as md/latex print them: the mean, with error bars "mean ± half-width"."""
+    if not comparison.plan.error_bars:
+        return [f"{v:.3f}" for v in _values(comparison, key)]
+    return [format_interval(interval, 3) for interval in _intervals(comparison, key)]
+
+
+def _members_note(plan: ComparePlan) -> str:
+    """What each cell averages: "seed 0", "mean over seeds 0, 1", "... x edit orders 0..2", and
+    with error bars the interval's kind and n."""
+    seeds = ", ".join(map(str, plan.seeds))
+    if plan.member_count == 1:
+        note = f"seed {seeds}"
+    else:
+        note = f"mean over seeds {seeds}" if len(plan.seeds) > 1 else f"mean over seed {seeds}"
+        note += f" x edit orders 0..{plan.orders - 1} (0: file order)" if plan.orders > 1 else ""
+    if plan.error_bars and plan.member_count > 1:
+        note += f" ± Student t {CONFIDENCE:.0%} half-width, n={plan.member_count}"
+    return note
+
+
+def _half_width(interval: Interval) -> float | None:
+    """JSON has no NaN: an undefined half-width (one member) is null."""
+    return None if math.isnan(interval.half_width) else interval.half_width
 
 
 def render(comparison: Comparison, fmt: str) -> str:
@@ -194,12 +246,10 @@ def _markdown(comparison: Comparison) -> str:
     header = ["protocol", "scoring", "dtype", *(f"{METRIC_LABELS[m]} T={n}" for n in plan.milestones for m in METRICS), "reproduces"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 4) + "---|"]
     for key in plan.row_keys():
-        values = [f"{v:.3f}" for v in _values(comparison, key)]
-        lines.append("| " + " | ".join([*key, *values, REPRODUCES.get(key, "")]) + " |")
-    seeds = f"mean over seeds {', '.join(map(str, plan.seeds))}" if len(plan.seeds) > 1 else f"seed {plan.seeds[0]}"
+        lines.append("| " + " | ".join([*key, *_shown(comparison, key), REPRODUCES.get(key, "")]) + " |")
     hp = plan.hparams
     lines.append("")
-    lines.append(f"{plan.model}, {hp.module_path}, edit_lr {hp.edit_lr:g}, n_iter {hp.n_iter}, threshold {hp.threshold:g}; {seeds}; "
+    lines.append(f"{plan.model}, {hp.module_path}, edit_lr {hp.edit_lr:g}, n_iter {hp.n_iter}, threshold {hp.threshold:g}; {_members_note(plan)}; "
                  f"text {'stripped' if plan.strip else 'as written'}; per-record rows in {RECORDS_FILE}")
     return "\n".join(lines)
 
@@ -216,17 +266,23 @@ def _latex(comparison: Comparison) -> str:
         "\\hline",
     ]
     for key in plan.row_keys():
-        lines.append(" & ".join([*key, *(f"{v:.3f}" for v in _values(comparison, key))]) + " \\\\")
+        lines.append(" & ".join([*key, *(cell.replace("±", "$\\pm$") for cell in _shown(comparison, key))]) + " \\\\")
     lines += ["\\hline", "\\end{tabular}"]
     return "\n".join(lines)
 
 
 def _csv(comparison: Comparison) -> str:
+    """One column per value (`rel@10`); with error bars each is followed by its half-width
+    (`rel@10_half_width`) and the row ends with the member count `n`."""
+    plan = comparison.plan
+    fields = ("mean", "half_width") if plan.error_bars else ("mean",)
+    count = [plan.member_count] if plan.error_bars else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["protocol", "scoring", "dtype", *column_names(comparison.plan)])
-    for key in comparison.plan.row_keys():
-        writer.writerow([*key, *(repr(v) for v in _values(comparison, key))])
+    writer.writerow(["protocol", "scoring", "dtype", *(column + ("" if f == "mean" else f"_{f}") for column in column_names(plan) for f in fields),
+                     *(["n"] if count else [])])
+    for key in plan.row_keys():
+        writer.writerow([*key, *(repr(getattr(interval, f)) for interval in _intervals(comparison, key) for f in fields), *count])
     return out.getvalue().rstrip("\n")
 
 
@@ -238,15 +294,23 @@ def _json(comparison: Comparison) -> str:
         "data": plan.data,
         "strip": plan.strip,
         "seeds": list(plan.seeds),
+        **({"orders": plan.orders} if plan.orders > 1 else {}),
         "T": list(plan.milestones),
-        "rows": [
-            {"protocol": p, "scoring": s, "dtype": d, "reproduces": REPRODUCES.get((p, s, d)),
-             "cells": {str(n): comparison.cells[(p, s, d)][n] for n in plan.milestones}}
-            for p, s, d in plan.row_keys()
-        ],
+        "rows": [_json_row(comparison, key) for key in plan.row_keys()],
         "records": RECORDS_FILE,
         "seconds": comparison.seconds,
     }, indent=2)
+
+
+def _json_row(comparison: Comparison, key: RowKey) -> dict[str, Any]:
+    """One row: `cells` the means; with error bars also `half_width` (same shape) and `n`."""
+    plan, (p, s, d) = comparison.plan, key
+    row: dict[str, Any] = {"protocol": p, "scoring": s, "dtype": d, "reproduces": REPRODUCES.get(key),
+                           "cells": {str(n): comparison.cells[key][n] for n in plan.milestones}}
+    if plan.error_bars:
+        row["half_width"] = {str(n): {m: _half_width(i) for m, i in comparison.intervals[key][n].items()} for n in plan.milestones}
+        row["n"] = plan.member_count
+    return row
 
 
 def table_path(directory: Path, fmt: str) -> Path:
@@ -268,13 +332,14 @@ def write_outputs(comparison: Comparison, fmt: str, directory: Path) -> tuple[Pa
 
 
 def records_schema() -> Any:
-    """Columns of records.parquet: one row per record, seed, protocol, scoring, dtype and T
-    (built on demand, so importing this module stays light)."""
+    """Columns of records.parquet: one row per record, seed, edit order, protocol, scoring, dtype
+    and T (built on demand, so importing this module stays light)."""
     import pyarrow as pa
 
     return pa.schema([
         pa.field("model", pa.string()), pa.field("dtype", pa.string()), pa.field("protocol", pa.string()),
-        pa.field("scoring", pa.string()), pa.field("seed", pa.int64()), pa.field("T", pa.int64()),
+        pa.field("scoring", pa.string()), pa.field("seed", pa.int64()), pa.field("order", pa.int64()),
+        pa.field("T", pa.int64()),
         pa.field("chunk", pa.int64()), pa.field("record_id", pa.string()),
         *(pa.field(m, pa.float64()) for m in METRICS),
         pa.field("inner_param", pa.string()), pa.field("edit_lr", pa.float64()), pa.field("n_iter", pa.int64()),

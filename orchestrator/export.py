@@ -1,7 +1,11 @@
 """Export a sweep's best configuration (or a point of its Pareto front) as EasyEdit DEFER YAML.
 
 Candidates are the trials that reached T (status complete in the Parquet trials table): a
-pruned trial's metrics are from an earlier milestone and not comparable. The YAML is written
+pruned trial's metrics are from an earlier milestone and not comparable. In curve mode each
+point of a complete trial's curve at T is a candidate (records.candidates), and the YAML's
+threshold is the chosen point's. With constraints, feasible candidates rank first and the
+Pareto front holds feasible ones only; when none is feasible nothing is exported (one line
+saying how close the best came). The YAML is written
 by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams read it back; its
 first line is a comment naming the dtype the trial ran in, and a trial tuned in another dtype
 than EasyEdit's float32 is exported with a warning (its optimum may not carry over).
@@ -18,12 +22,13 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, save_hparams
 from defer_core.results import DEFAULT_DTYPE
 
-from .protocol import METRIC_COLUMNS, Status
-from .search.ranking import pareto_front, rank_by
+from .protocol import METRIC_COLUMNS, THRESHOLD, Status
+from .search.ranking import is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
-from .sinks.parquet_sink import read_table
+from .sinks.parquet_sink import read_tables
+from .sinks.records import bounds_text, candidates, closest_text, trial_dtype
 from .spec import Objective, SweepSpec
 from .storage import one_line
 
@@ -40,14 +45,20 @@ class ChosenTrial:
     dtype: str  # the dtype the trial ran in
 
 
-def trial_dtype(spec: SweepSpec, row: dict[str, Any]) -> str:
-    """The dtype a trial ran in: its row's, or the spec's for rows written before it was recorded."""
-    return row.get("dtype") or spec.model.run_dtype
+def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
+    """The candidates (records.candidates) of the sweep's Parquet dataset."""
+    tables = read_tables(layout.parquet, ("trials", "points"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    complete = [row for row in tables["trials"].to_pylist() if row["status"] == Status.COMPLETE]
+    return candidates(spec, complete, tables["points"].to_pylist() if spec.curve_mode else ())
 
 
-def completed_rows(layout: SweepLayout) -> list[dict[str, Any]]:
-    table = read_table(layout.parquet, "trials", skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    return [row for row in table.to_pylist() if row["status"] == Status.COMPLETE]
+def _unit(spec: SweepSpec) -> str:
+    return "point" if spec.curve_mode else "trial"
+
+
+def at_threshold(spec: SweepSpec, row: dict[str, Any]) -> str:
+    """` at threshold 0.734`: in curve mode a reason names the chosen point's threshold."""
+    return f" at threshold {row[THRESHOLD]:.4g}" if spec.curve_mode and row.get(THRESHOLD) is not None else ""
 
 
 def _objective(spec: SweepSpec, name: str | None) -> Objective:
@@ -66,33 +77,40 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
     sorted best-first by the first objective)."""
     if not rows:
         raise DeferInputError(f"sweep '{spec.name}': no trial has completed all {spec.T} edits yet; nothing to export")
+    constraints = spec.constraints
+    if constraints and not any(is_feasible(row, constraints) for row in rows):
+        raise DeferInputError(
+            f"sweep '{spec.name}': no completed {_unit(spec)} satisfies constraints {bounds_text(constraints)} "
+            f"({closest_text(rows, constraints)}); nothing to export"
+        )
+    feasible = f", feasible under {bounds_text(constraints)}" if constraints else ""
     if pareto_index is not None:
-        front = pareto_front(rows, spec.objectives)
+        front = pareto_front(rows, spec.objectives, constraints)
         if not 0 <= pareto_index < len(front):
-            raise DeferInputError(f"--pareto-index {pareto_index}: the Pareto front has {len(front)} trial(s) (valid 0..{len(front) - 1})")
+            raise DeferInputError(f"--pareto-index {pareto_index}: the Pareto front has {len(front)} {_unit(spec)}(s) (valid 0..{len(front) - 1})")
         row = front[pareto_index]
         values = ", ".join(f"{o.metric}={row[o.metric]:.4f}" for o in spec.objectives)
-        reason = f"Pareto point {pareto_index} of {len(front)} ({values})"
+        reason = f"Pareto point {pareto_index} of {len(front)} ({values}){at_threshold(spec, row)}{feasible}"
     else:
         chosen = _objective(spec, objective)
-        ranked = rank_by(rows, chosen)
-        if not ranked:
-            raise DeferInputError(f"--objective {chosen.metric}: no completed trial reported it (scorings: {', '.join(spec.scorings)})")
+        ranked = rank_by(rows, chosen, constraints)
+        if not ranked or not is_feasible(ranked[0], constraints):
+            raise DeferInputError(f"--objective {chosen.metric}: no completed {_unit(spec)}{' satisfying the constraints' if constraints else ''} reported it (scorings: {', '.join(spec.scorings)})")
         row = ranked[0]
-        reason = f"best {chosen.metric}={row[chosen.metric]:.4f} ({chosen.direction})"
+        reason = f"best {chosen.metric}={row[chosen.metric]:.4f} ({chosen.direction}){at_threshold(spec, row)}{feasible}"
     return ChosenTrial(row=row, reason=reason, hparams=hparams_for(spec, row), dtype=trial_dtype(spec, row))
 
 
 def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None, mlflow: MlflowSink | None = None) -> tuple[Path, ChosenTrial]:
     """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
-    chosen = choose(spec, completed_rows(layout), objective, pareto_index)
+    chosen = choose(spec, candidate_rows(layout, spec), objective, pareto_index)
     target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype)
     if chosen.dtype != DEFAULT_DTYPE:
         log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
                     target, chosen.row["trial_id"], chosen.dtype, DEFAULT_DTYPE)
     if mlflow is not None:
         try:
-            mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.reason": chosen.reason})
+            mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
         except Exception as error:  # noqa: BLE001 - the file is the export; an unreachable tracking store must not fail it
             log.warning("%s: not attached to MLflow (%s): %s", target, mlflow.tracking_uri, one_line(error))
     log.info("exported %s: trial %s, %s", target, chosen.row["trial_id"], chosen.reason)

@@ -26,7 +26,12 @@ GATES_KEY = "gates"  # the milestone's tf gate rows (defer_core.results.GateRow 
 GRID_KEY = "grid"  # curve mode: generation scorings at each threshold of the spec's grid (GridPoint as dicts)
 POINTS_KEY = "points"  # curve mode: the (threshold, metrics) points of this milestone's curve (search/curve_points.py)
 REUSE_OF = "reuse_of"  # a trial whose training was already recorded: the DEFER trial id it reuses
+REPLAY_KEY = "replay"  # in a reuse trial's config: the original's milestone reports, which the worker replays
+THRESHOLD = "threshold"  # a report's threshold (curve mode: its best point's) and each curve point's
+FEASIBLE = "feasible"  # a curve point's: whether it meets the spec's constraints
+INTERMEDIATE_KEY = "intermediate"  # a curve point's single objective at each milestone so far, {n_edits: value}
 THRESHOLD_CURVE = "curve"  # search_space.threshold: curve, every training read at every threshold
+THRESHOLD_SAMPLED = "sampled"  # a searched or fixed threshold: each trial read at its own (the trials table's threshold_mode)
 
 # -- metric columns -------------------------------------------------------------------------------
 DERIVED_METRICS = ("mean",)  # mean_{scoring} = mean of rel, gen and loc under that scoring

@@ -1,4 +1,5 @@
-"""`defer-sweep --help` and `defer-sweep export` must not import torch or transformers.
+"""`defer-sweep --help`, `defer-sweep export` and `defer-sweep curve` must not import torch or
+transformers.
 
 Each check runs in a fresh interpreter (this test process has torch loaded by conftest), with
 the repository root as the working directory so `defer_core` and `orchestrator` import from it.
@@ -26,6 +27,9 @@ EXPORT_MODULES = (
     "orchestrator.sinks.mlflow_sink",
     "orchestrator.search.space",
     "orchestrator.search.ranking",
+    "orchestrator.sinks.records",
+    "orchestrator.sinks.trial_curve",
+    "defer_core.curve",
 )
 
 
@@ -90,3 +94,29 @@ def test_export_command_does_not_import_torch(tmp_path: Path) -> None:
     )
     assert heavy_imported(result) == []
     assert "model.layers[2].mlp.down_proj.weight" in target.read_text(encoding="utf-8")
+
+
+def test_curve_command_does_not_import_torch(tmp_path: Path) -> None:
+    """`defer-sweep curve OUT #000` on a minimal sweep directory: spec, state, one trial row and
+    its gate rows; it reads Parquet only."""
+    from orchestrator.sinks.layout import SweepLayout, SweepState, save_state
+    from orchestrator.sinks.parquet_sink import ParquetSink
+
+    layout = SweepLayout(tmp_path / "sweep")
+    layout.root.mkdir()
+    shutil.copy(ROOT / "tests" / "specs" / "tiny.yaml", layout.spec)
+    save_state(layout, SweepState(sweep_id="light", mlflow_tracking_uri=layout.default_stores["mlflow_tracking_uri"], mlflow_experiment="tiny",
+                                  optuna_storage="", optuna_study_name="tiny"))
+    sink = ParquetSink(layout.parquet)
+    sink.write("trials", "p0", [{"sweep_id": "light", "trial_id": "t0", "pack_id": "p0", "optuna_trial": 0, "status": "complete", "n_edits": 6, "dtype": "float32"}])
+    sink.write("gates", "p0", [{"sweep_id": "light", "trial_id": "t0", "n_edits": 6, "protocol": "stream", "chunk": 0, "record_id": "r0", "probe": probe,
+                                "gate": 0.25, "on": 1.0, "off": 1.0 if probe == "loc" else 0.0} for probe in ("rel", "gen", "loc")])
+
+    result = run_fresh(
+        f"""
+        from orchestrator.cli import main
+        assert main(["curve", {str(layout.root)!r}, "#000", "--format", "csv"]) == 0
+        """
+    )
+    assert heavy_imported(result) == []
+    assert "curve,0.25,1.0,1.0,1.0" in result.stdout and "curve,1.0,0.0,0.0,1.0" in result.stdout

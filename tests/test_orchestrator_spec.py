@@ -12,7 +12,7 @@ from defer_core.errors import DeferInputError
 from orchestrator.cli import main
 from orchestrator.sweep.preflight import check_model
 from orchestrator.search.space import hparams_for, optuna_distributions
-from orchestrator.spec import Choice, FloatRange, IntRange, load_spec, spec_from_dict, spec_to_yaml
+from orchestrator.spec import CURVE_TRAINING_THRESHOLD, Choice, Constraint, CurveSpec, FloatRange, IntRange, load_spec, spec_from_dict, spec_to_yaml
 
 from .orchestrator_support import SPECS
 
@@ -177,3 +177,94 @@ def test_resume_of_a_moved_sweep_dir_is_refused(tmp_path: Path, capsys: pytest.C
     (moved / "sweep.json").write_text("{}")
     assert main(["resume", str(moved)]) == 2
     assert f"this sweep was created in {tmp_path / 'original'}; resume it there" in capsys.readouterr().err
+
+
+# -- curve mode and constraints ----------------------------------------------------------------
+
+CURVE = with_change("search_space.threshold", "curve")
+
+
+def curve_with(path: str, value) -> dict:
+    """CURVE with one dotted key set (value None deletes it)."""
+    data = copy.deepcopy(CURVE)
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (with_change("search_space.threshold", "curv"), "key 'search_space.threshold' must be a number, a mapping {low, high} or 'curve', got str 'curv'"),
+        (with_change("search_space.threshold", [0.3, 0.5]), "key 'search_space.threshold' must be a number, a mapping {low, high} or 'curve'"),
+        (with_change("curve", {"resolution": 0.05}), "key 'curve' only applies with search_space.threshold: curve"),
+        (curve_with("curve.resolution", 0), "key 'curve.resolution' must be > 0"),
+        (curve_with("curve.resolution", 2), "key 'curve.resolution'"),
+        (curve_with("curve.gen_grid", [0.5, 0.2]), "key 'curve.gen_grid' must be distinct and ascending, got [0.5, 0.2]"),
+        (curve_with("curve.gen_grid", [0.2, 0.2]), "key 'curve.gen_grid' must be distinct and ascending"),
+        (curve_with("curve.gen_grid", [0.5, 1.5]), "key 'curve.gen_grid' has 1.5; thresholds lie in [0, 1]"),
+        (curve_with("curve.gen_grid", []), "key 'curve.gen_grid' must be a non-empty list of thresholds in [0, 1]"),
+        (curve_with("curve.gen_grid", ["high"]), "key 'curve.gen_grid' must be a number, got str 'high'"),
+        (curve_with("curve.step", 0.1), "unknown key 'curve.step' (allowed here: gen_grid, resolution)"),
+        (curve_with("initial_points", [{"layer": 2, "edit_lr": 0.05, "n_iter": 5, "threshold": 1.5}]), "key 'initial_points[0].threshold' = 1.5 lies outside the search space (0.0..1.0)"),
+        (with_change("constraints", [{"metric": "loc_tf"}]), "key 'constraints[0]' must set min, max or both"),
+        (with_change("constraints", [{"metric": "loc_gen", "min": 0.9}]), "key 'constraints[0].metric' = 'loc_gen' is not reported under scorings ['tf']"),
+        (with_change("constraints", [{"metric": "loc_tf", "min": 0.9}, {"metric": "mean", "max": 1}]), "key 'constraints[1].metric' = 'mean' is not reported"),
+        (with_change("constraints", [{"metric": "loc_tf", "min": 0.9, "max": 0.5}]), "key 'constraints[0].min' must be <= max (0.9 > 0.5)"),
+        (with_change("constraints", [{"metric": "loc_tf", "min": "high"}]), "key 'constraints[0].min' must be a number, got str 'high'"),
+        (with_change("constraints", [{"metric": "loc_tf", "minimum": 0.9}]), "unknown key 'constraints[0].minimum' (allowed here: max, metric, min)"),
+        (with_change("constraints", "loc_tf >= 0.9"), "key 'constraints' must be a list of {metric, min, max}, got str"),
+    ],
+)
+def test_invalid_curve_or_constraint_names_the_key(data: dict, expected: str) -> None:
+    with pytest.raises(DeferInputError) as caught:
+        spec_from_dict(data, source="tiny.yaml")
+    message = str(caught.value)
+    assert message.startswith("tiny.yaml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_curve_mode_searches_no_threshold_and_trains_at_the_curve_training_threshold() -> None:
+    spec = spec_from_dict(curve_with("constraints", [{"metric": "loc_tf", "min": 0.9}, {"metric": "mean_tf", "max": 0.99}]))
+    assert spec.curve_mode and not spec_from_dict(TINY).curve_mode
+    assert spec.curve == CurveSpec() and spec.curve.resolution == 0.02 and spec.curve.gen_grid == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    assert spec.constraints == (Constraint("loc_tf", 0.9), Constraint("mean_tf", None, 0.99))
+    assert set(optuna_distributions(spec)) == {"layer", "edit_lr", "n_iter"}
+    assert "threshold" not in spec.search_space.fixed()
+    # initial points keep EasyEdit's threshold on paper only: every training is read at every threshold
+    assert [set(point) for point in spec.initial_points] == [{"layer", "edit_lr", "n_iter"}] * 2
+    assert hparams_for(spec, {"layer": 2, "edit_lr": 0.01, "n_iter": 2}).threshold == CURVE_TRAINING_THRESHOLD
+    assert hparams_for(spec, {"layer": 2, "edit_lr": 0.01, "n_iter": 2, "threshold": 0.8}).threshold == 0.8  # a curve point exported
+    custom = spec_from_dict({**CURVE, "curve": {"resolution": 0.1, "gen_grid": [0.25, "0.75"]}})
+    assert custom.curve == CurveSpec(resolution=0.1, gen_grid=(0.25, 0.75))
+    with pytest.raises(KeyError, match="threshold"):
+        hparams_for(spec_from_dict(TINY), {"layer": 2, "edit_lr": 0.01, "n_iter": 2})  # a sampled threshold is never filled in
+
+
+def test_curve_mode_may_fix_every_other_parameter() -> None:
+    data = curve_with("search_space.layer", 2)
+    data["search_space"].update(edit_lr=0.05, n_iter=5)
+    data["initial_points"] = []
+    spec = spec_from_dict(data)
+    assert optuna_distributions(spec) == {} and spec.search_space.fixed() == {"layer": 2, "edit_lr": 0.05, "n_iter": 5}
+    sampled = copy.deepcopy(data)
+    sampled["search_space"]["threshold"] = 0.5
+    with pytest.raises(DeferInputError, match="fixes every parameter"):
+        spec_from_dict(sampled)
+
+
+def test_shipped_curve_spec_is_the_demo_in_curve_mode() -> None:
+    curve = load_spec(ROOT / "search_spaces" / "smollm2-zsre-curve.yaml")
+    demo = load_spec(ROOT / "search_spaces" / "smollm2-zsre-demo.yaml")
+    assert curve.curve_mode and not demo.curve_mode
+    assert curve.constraints == (Constraint("loc_tf", 0.9),)
+    assert [o.metric for o in curve.objectives] == ["rel_tf", "loc_tf"]
+    assert (curve.T, curve.milestones, curve.model, curve.scorings) == (demo.T, demo.milestones, demo.model, demo.scorings)
+    assert curve.initial_points == ({"layer": 27, "edit_lr": pytest.approx(7e-5), "n_iter": 50},)

@@ -1,19 +1,23 @@
 """`defer-sweep report OUT_DIR`: PNG plots and one self-contained HTML page for a sweep.
 
-Everything is read from the sweep's output directory (see layout.py): the Parquet trials and
-milestones tables (there, or at the storage_uri its sweep.json names), the spec, and the
-Optuna study named in sweep.json. The report goes to OUT/report/ (report.html with every plot
+Everything is read from the sweep's output directory (see layout.py): the Parquet trials,
+milestones, points, gates and grid tables (there, or at the storage_uri its sweep.json
+names), the spec, and the Optuna study named in sweep.json. The report goes to OUT/report/ (report.html with every plot
 embedded as base64, plus the PNGs beside it) and is logged as artifacts under `report/` of the
 sweep's MLflow parent run.
 
 What the page shows:
-- the Pareto front of Rel vs Loc at T for each scoring (tf, gen), completed trials only;
+- the Pareto front of Rel vs Loc at T for each scoring (tf, gen), completed trials only (in
+  curve mode every (training, threshold) point of their curves; with constraints, the front
+  holds feasible points only and the constraints are drawn);
+- in curve mode, Rel / Gen / Loc against the threshold for the top trainings (tf exact from
+  the gates table, generation on the spec's grid) and each training's Rel-Loc trade-off;
 - Rel / Gen / Loc against the number of edits for every trial, the best one highlighted;
 - hyperparameter importance from Optuna's evaluators (fANOVA and PED-ANOVA) on the study,
   or a note saying why there are too few completed trials;
 - each objective against each searched hyperparameter;
-- the top trials with their metrics and the EasyEdit DEFER YAML `defer-sweep export` would
-  write for them.
+- the top trials (curve mode: points) with their metrics and the EasyEdit DEFER YAML
+  `defer-sweep export` would write for them.
 
 The parts: data.py loads the sweep, importance.py asks Optuna, plots.py draws, html.py writes
 the page; this module puts the files on disk and hands them to the MLflow sink.

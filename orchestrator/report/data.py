@@ -2,34 +2,44 @@
 sweep.json and the best trial, plus the orderings the plots and the page share.
 
 The best trial is `export.choose`'s default choice (the one `best.yaml` holds after a run);
-ranking and the Pareto front come from ranking.py and the YAML from space.hparams_for and
-defer_core's dump_hparams, so the page and `defer-sweep export` always agree.
+ranking and the Pareto front come from ranking.py over records.candidates (complete trials; in
+curve mode the points of their curves at T), with the spec's constraints, and the YAML from
+space.hparams_for and defer_core's dump_hparams, so the page and `defer-sweep export` always
+agree. A candidate is named by `row_key` (its trial and threshold): in curve mode one trial
+gives many.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
 from defer_core.hparams import dump_hparams
 from defer_core.results import metric_key
 
-from ..export import ChosenTrial, choose, trial_dtype
-from ..protocol import FINAL_STATUSES, Status, trial_order_key
+from ..export import ChosenTrial, choose
+from ..protocol import FINAL_STATUSES, N_EDITS, THRESHOLD, Status, trial_order_key
 from ..search.ranking import pareto_front, rank_by
 from ..search.space import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..sinks.parquet_sink import read_tables
+from ..sinks.records import candidates, trial_dtype
 from ..spec import Objective, SweepSpec
 
 log = logging.getLogger(__name__)
 
 TOP_TRIALS = 10
+TOP_TRAININGS = 5  # trainings whose threshold curves the report draws
 
 Row = Mapping[str, Any]
+
+
+def row_key(row: Row) -> tuple[str, float | None]:
+    """A candidate's identity: its trial and threshold (a curve-mode trial has many points)."""
+    return (str(row["trial_id"]), row.get(THRESHOLD))
 
 
 @dataclass
@@ -42,10 +52,18 @@ class SweepData:
     trials: list[dict[str, Any]]
     milestones: dict[str, list[dict[str, Any]]]
     choice: ChosenTrial | None
+    points: list[dict[str, Any]] = field(default_factory=list)  # the points table (curve mode)
+    gates: list[dict[str, Any]] = field(default_factory=list)  # gate rows at T
+    grid: list[dict[str, Any]] = field(default_factory=list)  # gen grid rows at T
 
     @property
     def completed(self) -> list[dict[str, Any]]:
         return [t for t in self.trials if t["status"] == Status.COMPLETE]
+
+    @property
+    def candidates(self) -> list[dict[str, Any]]:
+        """What ranks (records.candidates): complete trials, or in curve mode their points at T."""
+        return candidates(self.spec, self.completed, self.points)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -63,10 +81,20 @@ def load_sweep(layout: SweepLayout) -> SweepData:
     state = load_state(layout)
     if state is None:  # require_sweep_dir checked the file exists
         raise DeferInputError(f"{layout.state}: missing")
-    tables = read_tables(layout.parquet, ("trials", "milestones"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    tables = read_tables(layout.parquet, ("trials", "milestones", "points", "gates", "grid"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
     trials = sorted(tables["trials"].to_pylist(), key=trial_order_key)
     milestones = _milestones_by_trial(tables["milestones"].to_pylist())
-    return SweepData(layout, spec, state, trials, milestones, _choose_best(spec, trials))
+    points = tables["points"].to_pylist()
+    data = SweepData(layout, spec, state, trials, milestones, None, points, _at_t(tables["gates"], spec.T), _at_t(tables["grid"], spec.T))
+    data.choice = _choose_best(spec, data.candidates)
+    return data
+
+
+def _at_t(table: Any, T: int) -> list[dict[str, Any]]:
+    """A table's rows at the last milestone (T), filtered before they become Python objects."""
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table[N_EDITS], T)).to_pylist()
 
 
 def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -78,13 +106,12 @@ def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[
     return dict(by_trial)
 
 
-def _choose_best(spec: SweepSpec, trials: Sequence[dict[str, Any]]) -> ChosenTrial | None:
-    completed = [t for t in trials if t["status"] == Status.COMPLETE]
-    if not completed:
+def _choose_best(spec: SweepSpec, rows: Sequence[dict[str, Any]]) -> ChosenTrial | None:
+    if not rows:
         return None
     try:
-        return choose(spec, completed)
-    except DeferInputError as error:  # e.g. the objective's scoring was not run
+        return choose(spec, list(rows))
+    except DeferInputError as error:  # e.g. the objective's scoring was not run, or nothing is feasible
         log.warning("report: no best trial: %s", error)
         return None
 
@@ -94,27 +121,38 @@ def scorings_with_data(data: SweepData) -> list[str]:
     return [s for s in data.spec.scorings if any(t.get(metric_key("rel", s)) is not None for t in data.trials)]
 
 
-def rel_loc_front(rows: Sequence[Row], scoring: str) -> list[Row]:
-    """Non-dominated rows on (Rel, Loc) under one scoring, whatever the spec's objectives are."""
-    return pareto_front(rows, [Objective(metric_key("rel", scoring), "maximize"), Objective(metric_key("loc", scoring), "maximize")])
+def rel_loc_front(rows: Sequence[Row], scoring: str, constraints: Sequence[Any] = ()) -> list[Row]:
+    """Non-dominated feasible rows on (Rel, Loc) under one scoring, whatever the spec's objectives are."""
+    return pareto_front(rows, [Objective(metric_key("rel", scoring), "maximize"), Objective(metric_key("loc", scoring), "maximize")], constraints)
 
 
 def spec_front_ids(data: SweepData) -> set[str]:
-    """Trial ids on the spec's own Pareto front; empty for a single objective."""
+    """Trial ids with a candidate on the spec's own Pareto front; empty for a single objective."""
     if not data.spec.multi_objective:
         return set()
-    return {r["trial_id"] for r in pareto_front(data.completed, data.spec.objectives)}
+    return {r["trial_id"] for r in pareto_front(data.candidates, data.spec.objectives, data.spec.constraints)}
 
 
-def top_trials(data: SweepData, limit: int = TOP_TRIALS) -> tuple[list[Row], set[str]]:
-    """Completed trials best-first: the spec's Pareto front first when it has several
-    objectives (front order), then the rest by the first objective. Returns (rows, front ids)."""
-    objectives = data.spec.objectives
-    front = pareto_front(data.completed, objectives) if data.spec.multi_objective else []
-    front_ids = {r["trial_id"] for r in front}
-    rest = [r for r in rank_by(data.completed, objectives[0]) if r["trial_id"] not in front_ids]
+def top_trials(data: SweepData, limit: int = TOP_TRIALS) -> tuple[list[Row], set[tuple[str, float | None]]]:
+    """Candidates best-first: the spec's Pareto front first when it has several objectives
+    (front order), then the rest by the first objective (feasible first). Returns (rows, the
+    front's row keys)."""
+    objectives, constraints, rows = data.spec.objectives, data.spec.constraints, data.candidates
+    front = pareto_front(rows, objectives, constraints) if data.spec.multi_objective else []
+    front_keys = {row_key(r) for r in front}
+    rest = [r for r in rank_by(rows, objectives[0], constraints) if row_key(r) not in front_keys]
     ordered = [*front, *rest]
-    return ordered[: max(limit, len(front))], front_ids
+    return ordered[: max(limit, len(front))], front_keys
+
+
+def top_trainings(data: SweepData, limit: int = TOP_TRAININGS) -> list[Row]:
+    """The trials whose candidates rank best (top_trials' order), one row per trial: its best
+    candidate. What the threshold plots draw."""
+    seen: dict[str, Row] = {}
+    ranked, _ = top_trials(data, limit=len(data.candidates))
+    for row in ranked:
+        seen.setdefault(str(row["trial_id"]), row)
+    return list(seen.values())[:limit]
 
 
 def trial_yaml(spec: SweepSpec, row: Row) -> str:

@@ -19,9 +19,11 @@ import jinja2
 from defer_core.results import METRICS, metric_key
 
 from ..protocol import Status
+from ..search.ranking import is_feasible
 from ..search.space import describe_config
+from ..sinks.records import bounds_text, threshold_mode
 from ..spec import SweepSpec
-from .data import Row, SweepData, scorings_with_data, top_trials, trial_yaml
+from .data import Row, SweepData, row_key, scorings_with_data, top_trials, trial_yaml
 from .importance import Importance
 from .plots import HEIGHT_PX, SECTIONS, WIDTH_PX, Hotspot, Plot, trial_label
 
@@ -71,7 +73,7 @@ _TEMPLATE = (
 {% endfor %}
 {% endfor %}
 <h2 id="top">Top trials</h2>
-<p>{{ top.searched_note }}Completed trials ranked {{ top.ranking }}{{ top.metric }}; metrics at T={{ top.T }}. The YAML is what <code>defer-sweep export</code> writes for that trial.</p>
+<p>{{ top.searched_note }}{{ top.what }} ranked {{ top.ranking }}{{ top.metric }}; metrics at T={{ top.T }}. The YAML is what <code>defer-sweep export</code> writes for that {{ top.unit }}.</p>
 {% if top.rows %}
 <table class="trials" id="top-trials"><thead><tr>{% for h in top.head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for row in top.rows %}
@@ -95,7 +97,8 @@ _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, tri
 _PAGE = _ENV.from_string(_TEMPLATE)
 
 _SECTION_TEXT = {  # section key -> (title, intro); keys and order are plots.SECTIONS
-    "pareto": ("Pareto front: Rel vs Loc", "Completed trials at T. A point on the front cannot gain Rel without losing Loc."),
+    "pareto": ("Pareto front: Rel vs Loc", "Completed trials at T (in curve mode, each at every threshold of its curve). A point on the front cannot gain Rel without losing Loc."),
+    "thresholds": ("Rel / Gen / Loc vs threshold", "DEFER reads its threshold only at evaluation, so one training gives a whole curve: the top trainings' metrics at every threshold, and the Rel–Loc trade-off each one offers."),
     "curves": ("Rel / Gen / Loc vs number of edits", "How each trial degrades (or not) as edits accumulate."),
     "importance": ("Hyperparameter importance", "Optuna's importance evaluators on the sweep's study."),
     "params": ("Hyperparameters vs objective", "Where in the search space the good trials are."),
@@ -146,6 +149,8 @@ class TopRow:
 @dataclass(frozen=True)
 class TopTable:
     searched_note: str
+    what: str  # what the rows are: completed trials, or (training, threshold) points
+    unit: str
     ranking: str
     metric: str
     T: int
@@ -161,7 +166,7 @@ def render_html(data: SweepData, plot_list: Sequence[Plot], importance: Importan
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         meta=_meta(data),
         page_notes=list(notes),
-        sections=_sections(plot_list, importance),
+        sections=_sections(plot_list, importance, data.spec.curve_mode),
         width=WIDTH_PX,
         height=HEIGHT_PX,
         hotspot_radius=HOTSPOT_RADIUS_PX,
@@ -193,7 +198,10 @@ def _meta(data: SweepData) -> list[tuple[str, str | TrialRef]]:
     return [
         ("model", f"{spec.model.name} ({spec.model.dtype}, {spec.model.device or 'auto'})"),
         ("edits", f"T={spec.T}, milestones {', '.join(map(str, spec.milestones))}, protocol {spec.protocol}, scorings {', '.join(spec.scorings)}"),
+        ("threshold", "curve: every training read at every threshold; candidates are (training, threshold) points" if spec.curve_mode
+         else f"{threshold_mode(spec)}: each trial read at its own"),
         ("objectives", ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)),
+        *([("constraints", f"{bounds_text(spec.constraints)} (feasible points rank first; export refuses when none is)")] if spec.constraints else []),
         ("trials", f"{len(data.trials)} of {spec.num_trials}: {counts[Status.COMPLETE]} complete, {counts[Status.PRUNED]} pruned, {counts[Status.FAILED]} failed{unfinished}"),
         ("best", best),
         ("sweep", f"id {state.sweep_id}; MLflow {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}'); Optuna study '{state.optuna_study_name}'"),
@@ -202,10 +210,13 @@ def _meta(data: SweepData) -> list[tuple[str, str | TrialRef]]:
     ]
 
 
-def _sections(plot_list: Sequence[Plot], importance: Importance) -> list[Section]:
-    """The plot sections in page order; a section with neither plots nor notes says so."""
+def _sections(plot_list: Sequence[Plot], importance: Importance, curve_mode: bool) -> list[Section]:
+    """The plot sections in page order; a section with neither plots nor notes says so (the
+    threshold curves are a curve-mode section)."""
     sections = []
     for key in SECTIONS:
+        if key == "thresholds" and not curve_mode:
+            continue
         title, intro = _SECTION_TEXT[key]
         figures = [_figure(p) for p in plot_list if p.section == key]
         notes = list(importance.notes) if key == "importance" else []
@@ -221,25 +232,35 @@ def _figure(plot: Plot) -> Figure:
 def _top_table(data: SweepData) -> TopTable:
     """The best completed trials with their metrics and the YAML `defer-sweep export` writes."""
     spec = data.spec
-    rows, front_ids = top_trials(data)
+    rows, front_keys = top_trials(data)
     metric_cols = [metric_key(m, s) for s in scorings_with_data(data) for m in METRICS]
-    head = ["rank", "trial", *(["Pareto"] if spec.multi_objective else []), *_HPARAM_COLUMNS, *metric_cols, "seconds", "EasyEdit YAML"]
-    best_id = data.best["trial_id"] if data.best else None
+    feasible_col = ["feasible"] if spec.constraints else []
+    head = ["rank", "trial", *(["Pareto"] if spec.multi_objective else []), *_HPARAM_COLUMNS, *metric_cols, *feasible_col, "seconds", "EasyEdit YAML"]
+    best_key = row_key(data.best) if data.best else None
     searched = list(spec.search_space.searched())
     return TopTable(
         searched_note=f"Searched: {', '.join(searched)}. " if searched else "",
-        ranking="the spec's Pareto front first (★), then by " if spec.multi_objective else "by ",
+        what="(Training, threshold) points of completed trials" if spec.curve_mode else "Completed trials",
+        unit="point" if spec.curve_mode else "trial",
+        ranking=_ranking_text(spec),
         metric=spec.objectives[0].metric,
         T=spec.T,
         multi_objective=spec.multi_objective,
         head=head,
-        rows=[_top_row(spec, rank, row, row["trial_id"] == best_id, row["trial_id"] in front_ids, metric_cols) for rank, row in enumerate(rows, 1)],
+        rows=[_top_row(spec, rank, row, row_key(row) == best_key, row_key(row) in front_keys, metric_cols) for rank, row in enumerate(rows, 1)],
     )
 
 
+def _ranking_text(spec: SweepSpec) -> str:
+    """`the spec's Pareto front first (★), then those satisfying the constraints first, then by `."""
+    parts = [*(["the spec's Pareto front first (★)"] if spec.multi_objective else []), *(["those satisfying the constraints first"] if spec.constraints else [])]
+    return ", then ".join(parts) + ", then by " if parts else "by "
+
+
 def _top_row(spec: SweepSpec, rank: int, row: Row, is_best: bool, on_front: bool, metric_cols: Sequence[str]) -> TopRow:
-    hparams = [str(row["layer"]), f"{row['edit_lr']:.3g}", str(row["n_iter"]), f"{row['threshold']:.3f}"]
-    cells = [*hparams, *(fmt(row.get(c)) for c in metric_cols), fmt(row.get("seconds"), 1)]
+    hparams = [str(row["layer"]), f"{row['edit_lr']:.3g}", str(row["n_iter"]), fmt(row.get("threshold"))]
+    feasible = [("yes" if is_feasible(row, spec.constraints) else "no")] if spec.constraints else []
+    cells = [*hparams, *(fmt(row.get(c)) for c in metric_cols), *feasible, fmt(row.get("seconds"), 1)]
     return TopRow(rank, _trial_ref(row), is_best, on_front, cells, trial_yaml(spec, row))
 
 

@@ -20,10 +20,13 @@ from matplotlib.lines import Line2D
 
 from defer_core.results import METRICS, metric_key
 
-from ..protocol import OPTUNA_TRIAL, Status, trial_label as label_of
+from ..protocol import OPTUNA_TRIAL, THRESHOLD, Status, trial_label as label_of
+from ..search.ranking import Bound, is_feasible
 from ..search.space import describe_config
+from ..sinks.records import bounds_text
+from ..sinks.trial_curve import tf_curves
 from ..spec import Choice as ChoiceRange, FloatRange, SweepSpec
-from .data import SweepData, rel_loc_front, scorings_with_data, spec_front_ids, top_trials
+from .data import SweepData, rel_loc_front, row_key, scorings_with_data, spec_front_ids, top_trainings, top_trials
 from .importance import Importance
 
 WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
@@ -32,6 +35,9 @@ PRUNED_COLOR = "#9a9a9a"
 FAILED_COLOR = "#8c564b"
 FRONT_COLOR = "#dd8452"
 BEST_COLOR = "#c44e52"
+INFEASIBLE_COLOR = "#b0b0b0"
+CONSTRAINT_COLOR = "#2ca02c"
+TRAINING_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974")
 
 LABELLED_CURVES = 5  # curves named at their end: best.yaml's trial and the top trials (the page's order)
 Row = Mapping[str, Any]
@@ -56,6 +62,46 @@ def png_bytes(figure: Figure) -> bytes:
 def trial_label(row: Row) -> str:
     """`#007`, as the console and MLflow run names print it (protocol.trial_label)."""
     return label_of(row.get(OPTUNA_TRIAL), str(row.get("trial_id", "?")))
+
+
+def point_label(row: Row, curve_mode: bool) -> str:
+    """A candidate's label: its trial's, in curve mode with its threshold (`#007@0.73`)."""
+    return f"{trial_label(row)}@{row[THRESHOLD]:.2f}" if curve_mode and row.get(THRESHOLD) is not None else trial_label(row)
+
+
+SHARED_LABELS = 3  # trials named in one label of equal points; the rest are counted
+
+
+def shared_label(rows: Sequence[Row], curve_mode: bool) -> str:
+    """One label for points with the same values: `#1, #4`; in curve mode a trial's several
+    thresholds as a range, `#000@0.10–0.47 (8)`; past SHARED_LABELS trials, `+N more`."""
+    by_trial: dict[str, list[Row]] = {}
+    for r in rows:
+        by_trial.setdefault(trial_label(r), []).append(r)
+    names = []
+    for name, ours in by_trial.items():
+        thresholds = sorted(r[THRESHOLD] for r in ours if r.get(THRESHOLD) is not None)
+        if not curve_mode or not thresholds:
+            names.append(name)
+        elif len(thresholds) == 1:
+            names.append(f"{name}@{thresholds[0]:.2f}")
+        else:
+            names.append(f"{name}@{thresholds[0]:.2f}–{thresholds[-1]:.2f} ({len(thresholds)})")
+    more = f" +{len(names) - SHARED_LABELS} more" if len(names) > SHARED_LABELS else ""
+    return ", ".join(names[:SHARED_LABELS]) + more
+
+
+def constraint_lines(ax: Any, constraints: Sequence[Bound], x_metric: str | None, y_metric: str | None) -> None:
+    """Draws each bound on the axes' metrics as a dashed line (vertical for x, horizontal for y)."""
+    for bound in constraints:
+        for value, side in ((bound.min, ">="), (bound.max, "<=")):
+            if value is None:
+                continue
+            label = f"constraint {bound.metric} {side} {value:g}"
+            if bound.metric == x_metric:
+                ax.axvline(value, color=CONSTRAINT_COLOR, linestyle="--", linewidth=1.3, label=label, zorder=1)
+            if bound.metric == y_metric:
+                ax.axhline(value, color=CONSTRAINT_COLOR, linestyle="--", linewidth=1.3, label=label, zorder=1)
 
 
 @dataclass(frozen=True)
@@ -91,31 +137,39 @@ def _unit_axes(ax: Any) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int) -> tuple[Figure, tuple[Hotspot, ...]]:
-    """Rel vs Loc at T for completed trials; the non-dominated ones joined and labelled; each
-    point a hotspot naming its trial."""
+def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int,
+                  constraints: Sequence[Bound] = (), curve_mode: bool = False) -> tuple[Figure, tuple[Hotspot, ...]]:
+    """Rel vs Loc at T for the candidates (completed trials, or in curve mode their curves'
+    points); the non-dominated feasible ones joined and labelled, infeasible ones hollow, the
+    constraints on Rel/Loc drawn; each point a hotspot naming its trial (and threshold)."""
     rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
+    unit = "point" if curve_mode else "completed trial"
     figure = new_figure()
     ax = figure.add_subplot()
-    front_ids = {r["trial_id"] for r in front}
-    others = [r for r in rows if r["trial_id"] not in front_ids]
-    ax.scatter([r[rel] for r in others], [r[loc] for r in others], s=45, color=COMPLETE_COLOR, alpha=0.6, label=f"completed trial ({len(others)})", zorder=2)
+    front_keys = {row_key(r) for r in front}
+    others = [r for r in rows if row_key(r) not in front_keys and is_feasible(r, constraints)]
+    infeasible = [r for r in rows if not is_feasible(r, constraints)]
+    ax.scatter([r[rel] for r in others], [r[loc] for r in others], s=45, color=COMPLETE_COLOR, alpha=0.6, label=f"{unit} ({len(others)})", zorder=2)
+    if infeasible:
+        ax.scatter([r[rel] for r in infeasible], [r[loc] for r in infeasible], s=40, facecolors="none", edgecolors=INFEASIBLE_COLOR,
+                   label=f"infeasible {unit} ({len(infeasible)})", zorder=2)
+    constraint_lines(ax, constraints, rel, loc)
     if front:
         ordered = sorted(front, key=lambda r: (r[rel], -r[loc]))
         xs, ys = [r[rel] for r in ordered], [r[loc] for r in ordered]
         ax.step(xs, ys, where="pre", color=FRONT_COLOR, linewidth=1.5, alpha=0.8, zorder=3)
         ax.scatter(xs, ys, s=90, color=FRONT_COLOR, edgecolor="black", linewidth=0.8, label=f"Pareto front ({len(front)})", zorder=4)
-        labels: dict[tuple[float, float], list[str]] = {}
-        for r in ordered:  # trials with equal values share one label: "#1, #4"
-            labels.setdefault((r[rel], r[loc]), []).append(trial_label(r))
-        for (x, y), names in labels.items():
-            ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        labels: dict[tuple[float, float], list[Row]] = {}
+        for r in ordered:  # points with equal values share one label: "#1, #4"
+            labels.setdefault((r[rel], r[loc]), []).append(r)
+        for (x, y), same in labels.items():
+            ax.annotate(shared_label(same, curve_mode), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     if best is not None and best.get(rel) is not None and best.get(loc) is not None:
-        ax.scatter([best[rel]], [best[loc]], s=260, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, label=f"best.yaml ({trial_label(best)})", zorder=5)
+        ax.scatter([best[rel]], [best[loc]], s=260, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, label=f"best.yaml ({point_label(best, curve_mode)})", zorder=5)
     _unit_axes(ax)
     ax.set_xlabel(f"Rel at T={T} ({scoring})")
     ax.set_ylabel(f"Loc at T={T} ({scoring})")
-    title = f"Pareto front of Rel vs Loc, {scoring_title(scoring)} scoring, {len(rows)} completed trial(s)"
+    title = f"Pareto front of Rel vs Loc, {scoring_title(scoring)} scoring, {len(rows)} {unit}(s)"
     if n_not_shown:
         title += f"\n({n_not_shown} pruned/failed trial(s) not shown: they have no values at T)"
     ax.set_title(title)
@@ -125,6 +179,82 @@ def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best:
         ax.legend(loc="best", fontsize=9)
     marks = [(ax, r[rel], r[loc], f"{trial_label(r)} {describe_config(r)}: {rel}={r[rel]:.3f}, {loc}={r[loc]:.3f}") for r in rows]
     return figure, hotspots(figure, marks)
+
+
+Series = Sequence[tuple[float, Mapping[str, float]]]  # (threshold, metrics) ascending
+
+
+def thresholds_figure(scoring: str, trainings: Sequence[Row], series: Mapping[str, Series], best: Row | None, T: int,
+                      constraints: Sequence[Bound], exact: bool) -> Figure:
+    """Rel, Gen and Loc against the threshold at T: one line per training (`trainings`, best
+    first), steps for the exact tf curve (each value holds up to its breakpoint), points for a
+    generation grid; best.yaml's threshold starred, constraints dashed."""
+    figure = new_figure()
+    axes = figure.subplots(1, 3, sharey=True)
+    best_id = best["trial_id"] if best is not None else None
+    for ax, metric in zip(axes, METRICS):
+        key = metric_key(metric, scoring)
+        for index, training in enumerate(trainings):
+            points = [(t, m[key]) for t, m in series.get(str(training["trial_id"]), ()) if m.get(key) is not None]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            color = TRAINING_COLORS[index % len(TRAINING_COLORS)]
+            width = 2.4 if training["trial_id"] == best_id else 1.3
+            ax.plot(xs, ys, color=color, linewidth=width, drawstyle="steps-pre" if exact else "default", marker=None if exact else "o",
+                    markersize=4, label=f"{trial_label(training)} {describe_config({k: v for k, v in training.items() if k != THRESHOLD})}", zorder=3)
+        if best is not None and best.get(key) is not None and best.get(THRESHOLD) is not None:
+            ax.scatter([best[THRESHOLD]], [best[key]], s=220, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, zorder=5,
+                       label=f"best.yaml ({trial_label(best)}, threshold {best[THRESHOLD]:.3f})")
+        constraint_lines(ax, constraints, None, key)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(METRIC_LABELS[metric])
+        ax.set_xlabel("threshold")
+    axes[0].set_ylabel(f"accuracy at T={T} ({scoring})")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:  # constraints drawn in another panel
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if text not in labels:
+                handles.append(handle)
+                labels.append(text)
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncol=min(3, len(handles)), fontsize=8)
+    kind = "exact curve from the gates" if exact else "the spec's threshold grid"
+    figure.suptitle(f"Rel / Gen / Loc vs threshold at T={T}, {scoring_title(scoring)} scoring ({kind}), top {len(trainings)} training(s)")
+    return figure
+
+
+def tradeoff_figure(scoring: str, trainings: Sequence[Row], series: Mapping[str, Series], top_ids: Sequence[str], best: Row | None, T: int,
+                    constraints: Sequence[Bound]) -> Figure:
+    """Rel against Loc at T as the threshold moves: one line per complete training, the top
+    ones coloured and named, the constraints on Rel/Loc dashed, best.yaml's point starred."""
+    rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
+    figure = new_figure()
+    ax = figure.add_subplot()
+    constraint_lines(ax, constraints, rel, loc)
+    colors = {trial_id: TRAINING_COLORS[i % len(TRAINING_COLORS)] for i, trial_id in enumerate(top_ids)}
+    for training in sorted(trainings, key=lambda t: str(t["trial_id"]) in colors):  # the top ones drawn last, on top
+        trial_id = str(training["trial_id"])
+        points = [(m[rel], m[loc]) for _, m in series.get(trial_id, ()) if m.get(rel) is not None and m.get(loc) is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        if trial_id in colors:
+            ax.plot(xs, ys, "-o", color=colors[trial_id], linewidth=1.8, markersize=3, label=f"{trial_label(training)}", zorder=3)
+        else:
+            ax.plot(xs, ys, "-", color=INFEASIBLE_COLOR, linewidth=0.8, alpha=0.7, zorder=2)
+    if best is not None and best.get(rel) is not None and best.get(loc) is not None:
+        ax.scatter([best[rel]], [best[loc]], s=260, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, zorder=5,
+                   label=f"best.yaml ({point_label(best, True)})")
+    _unit_axes(ax)
+    ax.set_xlabel(f"Rel at T={T} ({scoring})")
+    ax.set_ylabel(f"Loc at T={T} ({scoring})")
+    ax.set_title(f"Rel–Loc trade-off over thresholds, {scoring_title(scoring)} scoring, {len(trainings)} training(s) (grey: not in the top {len(top_ids)})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
+    return figure
 
 
 def _edit_axis(ax: Any, milestones: Sequence[int]) -> None:
@@ -300,8 +430,8 @@ def params_figure(objective: str, direction: str, params: Sequence[tuple[str, bo
 
 # -- which figures a sweep gets ---------------------------------------------------------------------
 
-SECTIONS = ("pareto", "curves", "importance", "params")  # in page order
-_PER_SCORING_OR_OBJECTIVE = ("pareto_", "curves_", "params_")  # file name prefixes; importance.png is alone
+SECTIONS = ("pareto", "thresholds", "curves", "importance", "params")  # in page order; thresholds only in curve mode
+_PER_SCORING_OR_OBJECTIVE = ("pareto_", "thresholds_", "tradeoff_", "curves_", "params_")  # file name prefixes; importance.png is alone
 
 
 @dataclass(frozen=True)
@@ -324,6 +454,7 @@ def build_plots(data: SweepData, importance: Importance) -> list[Plot]:
     scorings = scorings_with_data(data)
     return [
         *(_pareto_plot(data, s) for s in scorings),
+        *(_threshold_plots(data) if data.spec.curve_mode else []),
         *(_curves_plot(data, s) for s in scorings),
         *([_importance_plot(importance)] if importance.values else []),
         *_params_plots(data),
@@ -331,18 +462,54 @@ def build_plots(data: SweepData, importance: Importance) -> list[Plot]:
 
 
 def _pareto_plot(data: SweepData, scoring: str) -> Plot:
-    T = data.spec.T
+    spec, T = data.spec, data.spec.T
     rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
-    completed = data.completed
-    rows = [r for r in completed if r.get(rel) is not None and r.get(loc) is not None]
-    front = rel_loc_front(rows, scoring)
-    figure, spots = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(completed))
+    rows = [r for r in data.candidates if r.get(rel) is not None and r.get(loc) is not None]
+    front = rel_loc_front(rows, scoring, spec.constraints)
+    figure, spots = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(data.completed), spec.constraints, spec.curve_mode)
+    what = f"a (training, threshold) point of a trial that made all {T} edits: the trial's adaptor read at one threshold of its curve" if spec.curve_mode else f"a trial that made all {T} edits"
     caption = (
-        f"Each point is a trial that made all {T} edits, scored {scoring_title(scoring)}. "
-        f"Orange: the {len(front)} non-dominated trial(s) (no other trial is at least as good on both Rel and Loc and better on one). "
-        "Red star: the trial in best.yaml. Hover a point for its trial."
+        f"Each point is {what}, scored {scoring_title(scoring)}. "
+        f"Orange: the {len(front)} non-dominated point(s) (no other is at least as good on both Rel and Loc and better on one). "
+        + (f"Only points satisfying the constraints ({bounds_text(spec.constraints)}, dashed) count; hollow grey points do not. " if spec.constraints else "")
+        + "Red star: best.yaml. Hover a point for its trial."
     )
     return Plot(f"pareto_{scoring}", "pareto", f"Pareto front: Rel vs Loc ({scoring})", caption, png_bytes(figure), spots)
+
+
+def threshold_series(data: SweepData, scoring: str) -> tuple[dict[str, list[tuple[float, dict[str, float]]]], bool]:
+    """Per complete trial, its (threshold, metrics) at T under one scoring, and whether they
+    are exact: tf from the gate rows (every breakpoint), generation scorings from the grid."""
+    if scoring == "tf":
+        curves = tf_curves(data.spec, data.completed, data.gates, data.spec.T)
+        return {trial_id: [(p.threshold, p.metrics) for p in points] for trial_id, points in curves.items()}, True
+    grid: dict[str, list[tuple[float, dict[str, float]]]] = {}
+    for row in sorted(data.grid, key=lambda r: r[THRESHOLD]):
+        grid.setdefault(str(row["trial_id"]), []).append((row[THRESHOLD], {k: v for k, v in row.items() if v is not None}))
+    return grid, False
+
+
+def _threshold_plots(data: SweepData) -> list[Plot]:
+    """Curve mode: per scoring with data at T, the top trainings' Rel/Gen/Loc against the
+    threshold and every training's Rel–Loc trade-off over thresholds."""
+    spec, T = data.spec, data.spec.T
+    top = top_trainings(data)
+    top_ids = [str(t["trial_id"]) for t in top]
+    plots = []
+    for scoring in spec.scorings:
+        series, exact = threshold_series(data, scoring)
+        if not series:
+            continue
+        figure = thresholds_figure(scoring, top, series, data.best, T, spec.constraints, exact)
+        how = ("exact: each step is where a probe's gate crosses the threshold (defer-sweep curve prints the numbers)" if exact
+               else "measured at the spec's threshold grid only (generation depends on the threshold at every token)")
+        caption = f"The top {len(top)} training(s) by the candidates' ranking, at T={T}, {scoring_title(scoring)} scoring; {how}. Red star: best.yaml's threshold."
+        plots.append(Plot(f"thresholds_{scoring}", "thresholds", f"Rel / Gen / Loc vs threshold ({scoring})", caption, png_bytes(figure)))
+        figure = tradeoff_figure(scoring, data.completed, series, top_ids, data.best, T, spec.constraints)
+        caption = (f"Each line is one training that made all {T} edits, traced over thresholds: raising the threshold trades Rel for Loc. "
+                   + (f"Dashed: the constraints ({bounds_text(spec.constraints)}). " if spec.constraints else "") + "Red star: best.yaml.")
+        plots.append(Plot(f"tradeoff_{scoring}", "thresholds", f"Rel–Loc trade-off over thresholds ({scoring})", caption, png_bytes(figure)))
+    return plots
 
 
 def _curves_plot(data: SweepData, scoring: str) -> Plot:

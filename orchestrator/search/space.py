@@ -2,6 +2,9 @@
 
 A trial config holds only the four searched numbers (layer, edit_lr, n_iter, threshold);
 the module path is the spec's template with `{layer}` filled in by str.format, never eval.
+In curve mode the threshold is no Optuna parameter: a training runs at
+CURVE_TRAINING_THRESHOLD and is read at every threshold; a config that names one (a curve
+point being exported) keeps it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import optuna
 
 from defer_core.hparams import DeferHParams
 
-from ..spec import SEARCHED, Choice, FloatRange, IntRange, SweepSpec
+from ..protocol import THRESHOLD
+from ..spec import CURVE_TRAINING_THRESHOLD, SEARCHED, Choice, FloatRange, IntRange, SweepSpec
 
 
 def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -31,6 +35,8 @@ def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.Base
 def full_config(spec: SweepSpec, config: Mapping[str, Any]) -> dict[str, int | float]:
     """Searched values from Optuna plus the spec's fixed ones, typed."""
     merged = {**spec.search_space.fixed(), **{k: config[k] for k in SEARCHED if k in config}}
+    if spec.curve_mode:
+        merged.setdefault(THRESHOLD, CURVE_TRAINING_THRESHOLD)
     missing = [k for k in SEARCHED if k not in merged]
     if missing:
         raise KeyError(f"trial config lacks {', '.join(missing)}")
@@ -38,7 +44,7 @@ def full_config(spec: SweepSpec, config: Mapping[str, Any]) -> dict[str, int | f
         "layer": int(merged["layer"]),
         "edit_lr": float(merged["edit_lr"]),
         "n_iter": int(merged["n_iter"]),
-        "threshold": float(merged["threshold"]),
+        THRESHOLD: float(merged[THRESHOLD]),
     }
 
 
@@ -62,7 +68,7 @@ def hparams_for(spec: SweepSpec, config: Mapping[str, Any]) -> DeferHParams:
         inner_params=(f"{module_for(spec, values['layer'])}.weight",),
         edit_lr=values["edit_lr"],
         n_iter=values["n_iter"],
-        threshold=values["threshold"],
+        threshold=values[THRESHOLD],
         device=export_device(spec.model.device),
     )
 

@@ -270,16 +270,21 @@ class MlflowSink:
         logged.update((m.key, m.step) for m in new)
         return len(new)
 
-    def finish_trial(self, trial_id: str, status: str, error: str | None, short_error: str | None) -> None:
+    def finish_trial(self, trial_id: str, status: str, error: str | None, short_error: str | None,
+                     tags: Mapping[str, str] | None = None, texts: Mapping[str, str] | None = None) -> None:
+        """Ends the trial's run with its status (and error); `tags` are set on it and `texts`
+        (artifact file name -> content, e.g. a curve-mode trial's curve.csv) logged to it."""
         run_id = self._trial_run(trial_id)
         if run_id is None:
             return
-        tags = [RunTag(TAG_STATUS, str(status))]
+        run_tags = [RunTag(TAG_STATUS, str(status)), *(RunTag(k, str(v)) for k, v in (tags or {}).items())]
         if short_error:
-            tags.append(RunTag(TAG_ERROR, short_error[:_TAG_LIMIT]))
-        self.client.log_batch(run_id, tags=tags)
-        if error and self._artifacts_in_place(run_id):
-            self.client.log_text(run_id, error, "error.txt")
+            run_tags.append(RunTag(TAG_ERROR, short_error[:_TAG_LIMIT]))
+        self.client.log_batch(run_id, tags=run_tags)
+        files = {**({"error.txt": error} if error else {}), **(texts or {})}
+        if files and self._artifacts_in_place(run_id):
+            for name, text in files.items():
+                self.client.log_text(run_id, text, name)
         self.client.set_terminated(run_id, status=_RUN_STATUS[status])
 
 

@@ -1,11 +1,19 @@
-"""The Parquet dataset: tables trials/, milestones/, edits/, one file per trial per table.
+"""The Parquet dataset: tables trials/, milestones/, edits/, gates/, grid/, points/, one file
+per trial per table.
 
 The dataset lives on a pyarrow filesystem (storage.Location): OUT/parquet on local disk, or
 <storage_uri>/parquet on shared storage such as S3. A file is named by the Tune trial id (it holds the
 rows of every DEFER trial of a pack, see packing.py) and appears whole or not at all, so a reader never sees half a file, a crash never leaves one, and
 writing a trial again (a resumed sweep re-running an interrupted trial) replaces its rows
 instead of duplicating them. Schemas are fixed (every metric column exists, null where a
-scoring was not run), so the files of many sweeps concatenate.
+scoring was not run), so the files of many sweeps concatenate, and a file written before a
+column existed reads with that column null (`conform`); a table an older sweep never wrote
+reads empty.
+
+gates/ holds each milestone's tf gate rows (defer_core.results.GateRow): from them alone
+defer_core.curve gives the trial's exact tf metrics at any threshold (`defer-sweep curve`).
+grid/ holds the generation scorings at each threshold of the spec's grid, points/ the
+(threshold, metrics) points of a curve-mode trial's curve (protocol.POINTS_KEY).
 
 Files are read one by one, so a damaged one (truncated, or not Parquet at all) is named with
 what is wrong: strict readers (everything a running or resuming sweep reads) raise
@@ -32,7 +40,7 @@ from ..storage import Location, as_location, one_line
 
 log = logging.getLogger(__name__)
 
-TABLES = ("trials", "milestones", "edits")
+TABLES = ("trials", "milestones", "edits", "gates", "grid", "points")
 _TIME = pa.timestamp("us", tz="UTC")
 _METRICS = [pa.field(name, pa.float64()) for name in METRIC_COLUMNS]
 
@@ -48,7 +56,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("module", pa.string()),
         pa.field("edit_lr", pa.float64()),
         pa.field("n_iter", pa.int64()),
-        pa.field("threshold", pa.float64()),
+        pa.field("threshold", pa.float64()),  # curve mode: the threshold of the best point at the last milestone
         pa.field("model", pa.string()),
         pa.field("dtype", pa.string()),  # the dtype the trial ran in (auto resolved)
         pa.field("protocol", pa.string()),
@@ -63,6 +71,9 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("started_at", _TIME),
         pa.field("finished_at", _TIME),
         pa.field("error", pa.string()),
+        pa.field("reuse_of", pa.string()),  # the DEFER trial whose training this one replayed (null: it trained)
+        pa.field("feasible", pa.bool_()),  # its last milestone's metrics meet the spec's constraints (null: none)
+        pa.field("threshold_mode", pa.string()),  # "sampled" (threshold searched) or "curve" (read at every threshold)
     ]
 )
 
@@ -75,6 +86,7 @@ MILESTONES_SCHEMA = pa.schema(
         pa.field("n_edits", pa.int64()),
         pa.field("eval_seconds", pa.float64()),
         pa.field("elapsed_seconds", pa.float64()),
+        pa.field("threshold", pa.float64()),  # the threshold these metrics were read at (curve mode: the best point's)
     ]
 )
 
@@ -88,10 +100,52 @@ EDITS_SCHEMA = pa.schema(
         pa.field("final_loss", pa.float64()),
         pa.field("edit_seconds", pa.float64()),
         pa.field("success", pa.float64()),
+        pa.field("gate", pa.float64()),  # the edit prompt's gate, and its tf accuracy with the adaptor forced on / off
+        pa.field("success_on", pa.float64()),
+        pa.field("success_off", pa.float64()),
     ]
 )
 
-SCHEMAS = {"trials": TRIALS_SCHEMA, "milestones": MILESTONES_SCHEMA, "edits": EDITS_SCHEMA}
+GATES_SCHEMA = pa.schema(
+    [
+        pa.field("sweep_id", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("n_edits", pa.int64()),
+        pa.field("protocol", pa.string()),
+        pa.field("chunk", pa.int64()),
+        pa.field("record_id", pa.string()),
+        pa.field("probe", pa.string()),  # rel, gen or loc
+        pa.field("gate", pa.float64()),  # the model-dtype gate, exactly
+        pa.field("on", pa.float64()),
+        pa.field("off", pa.float64()),
+    ]
+)
+
+GRID_SCHEMA = pa.schema(
+    [
+        pa.field("sweep_id", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("n_edits", pa.int64()),
+        pa.field("threshold", pa.float64()),
+        *_METRICS,
+    ]
+)
+
+POINTS_SCHEMA = pa.schema(
+    [
+        pa.field("sweep_id", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("n_edits", pa.int64()),
+        pa.field("threshold", pa.float64()),
+        *_METRICS,
+        pa.field("feasible", pa.bool_()),
+    ]
+)
+
+SCHEMAS = {
+    "trials": TRIALS_SCHEMA, "milestones": MILESTONES_SCHEMA, "edits": EDITS_SCHEMA,
+    "gates": GATES_SCHEMA, "grid": GRID_SCHEMA, "points": POINTS_SCHEMA,
+}
 
 
 class ParquetSink:

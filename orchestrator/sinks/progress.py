@@ -27,14 +27,14 @@ from ray.exceptions import RayError
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from ..protocol import FINAL_STATUSES, N_EDITS, OPTUNA_TRIAL, Status, final_status, trial_label
+from ..protocol import FINAL_STATUSES, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REUSE_OF, THRESHOLD, Status, final_status, trial_label
 from ..search.packing import member_configs, member_results, member_trial_id, num_packs
-from ..search.ranking import pareto_front, rank_by
-from ..search.space import describe_config, full_config
+from ..search.ranking import is_feasible, pareto_front, rank_by
+from ..search.space import full_config
 from ..spec import SweepSpec
 from ..worker.live import EditProgress, board_name, open_board
 from .parquet_sink import finished_packs
-from .records import short_error, trial_error_text
+from .records import bounds_text, candidates, config_text, short_error, trial_error_text
 from ..storage import Location
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,13 @@ def milestone_text(milestones: Mapping[int, Mapping[str, float]], metrics: Seque
     return " | ".join(parts) if parts else "no milestone reached"
 
 
-def trial_line(done: int, total: int, label: str, trial_id: str, status: str, config: Mapping[str, Any], milestones: Mapping[int, Mapping[str, float]], metrics: Sequence[str], seconds: float | None, error: str | None) -> str:
-    """`[3/40 done] #007 complete  <trial id>  L27 lr=... @100 rel_tf=... (812.4s)`."""
+def trial_line(done: int, total: int, label: str, trial_id: str, status: str, config: str, milestones: Mapping[int, Mapping[str, float]], metrics: Sequence[str], seconds: float | None, error: str | None, reuses: str | None = None) -> str:
+    """`[3/40 done] #007 complete  <trial id>  L27 lr=... @100 rel_tf=... (812.4s)`; a trial
+    that replayed an earlier training ends `  reuses #003`."""
     tail = f" ({seconds:.1f}s)" if seconds is not None else ""
-    line = f"[{done}/{total} done] {label} {status:<8} {trial_id}  {describe_config(config)}  {milestone_text(milestones, metrics)}{tail}"
+    line = f"[{done}/{total} done] {label} {status:<8} {trial_id}  {config}  {milestone_text(milestones, metrics)}{tail}"
+    if reuses:
+        line += f"  reuses {reuses}"
     if error:
         line += f"  error: {error}"
     return line
@@ -96,35 +99,62 @@ def summary_line(spec: SweepSpec, trials: Sequence[Trial], statuses: Mapping[str
         f"  sweep: {done}/{spec.num_trials} done · {counts[Status.RUNNING]} running · "
         f"{counts[Status.COMPLETE]} complete · {counts[Status.PRUNED]} pruned · {counts[Status.FAILED]} failed"
     )
-    rows = [
-        {**result, "trial_id": member_trial_id(t.trial_id, k, spec.pack_size), OPTUNA_TRIAL: config.get(OPTUNA_TRIAL), "config": config}
+    complete = [
+        {**result, "trial_id": member_trial_id(t.trial_id, k, spec.pack_size), OPTUNA_TRIAL: config.get(OPTUNA_TRIAL), REUSE_OF: config.get(REUSE_OF), "config": config,
+         THRESHOLD: result.get(THRESHOLD) if spec.curve_mode else full_config(spec, config)[THRESHOLD]}
         for t in trials
         if statuses.get(t.trial_id) == Status.COMPLETE
         for k, (config, result) in enumerate(zip(member_configs(t.config), member_results(t.last_result or {})))
     ]
-    return text + best_text(spec, rows)
+    points = [
+        {**point, "trial_id": row["trial_id"], N_EDITS: row.get(N_EDITS)}
+        for row in complete
+        for point in row.get(POINTS_KEY) or []
+    ]
+    return text + best_text(spec, candidates(spec, complete, points))
+
+
+def trial_labels(spec: SweepSpec, trials: Iterable[Trial]) -> dict[str, str]:
+    """`#003` per DEFER trial id of the sweep's Tune trials (what a reuse names its original by)."""
+    return {
+        member_trial_id(t.trial_id, k, spec.pack_size): trial_label(config.get(OPTUNA_TRIAL), member_trial_id(t.trial_id, k, spec.pack_size))
+        for t in trials
+        for k, config in enumerate(member_configs(t.config))
+    }
 
 
 def _row_label(row: Mapping[str, Any]) -> str:
     return trial_label(row.get(OPTUNA_TRIAL), row["trial_id"])
 
 
+def _unit(spec: SweepSpec) -> str:
+    return "point" if spec.curve_mode else "trial"
+
+
 def best_text(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> str:
-    """The best trial, or with several objectives the Pareto points: each with its own values,
-    never the best of each metric taken from different trials."""
+    """The best candidate (records.candidates: a trial, or in curve mode a point of a
+    training's curve), or with several objectives the Pareto points: each with its own values,
+    never the best of each metric taken from different trials. With constraints feasible
+    points rank first; an infeasible best is marked, and the front holds feasible points only."""
     if not rows:
         return " · best: none complete yet"
+    constraints = spec.constraints
     if not spec.multi_objective:
         objective = spec.objectives[0]
-        ranked = rank_by(rows, objective)
+        ranked = rank_by(rows, objective, constraints)
         if not ranked:
             return ""
         best = ranked[0]
-        return f" · best {objective.metric}={best[objective.metric]:.3f} ({_row_label(best)} {best['trial_id']}: {describe_config(full_config(spec, best['config']))})"
-    front = pareto_front(rows, spec.objectives)
-    points = [f"{_row_label(r)} " + " ".join(f"{o.metric}={r[o.metric]:.3f}" for o in spec.objectives) for r in front[:PARETO_SHOWN]]
+        infeasible = f" (no feasible {_unit(spec)} yet)" if not is_feasible(best, constraints) else ""
+        config = config_text(spec, full_config(spec, best["config"]), best.get(THRESHOLD) if spec.curve_mode else None)
+        return f" · best {objective.metric}={best[objective.metric]:.3f} ({_row_label(best)} {best['trial_id']}: {config}){infeasible}"
+    front = pareto_front(rows, spec.objectives, constraints)
+    if not front and constraints:
+        return f" · Pareto front: no feasible {_unit(spec)} yet ({bounds_text(constraints)})"
+    at = (lambda r: f"th={r[THRESHOLD]:.2f} " if r.get(THRESHOLD) is not None else "") if spec.curve_mode else (lambda r: "")
+    shown = [f"{_row_label(r)} {at(r)}" + " ".join(f"{o.metric}={r[o.metric]:.3f}" for o in spec.objectives) for r in front[:PARETO_SHOWN]]
     more = f"; +{len(front) - PARETO_SHOWN} more" if len(front) > PARETO_SHOWN else ""
-    return f" · Pareto front: {len(front)} trial(s): {'; '.join(points)}{more}"
+    return f" · Pareto front: {len(front)} {_unit(spec)}(s): {'; '.join(shown)}{more}"
 
 
 # -- live progress inside running trials --------------------------------------------------------------
@@ -284,11 +314,16 @@ class ProgressCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._milestones[trial.trial_id] = {}
 
+    def _line_metrics(self) -> list[str]:
+        """What a trial line shows per milestone: the objectives, in curve mode after the
+        threshold they were read at."""
+        return [THRESHOLD, *self._metrics] if self.spec.curve_mode else list(self._metrics)
+
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         for k, member in enumerate(member_results(result)):
             if N_EDITS in member:
                 milestones = self._milestones.setdefault(trial.trial_id, {}).setdefault(k, {})
-                milestones[int(member[N_EDITS])] = {m: member.get(m) for m in self._metrics}
+                milestones[int(member[N_EDITS])] = {m: member.get(m) for m in self._line_metrics()}
 
     def _emit(self, trials: list[Trial], trial: Trial, status: str, error: str | None) -> None:
         if self._recorded and trial.trial_id in self._recorded:
@@ -298,10 +333,14 @@ class ProgressCallback(Callback):
         done_before = sum(len(member_configs(t.config)) for t in trials if t is not trial and statuses.get(t.trial_id) in FINAL_STATUSES)
         seconds = (trial.last_result or {}).get("time_total_s")
         milestones = self._milestones.pop(trial.trial_id, {})
+        labels = trial_labels(self.spec, trials)
         for k, config in enumerate(members):
             trial_id = member_trial_id(trial.trial_id, k, self.spec.pack_size)
             label = trial_label(config.get(OPTUNA_TRIAL), trial_id)
-            _console.sink(trial_line(done_before + k + 1, self.spec.num_trials, label, trial_id, status, full_config(self.spec, config), milestones.get(k, {}), self._metrics, seconds, error))
+            original = config.get(REUSE_OF)
+            reuses = labels.get(str(original), str(original)) if original is not None else None
+            _console.sink(trial_line(done_before + k + 1, self.spec.num_trials, label, trial_id, status, config_text(self.spec, full_config(self.spec, config)),
+                                     milestones.get(k, {}), self._line_metrics(), seconds, error, reuses))
         _console.sink(summary_line(self.spec, trials, statuses))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -1,15 +1,52 @@
 """What the driver knows about one trial, built from Tune's results; both sinks and the
-progress lines read it. Its status is a protocol.Status."""
+progress lines read it. Its status is a protocol.Status.
+
+Also the one rule for which rows rank (`candidates`): what best.yaml, the Pareto front, the
+progress summary and the report choose among. With a sampled threshold a candidate is a trial
+that completed all T edits; in curve mode it is a (training, threshold) point of such a trial's
+curve at T, carrying its training's columns with the point's threshold and metrics.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from ..protocol import EDITS_KEY, EVAL_SECONDS, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, WORKER_PID, Status, final_status
-from ..search.space import full_config, module_for
+from ..protocol import (
+    EDITS_KEY, EVAL_SECONDS, FEASIBLE, GATES_KEY, GRID_KEY, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, POINTS_KEY,
+    REUSE_OF, THRESHOLD, THRESHOLD_CURVE, THRESHOLD_SAMPLED, WORKER_PID, Status, final_status, trial_order_key,
+)
+from ..search.ranking import Bound, is_feasible
+from ..search.space import describe_config, full_config, module_for
 from ..spec import SweepSpec
+
+
+def threshold_mode(spec: SweepSpec) -> str:
+    return THRESHOLD_CURVE if spec.curve_mode else THRESHOLD_SAMPLED
+
+
+def trial_dtype(spec: SweepSpec, row: Mapping[str, Any]) -> str:
+    """The dtype a trial ran in (what its gates are exact in): its row's, or the spec's for rows
+    written before it was recorded."""
+    return row.get("dtype") or spec.model.run_dtype
+
+
+def config_text(spec: SweepSpec, config: Mapping[str, Any], threshold: float | None = None) -> str:
+    """`L27 lr=... th=0.50` for a trial's full config; in curve mode a training has no one
+    threshold, so th= shows only a point's (`threshold`)."""
+    shown = {k: v for k, v in config.items() if not (spec.curve_mode and k == THRESHOLD)}
+    if threshold is not None:
+        shown[THRESHOLD] = threshold
+    return describe_config(shown)
+
+
+def feasible_or_none(row: Mapping[str, Any] | None, constraints: Sequence[Bound]) -> bool | None:
+    """Whether a row meets the constraints; None without constraints (or without a row)."""
+    if not constraints or row is None:
+        return None
+    return is_feasible(row, constraints)
 
 
 def utcnow() -> dt.datetime:
@@ -58,15 +95,22 @@ class TrialLog:
     worker_pid: int | None = None
     node_id: str | None = None
     model_load_seconds: float | None = None
+    reuse_of: str | None = None  # the DEFER trial whose training this one replays instead of training
+    # per milestone (n_edits): the report's gate rows, gen grid and curve points, as dicts
+    gates: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    grid: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    points: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, spec: SweepSpec, trial_id: str, config: Mapping[str, Any], pack_id: str | None = None) -> "TrialLog":
         optuna_trial = config.get(OPTUNA_TRIAL)
+        reuse_of = config.get(REUSE_OF)
         return cls(
             trial_id=trial_id,
             config=full_config(spec, config),
             optuna_trial=None if optuna_trial is None else int(optuna_trial),
             pack_id=pack_id or trial_id,
+            reuse_of=None if reuse_of is None else str(reuse_of),
         )
 
     @property
@@ -86,7 +130,12 @@ class TrialLog:
             self.edits[int(edit["index"])] = dict(edit)
         row = {key: float(result[key]) for key in METRIC_COLUMNS if result.get(key) is not None}
         row.update(n_edits=n_edits, eval_seconds=float(result.get(EVAL_SECONDS, 0.0)), elapsed_seconds=float(result.get("time_total_s", 0.0)))
+        threshold = result.get(THRESHOLD, self.config.get(THRESHOLD))  # curve mode: the milestone's best point's
+        row[THRESHOLD] = None if threshold is None else float(threshold)
         self.milestones[n_edits] = row
+        self.gates[n_edits] = [dict(gate) for gate in result.get(GATES_KEY) or []]
+        self.grid[n_edits] = [dict(point) for point in result.get(GRID_KEY) or []]
+        self.points[n_edits] = [dict(point) for point in result.get(POINTS_KEY) or []]
         self.seconds = row["elapsed_seconds"]
         if result.get(WORKER_PID) is not None:
             self.worker_pid = int(result[WORKER_PID])
@@ -98,6 +147,13 @@ class TrialLog:
         self.status = final_status(self.reached, spec.T, errored)
         self.error = error_text
         self.finished_at = utcnow()
+
+    def threshold(self, spec: SweepSpec) -> float | None:
+        """The threshold the trial's metrics are read at: its config's, or in curve mode its
+        last milestone's best point's (None before its first milestone)."""
+        if not spec.curve_mode:
+            return self.config.get(THRESHOLD)
+        return (self.last_milestone or {}).get(THRESHOLD)
 
     def trial_row(self, spec: SweepSpec, sweep_id: str) -> dict[str, Any]:
         last = self.last_milestone or {}
@@ -112,7 +168,7 @@ class TrialLog:
             "module": module_for(spec, self.config["layer"]),
             "edit_lr": self.config["edit_lr"],
             "n_iter": self.config["n_iter"],
-            "threshold": self.config["threshold"],
+            "threshold": self.threshold(spec),
             "model": spec.model.name,
             "dtype": spec.model.run_dtype,
             "protocol": spec.protocol,
@@ -127,13 +183,30 @@ class TrialLog:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "error": self.error,
+            "reuse_of": self.reuse_of,
+            FEASIBLE: feasible_or_none(self.last_milestone, spec.constraints),
+            "threshold_mode": threshold_mode(spec),
         }
 
     def milestone_rows(self, spec: SweepSpec, sweep_id: str) -> list[dict[str, Any]]:
         return [
-            {"sweep_id": sweep_id, "trial_id": self.trial_id, "protocol": spec.protocol, **{k: row.get(k) for k in METRIC_COLUMNS}, **_timing(row)}
+            {"sweep_id": sweep_id, "trial_id": self.trial_id, "protocol": spec.protocol, **{k: row.get(k) for k in METRIC_COLUMNS}, **_timing(row),
+             THRESHOLD: row.get(THRESHOLD)}
             for _, row in sorted(self.milestones.items())
         ]
+
+    def gate_rows(self, spec: SweepSpec, sweep_id: str) -> list[dict[str, Any]]:
+        return [
+            {"sweep_id": sweep_id, "trial_id": self.trial_id, N_EDITS: n_edits, "protocol": spec.protocol, **gate, "record_id": str(gate["record_id"])}
+            for n_edits, gates in sorted(self.gates.items())
+            for gate in gates
+        ]
+
+    def grid_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+        return _per_milestone(sweep_id, self.trial_id, self.grid)
+
+    def point_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+        return _per_milestone(sweep_id, self.trial_id, self.points)
 
     def edit_rows(self, sweep_id: str) -> list[dict[str, Any]]:
         return [
@@ -146,6 +219,9 @@ class TrialLog:
                 "final_loss": edit["final_loss"],
                 "edit_seconds": edit["seconds"],
                 "success": edit["success"],
+                "gate": edit.get("gate"),
+                "success_on": edit.get("success_on"),
+                "success_off": edit.get("success_off"),
             }
             for _, edit in sorted(self.edits.items())
         ]
@@ -153,3 +229,76 @@ class TrialLog:
 
 def _timing(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"n_edits": row["n_edits"], "eval_seconds": row["eval_seconds"], "elapsed_seconds": row["elapsed_seconds"]}
+
+
+def _per_milestone(sweep_id: str, trial_id: str, by_milestone: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    return [
+        {"sweep_id": sweep_id, "trial_id": trial_id, N_EDITS: n_edits, **item}
+        for n_edits, items in sorted(by_milestone.items())
+        for item in sorted(items, key=lambda item: item[THRESHOLD])
+    ]
+
+
+# -- what ranks -------------------------------------------------------------------------------------
+
+
+def training_of(row: Mapping[str, Any]) -> str:
+    """The DEFER trial whose training a row's numbers come from: the one it reuses, or its own."""
+    return str(row.get(REUSE_OF) or row["trial_id"])
+
+
+def point_row(trial: Mapping[str, Any], point: Mapping[str, Any], constraints: Sequence[Bound]) -> dict[str, Any]:
+    """A curve point as a candidate: its training's columns (config, ids, model ...) with the
+    point's threshold and metrics (every metric column, null where the point has none)."""
+    row = {**trial, **{key: point.get(key) for key in METRIC_COLUMNS}, THRESHOLD: float(point[THRESHOLD])}
+    row[FEASIBLE] = feasible_or_none(row, constraints)
+    return row
+
+
+def candidates(spec: SweepSpec, complete: Iterable[Mapping[str, Any]], points: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The rows best/Pareto/export/report rank, from the rows of trials that completed all T
+    edits (`trial_id`, config and metric columns, e.g. the trials table's) and, in curve mode,
+    the points rows (`trial_id`, `n_edits`, threshold, metrics): each point at n_edits == T of
+    a complete trial becomes one candidate (a complete trial without points stays one, at its
+    recorded threshold). A reuse trial repeats its original's numbers, so a (training,
+    threshold) pair is a candidate once: the original's row when it is there."""
+    trials = [dict(row) for row in complete]
+    if spec.curve_mode:
+        at_t: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for point in points:
+            if point[N_EDITS] == spec.T:
+                at_t[str(point["trial_id"])].append(point)
+        rows = []
+        for trial in trials:
+            ours = sorted(at_t.get(str(trial["trial_id"]), []), key=lambda point: point[THRESHOLD])
+            rows += [point_row(trial, point, spec.constraints) for point in ours] if ours else [trial]
+    else:
+        rows = trials
+    kept: dict[tuple[str, float | None], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda row: (row.get(REUSE_OF) is not None, trial_order_key(row))):
+        kept.setdefault((training_of(row), row.get(THRESHOLD)), row)
+    return sorted(kept.values(), key=lambda row: (trial_order_key(row), row.get(THRESHOLD) or 0.0))
+
+
+def bounds_text(constraints: Sequence[Bound]) -> str:
+    """`loc_tf >= 0.9, rel_tf <= 0.95`: the constraints as a person reads them."""
+    parts = []
+    for bound in constraints:
+        if bound.min is not None:
+            parts.append(f"{bound.metric} >= {bound.min:g}")
+        if bound.max is not None:
+            parts.append(f"{bound.metric} <= {bound.max:g}")
+    return ", ".join(parts)
+
+
+def closest_text(rows: Sequence[Mapping[str, Any]], constraints: Sequence[Bound]) -> str:
+    """`best loc_tf 0.83`: per constrained metric, the value nearest its bound among `rows`
+    (why nothing is feasible)."""
+    parts = []
+    for bound in constraints:
+        values = [float(row[bound.metric]) for row in rows if row.get(bound.metric) is not None]
+        if not values:
+            parts.append(f"no {bound.metric} recorded")
+        else:
+            parts.append(f"best {bound.metric} {(max(values) if bound.min is not None else min(values)):.4g}")
+    return "; ".join(parts)

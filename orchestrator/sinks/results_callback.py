@@ -3,36 +3,53 @@
 Only the driver writes (workers just report), so a worker that dies leaves nothing
 half-written. A trial that starts again after a resume (Tune re-runs interrupted trials from
 scratch) first loses its old Parquet rows; its MLflow run is found by tag and reused.
+
+Each milestone's gate rows, gen grid and curve points go to their own Parquet tables; a
+curve-mode trial's run also gets its chosen threshold as a metric per milestone and, when it
+ends, the points of its last milestone as curve.csv. With constraints a run is tagged
+`feasible` true/false.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from ..protocol import EDITS_KEY, EVAL_SECONDS, METRIC_COLUMNS, N_EDITS, RecordedTrial, Status, trial_label
+from ..protocol import EDITS_KEY, EVAL_SECONDS, FEASIBLE, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REUSE_OF, THRESHOLD, THRESHOLD_CURVE, RecordedTrial, Status, trial_label
 from ..search.packing import member_configs, member_results, member_trial_id, pack_report
-from ..search.space import describe_config, module_for
+from ..search.space import module_for
 from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
-from .parquet_sink import ParquetSink, finished_packs, read_table
-from .records import TrialLog, short_error, trial_error_text
+from .parquet_sink import ParquetSink, finished_packs, read_tables
+from .records import TrialLog, config_text, feasible_or_none, short_error, threshold_mode, trial_error_text
 from ..storage import Location
 
 log = logging.getLogger(__name__)
 
 
-def run_name(log_: TrialLog) -> str:
-    """`#007 L27 lr=...`: the trial's label as the console and the report print it."""
-    return f"{trial_label(log_.optuna_trial, log_.trial_id)} {describe_config(log_.config)}"
+CURVE_ARTIFACT = "curve.csv"  # a curve-mode trial run's points at its last milestone
+TAG_FEASIBLE = FEASIBLE  # a trial run's tag: its metrics meet the spec's constraints (only with constraints)
+
+
+def run_name(spec: SweepSpec, log_: TrialLog) -> str:
+    """`#007 L27 lr=...`: the trial's label as the console and the report print it (in curve
+    mode without th=: a training is read at every threshold)."""
+    return f"{trial_label(log_.optuna_trial, log_.trial_id)} {config_text(spec, log_.config)}"
 
 
 def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
+    """The run's MLflow params. In curve mode `threshold` is `curve`: the chosen threshold
+    differs per milestone and is logged as a metric (an MLflow param cannot change)."""
     return {
         **log_.config,
+        **({THRESHOLD: THRESHOLD_CURVE} if spec.curve_mode else {}),
+        "threshold_mode": threshold_mode(spec),
+        REUSE_OF: log_.reuse_of,
         "module": module_for(spec, log_.config["layer"]),
         "trial_id": log_.trial_id,
         "pack_id": log_.pack_id,
@@ -83,15 +100,18 @@ class ResultsCallback(Callback):
         self.parquet.remove_pack(trial.trial_id)
         self._write(trial.trial_id, entries, tables=("trials",))
         for entry in entries:
-            self.mlflow.start_trial(entry.trial_id, run_name(entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
+            self.mlflow.start_trial(entry.trial_id, run_name(self.spec, entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
         return entries
 
-    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] = ("milestones", "edits", "trials")) -> None:
+    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] = ("milestones", "edits", "gates", "grid", "points", "trials")) -> None:
         """The Tune trial's file per table, with the rows of all its DEFER trials; trials last,
         so a trial row never claims milestones that are not on disk yet."""
         rows = {
             "milestones": lambda e: e.milestone_rows(self.spec, self.sweep_id),
             "edits": lambda e: e.edit_rows(self.sweep_id),
+            "gates": lambda e: e.gate_rows(self.spec, self.sweep_id),
+            "grid": lambda e: e.grid_rows(self.sweep_id),
+            "points": lambda e: e.point_rows(self.sweep_id),
             "trials": lambda e: [e.trial_row(self.spec, self.sweep_id)],
         }
         for table in tables:
@@ -112,7 +132,7 @@ class ResultsCallback(Callback):
         self._write(trial.trial_id, entries)
         for entry, member, row in zip(entries, members, rows):
             if row is not None:
-                self.mlflow.log_metrics(entry.trial_id, metric_points(row, member))
+                self.mlflow.log_metrics(entry.trial_id, metric_points(row, member, curve=self.spec.curve_mode))
 
     def _finish(self, trial: Trial, errored: bool) -> None:
         if self._skip(trial):
@@ -126,10 +146,20 @@ class ResultsCallback(Callback):
         # MLflow first: the final Parquet row is what marks the trial recorded for a resume, so a
         # driver killed between the two re-runs the trial rather than leaving its run 'running'.
         for entry in entries:
-            self.mlflow.finish_trial(entry.trial_id, entry.status, error_text, entry.error)
+            self.mlflow.finish_trial(entry.trial_id, entry.status, error_text, entry.error, tags=self._finish_tags(entry), texts=self._finish_texts(entry))
         self._write(trial.trial_id, entries)
         for entry in entries:
             log.info("trial %s %s", entry.trial_id, entry.status)
+
+    def _finish_tags(self, entry: TrialLog) -> dict[str, str]:
+        feasible = feasible_or_none(entry.last_milestone, self.spec.constraints)
+        return {} if feasible is None else {TAG_FEASIBLE: str(feasible).lower()}
+
+    def _finish_texts(self, entry: TrialLog) -> dict[str, str]:
+        """In curve mode, the points of the trial's last milestone as a CSV artifact."""
+        if not self.spec.curve_mode or entry.reached is None or not entry.points.get(entry.reached):
+            return {}
+        return {CURVE_ARTIFACT: points_csv(entry.points[entry.reached])}
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, errored=False)
@@ -138,11 +168,14 @@ class ResultsCallback(Callback):
         self._finish(trial, errored=True)
 
 
-def metric_points(row: dict[str, Any], result: dict[str, Any]) -> list[tuple[str, float, int]]:
-    """MLflow (key, value, step) points of one milestone: metrics at step n_edits, each edit's
-    success and final loss at step = edit index."""
+def metric_points(row: dict[str, Any], result: dict[str, Any], curve: bool = False) -> list[tuple[str, float, int]]:
+    """MLflow (key, value, step) points of one milestone: metrics at step n_edits (in curve
+    mode those of the milestone's chosen threshold, and that threshold), each edit's success
+    and final loss at step = edit index."""
     step = int(row[N_EDITS])
     points = [(key, row[key], step) for key in METRIC_COLUMNS if key in row]
+    if curve and row.get(THRESHOLD) is not None:
+        points.append((THRESHOLD, row[THRESHOLD], step))
     points.append((EVAL_SECONDS, row[EVAL_SECONDS], step))
     for edit in result.get(EDITS_KEY) or []:
         points.append(("edit_success", edit["success"], int(edit["index"])))
@@ -150,13 +183,27 @@ def metric_points(row: dict[str, Any], result: dict[str, Any]) -> list[tuple[str
     return points
 
 
+def points_csv(points: list[dict[str, Any]]) -> str:
+    """Curve points as CSV: threshold, the metric columns some point has, feasible."""
+    columns = [THRESHOLD, *(key for key in METRIC_COLUMNS if any(p.get(key) is not None for p in points)), FEASIBLE]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(points, key=lambda p: p[THRESHOLD]))
+    return buffer.getvalue()
+
+
 def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, RecordedTrial]:
     """Finished Tune trials as persisted, keyed by Tune trial id, with the report a replay
-    sends: their last milestone (a pack's, with every member's)."""
-    milestones = {(m["trial_id"], m["n_edits"]): m for m in read_table(parquet_root, "milestones").to_pylist()}
+    sends: their last milestone (a pack's, with every member's; in curve mode with its points)."""
+    tables = read_tables(parquet_root, ("milestones", "points"))
+    milestones = {(m["trial_id"], m["n_edits"]): m for m in tables["milestones"].to_pylist()}
+    points: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for point in tables["points"].to_pylist():
+        points.setdefault((point["trial_id"], point["n_edits"]), []).append(point)
     recorded: dict[str, RecordedTrial] = {}
     for pack_id, rows in finished_packs(parquet_root).items():
-        reports = [_last_report(milestones.get((row["trial_id"], row["n_edits"]))) for row in rows]
+        reports = [_last_report(milestones.get((row["trial_id"], row["n_edits"])), points.get((row["trial_id"], row["n_edits"]), []), spec.curve_mode) for row in rows]
         if spec.pack_size == 1:
             report = reports[0]
         elif any(member is None for member in reports):
@@ -169,12 +216,26 @@ def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, Record
     return recorded
 
 
-def _last_report(last: dict[str, Any] | None) -> dict[str, Any] | None:
+def _last_report(last: dict[str, Any] | None, points: list[dict[str, Any]], curve: bool) -> dict[str, Any] | None:
+    """A recorded milestone as the worker reported it; in curve mode with its threshold and points."""
     if last is None:
         return None
     report = {key: last[key] for key in METRIC_COLUMNS if last.get(key) is not None}
     report.update({N_EDITS: last["n_edits"], EVAL_SECONDS: last["eval_seconds"]})
+    if curve and last.get(THRESHOLD) is not None:
+        report[THRESHOLD] = last[THRESHOLD]
+    if points:
+        report[POINTS_KEY] = [_point_report(point) for point in sorted(points, key=lambda p: p[THRESHOLD])]
     return report
+
+
+def _point_report(row: dict[str, Any]) -> dict[str, Any]:
+    """A points-table row as the worker reported the point (metrics it has, threshold, feasible)."""
+    point = {key: row[key] for key in METRIC_COLUMNS if row.get(key) is not None}
+    point[THRESHOLD] = row[THRESHOLD]
+    if row.get(FEASIBLE) is not None:
+        point[FEASIBLE] = row[FEASIBLE]
+    return point
 
 
 def drop_unknown_trials(parquet: ParquetSink, mlflow: MlflowSink, known: set[str]) -> list[str]:

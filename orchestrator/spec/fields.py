@@ -20,8 +20,8 @@ SPEC_ERROR = "spec"  # ctx: message (the text after "key '...'"), at (more of th
 MISSING = "missing"  # pydantic's own type for a required field; ours adds ctx: at
 UNKNOWN_KEY = "unknown_key"  # ctx: at (the unknown key), allowed
 # Tags of the forms a search-space parameter takes; pydantic puts them in an error's location.
-FIXED, RANGE, CHOICE = "fixed", "range", "choice"
-SHAPE_TAGS = (FIXED, RANGE, CHOICE)
+FIXED, RANGE, CHOICE, WORD = "fixed", "range", "choice", "word"  # WORD: `threshold: curve`
+SHAPE_TAGS = (FIXED, RANGE, CHOICE, WORD)
 
 
 def fail(message: str, *at: str | int) -> PydanticCustomError:

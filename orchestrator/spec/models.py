@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Callable, Union
 
-from annotated_types import Ge, Gt
+from annotated_types import Ge, Gt, Le
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import WithJsonSchema
 from typing_extensions import TypedDict
@@ -26,14 +26,19 @@ from defer_core.errors import DeferInputError
 from defer_core.results import DEFAULT_SCORINGS, DTYPE_CHOICES, PROTOCOLS, SCORINGS, default_milestones, dtype_name, milestones_ending_at
 from defer_core.runtime import DEVICE_PATTERN, device_problem
 
-from ..protocol import metric_names
-from .fields import CHOICE, FIXED, RANGE, SPEC_ERROR, Count, Flag, Float, NonNegativeFloat, NonNegativeInt, PositiveFloat, Text
+from ..protocol import THRESHOLD_CURVE, metric_names
+from .fields import CHOICE, FIXED, RANGE, SPEC_ERROR, WORD, Count, Flag, Float, NonNegativeFloat, NonNegativeInt, PositiveFloat, Text
 from .fields import enum, fail, integer, kind, mapping, missing, number, one_of, text
 
 DIRECTIONS = ("maximize", "minimize")
 SEARCHED = ("layer", "edit_lr", "threshold", "n_iter")
 LAYER_FIELD = "{layer}"
 DEFAULT_NAME = "sweep"  # a spec read from a file is named after the file instead
+# Curve mode (`search_space.threshold: curve`): a training runs its adaptor at this threshold
+# (EasyEdit's default). Only the edits' `success` column reads it: training never does, and
+# every milestone is read at every threshold (defer_core.curve).
+CURVE_TRAINING_THRESHOLD = 0.5
+DEFAULT_GEN_GRID = tuple(round(step / 10, 1) for step in range(1, 10))  # 0.1, 0.2, ..., 0.9
 
 Direction = Annotated[str, one_of(DIRECTIONS), enum(DIRECTIONS)]
 
@@ -165,6 +170,34 @@ NIterParam = Annotated[
 ]
 
 
+def _threshold_shape(value: Any) -> str:
+    """`threshold: curve` (or any other word, refused by name) besides a number or a range;
+    a numeric string is a number (YAML 1.1 reads `7e-1` as a string)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return WORD
+    return _shape(value)
+
+
+def _curve_word(value: Any) -> str:
+    if value != THRESHOLD_CURVE:
+        raise fail(f"must be a number, a mapping {{low, high}} or {THRESHOLD_CURVE!r}, got {kind(value)}")
+    return value
+
+
+ThresholdParam = Annotated[
+    Union[
+        Annotated[str, BeforeValidator(_curve_word), WithJsonSchema({"const": THRESHOLD_CURVE}), Tag(WORD)],
+        Annotated[Float, Tag(FIXED)],
+        Annotated[FloatRange, Tag(RANGE)],
+    ],
+    Discriminator(_threshold_shape, custom_error_type=SPEC_ERROR, custom_error_message=f"must be a number, a mapping {{low, high}} or {THRESHOLD_CURVE!r}; a list is only allowed for n_iter"),
+    AfterValidator(_fixed_if_one),
+]
+
+
 def _log_by_default(value: Any) -> Any:
     """An edit_lr range spans decades: searched on a log scale unless `log: false`."""
     return {**value, "log": True} if isinstance(value, dict) and value.get("log") is None else value
@@ -193,13 +226,16 @@ def _bounds(param: float | FloatRange) -> tuple[float, float]:
     return (param.low, param.high) if isinstance(param, FloatRange) else (param, param)
 
 
+UNIT_RANGE = FloatRange(0.0, 1.0)  # every threshold a curve covers
+
+
 class SearchSpace(Section):
     """Each parameter is either fixed (a plain number) or searched (a range or a choice)."""
 
     layer: LayerParam
     module_template: Annotated[Text, AfterValidator(_module_template)]
     edit_lr: Annotated[FloatParam, BeforeValidator(_log_by_default)] = Field(description="a range is searched on a log scale unless log: false")
-    threshold: FloatParam
+    threshold: ThresholdParam = Field(description=f"a number, a range {{low, high}} in [0, 1], or {THRESHOLD_CURVE!r}: every training read at every threshold")
     n_iter: NIterParam
 
     @model_validator(mode="after")
@@ -208,25 +244,38 @@ class SearchSpace(Section):
             raise fail("range must be > 0", "edit_lr")
         if not isinstance(self.edit_lr, FloatRange) and self.edit_lr <= 0:
             raise fail(f"must be > 0, got {self.edit_lr}", "edit_lr")
-        low, high = _bounds(self.threshold)
-        if low < 0 or high > 1:
-            raise fail(f"must lie in [0, 1], got {low}..{high}", "threshold")
-        if not self.searched():
+        if not self.curve_mode:
+            low, high = _bounds(self.threshold)  # type: ignore[arg-type]
+            if low < 0 or high > 1:
+                raise fail(f"must lie in [0, 1], got {low}..{high}", "threshold")
+        if not self.searched() and not self.curve_mode:  # a curve searches the threshold even when the rest is fixed
             raise fail("fixes every parameter; give at least one a range or a choice")
         return self
 
+    @property
+    def curve_mode(self) -> bool:
+        """`threshold: curve`: Optuna samples the other parameters; each training is read at every threshold."""
+        return self.threshold == THRESHOLD_CURVE
+
     def searched(self) -> dict[str, IntRange | FloatRange | Choice]:
+        """The parameters Optuna samples (in curve mode the threshold is none of them)."""
         return {name: getattr(self, name) for name in SEARCHED if isinstance(getattr(self, name), (IntRange, FloatRange, Choice))}
 
     def fixed(self) -> dict[str, int | float]:
-        return {name: getattr(self, name) for name in SEARCHED if not isinstance(getattr(self, name), (IntRange, FloatRange, Choice))}
+        """The parameters given one value (in curve mode the threshold is none of them)."""
+        return {
+            name: getattr(self, name)
+            for name in SEARCHED
+            if not isinstance(getattr(self, name), (IntRange, FloatRange, Choice)) and getattr(self, name) != THRESHOLD_CURVE
+        }
 
     def layer_bounds(self) -> tuple[int, int]:
         return (self.layer.low, self.layer.high) if isinstance(self.layer, IntRange) else (self.layer, self.layer)
 
 
 class InitialPoint(TypedDict, total=False):
-    """A point Optuna tries first; it names every searched parameter (fixed ones may be given)."""
+    """A point Optuna tries first; it names every searched parameter (fixed ones may be given;
+    in curve mode a threshold may be given and is dropped: the training is read at every one)."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
 
@@ -340,6 +389,50 @@ class RaySpec(Section):
     max_failures: NonNegativeInt = 0
 
 
+def _grid(value: Any) -> tuple[float, ...]:
+    """Thresholds in [0, 1], distinct and ascending."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise fail(f"must be a non-empty list of thresholds in [0, 1], got {kind(value)}")
+    values = tuple(float(number(item)) for item in value)
+    outside = next((v for v in values if not 0.0 <= v <= 1.0), None)
+    if outside is not None:
+        raise fail(f"has {outside}; thresholds lie in [0, 1]")
+    if list(values) != sorted(set(values)):
+        raise fail(f"must be distinct and ascending, got {list(values)}")
+    return values
+
+
+_GRID_SCHEMA = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1, "uniqueItems": True}
+
+
+class CurveSpec(Section):
+    """Curve mode's reading of a training: the tf curve is exact at every gate value, thinned to
+    one point per `resolution`; generation scorings (gen, genctx) depend on the threshold at
+    every generated token, so they are evaluated at the `gen_grid` thresholds only."""
+
+    resolution: Annotated[float, Gt(0), Le(1), BeforeValidator(number)] = Field(0.02, description="at most one tf curve point per this step of threshold")
+    gen_grid: Annotated[tuple[float, ...], BeforeValidator(_grid), WithJsonSchema(_GRID_SCHEMA)] = Field(
+        DEFAULT_GEN_GRID, description="thresholds at which the generation scorings are evaluated"
+    )
+
+
+class Constraint(_Positional):
+    """A bound on a reported metric (inclusive): feasible points rank first, and Optuna's
+    samplers get it as a constraint (search/ranking.py `violations`)."""
+
+    metric: Text
+    min: Float | None = None
+    max: Float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Constraint:
+        if self.min is None and self.max is None:
+            raise fail("must set min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise fail(f"must be <= max ({self.min} > {self.max})", "min")
+        return self
+
+
 # -- the spec --------------------------------------------------------------------------------------
 
 
@@ -366,6 +459,14 @@ def _objective_list(value: Any) -> Any:
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
         raise fail("must be a non-empty list of {metric, direction}")
+    return value
+
+
+def _constraint_list(value: Any) -> Any:
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise fail(f"must be a list of {{metric, min, max}}, got {kind(value)}")
     return value
 
 
@@ -406,7 +507,9 @@ class SweepSpec(Section):
     scorings: Annotated[tuple[Scoring, ...], BeforeValidator(_scorings)] = Field(DEFAULT_SCORINGS, json_schema_extra=_or({"enum": list(SCORINGS)}))
     search_space: SearchSpace
     initial_points: Annotated[tuple[Point, ...], BeforeValidator(_point_list)] = ()
+    curve: CurveSpec = Field(CurveSpec(), description=f"only with search_space.threshold: {THRESHOLD_CURVE}")
     objectives: Annotated[tuple[Objective, ...], BeforeValidator(_objective_list)] = Field(json_schema_extra=_or(None))
+    constraints: Annotated[tuple[Constraint, ...], BeforeValidator(_constraint_list)] = Field((), json_schema_extra=_or(None))
     num_trials: Count
     concurrency: Count = 1
     resources_per_trial: Resources = Resources()
@@ -467,6 +570,8 @@ class SweepSpec(Section):
         if space is None:
             return points
         searched, fixed = space.searched(), space.fixed()
+        if space.curve_mode:
+            fixed = {**fixed, "threshold": UNIT_RANGE}  # any threshold lies on the training's curve
         for index, point in enumerate(points):
             for name in searched:
                 if name not in point:
@@ -476,6 +581,15 @@ class SweepSpec(Section):
                 if name in point and not _within(point[name], param):
                     raise fail(f"= {point[name]} lies outside the search space ({_describe(param)})", index, name)
         return tuple({name: point[name] for name in searched} for point in points)
+
+    @field_validator("curve", mode="before")
+    @classmethod
+    def _curve_needs_curve_mode(cls, value: Any, info: ValidationInfo) -> Any:
+        """Runs only when the key is given: its settings mean nothing for a sampled threshold."""
+        space: SearchSpace | None = info.data.get("search_space")
+        if space is not None and not space.curve_mode:
+            raise fail(f"only applies with search_space.threshold: {THRESHOLD_CURVE}")
+        return value
 
     @field_validator("objectives")
     @classmethod
@@ -488,6 +602,16 @@ class SweepSpec(Section):
         if len({o.metric for o in objectives}) != len(objectives):
             raise fail("lists a metric twice")
         return objectives
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints_reported(cls, constraints: tuple[Constraint, ...], info: ValidationInfo) -> tuple[Constraint, ...]:
+        scorings = info.data.get("scorings")
+        for index, constraint in enumerate(constraints):
+            problem = _not_reported(constraint.metric, scorings) if scorings else None
+            if problem:
+                raise fail(problem, index, "metric")
+        return constraints
 
     @field_validator("early_stopping", mode="before")
     @classmethod
@@ -562,6 +686,11 @@ class SweepSpec(Section):
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def curve_mode(self) -> bool:
+        """`search_space.threshold: curve`: each training contributes its whole threshold curve."""
+        return self.search_space.curve_mode
 
     def with_output_dir(self, output_dir: str | os.PathLike[str]) -> SweepSpec:
         path = Path(output_dir).expanduser().resolve()

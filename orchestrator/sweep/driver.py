@@ -35,6 +35,7 @@ from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state,
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from ..sinks.parquet_sink import TABLES, ParquetSink, UnreadableParquetError, read_table, read_tables
 from ..sinks.progress import LiveOutput, ProgressCallback, Sink, console_session
+from ..sinks.records import bounds_text, threshold_mode
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
 from ..spec import SweepSpec, load_spec, spec_to_yaml
 from ..worker.trainable import TrialSettings, defer_trainable
@@ -98,6 +99,9 @@ def _sweep_params(spec: SweepSpec) -> dict[str, object]:
         "module_template": spec.search_space.module_template,
         "early_stopping": "off" if spec.early_stopping is None else f"{spec.early_stopping.metric} grace={spec.early_stopping.grace_edits} rf={spec.early_stopping.reduction_factor:g}",
         "seed": spec.seed,
+        "threshold_mode": threshold_mode(spec),
+        "constraints": bounds_text(spec.constraints) or "none",
+        **({"curve": f"resolution={spec.curve.resolution:g} gen_grid={','.join(f'{t:g}' for t in spec.curve.gen_grid)}"} if spec.curve_mode else {}),
     }
 
 
@@ -286,8 +290,12 @@ def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: Mlfl
     if orphans:
         log.warning("marked %d Optuna trial(s) lost with an earlier driver as FAIL", orphans)
     if counts[Status.COMPLETE]:
-        best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
-        reason = f"trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}): {chosen.reason}"
+        try:
+            best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
+            reason = f"trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}): {chosen.reason}"
+        except DeferInputError as error:  # e.g. no completed point meets the constraints: the sweep still finished
+            log.warning("best.yaml not written: %s", error)
+            reason = str(error)
     report_html = _write_report(layout)
     mlflow.close_sweep("FINISHED", {status: counts[status] for status in FINAL_STATUSES})
     return SweepOutcome(layout, state, counts, True, best_yaml, reason, report_html)

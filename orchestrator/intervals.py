@@ -1,0 +1,88 @@
+"""Error bars: a mean and how far it could move, over repeats or over records.
+
+Two sources of spread, kept apart because they answer different questions:
+
+- `repeat_interval`: over repeat members (seeds x edit orders of one configuration), a Student t
+  interval: how much the number moves if the whole run is repeated.
+- `bootstrap_interval`: over the records scored at one milestone of one run, a percentile
+  bootstrap of their mean: how much the number moves with another draw of records.
+
+numpy and scipy are imported where used, so importing this module (the CLI's help does) stays
+light. The mean is `statistics.fmean` (correctly rounded), so a cell's mean equals the same
+`fmean` computed anywhere else bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import fmean, stdev
+from typing import Sequence
+
+from defer_core.errors import DeferInputError
+
+BOOTSTRAP_BLOCK = 256  # resamples drawn per block: bounds memory; fixed, so results never depend on it
+
+
+@dataclass(frozen=True)
+class Interval:
+    """`mean` with the interval [low, high] at the confidence asked; `half_width` is half its
+    width (a bootstrap interval need not be symmetric about the mean). NaN where undefined."""
+
+    mean: float
+    low: float
+    high: float
+    half_width: float
+    n: int
+    kind: str  # "t" (Student t over repeats) or "bootstrap" (over records)
+    confidence: float = 0.95
+
+
+def _checked(values: Sequence[float], confidence: float, what: str) -> list[float]:
+    if not 0 < confidence < 1:
+        raise DeferInputError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    checked = [float(v) for v in values]
+    if not checked:
+        raise DeferInputError(f"an interval needs at least one {what}, got none")
+    return checked
+
+
+def repeat_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Student t interval of the mean over repeat members. With one member the spread is
+    unknown, not zero: low, high and half_width are NaN."""
+    from scipy import stats
+
+    checked = _checked(values, confidence, "repeat member")
+    mean, n = fmean(checked), len(checked)
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, math.nan, 1, "t", confidence)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * stdev(checked) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, half, n, "t", confidence)
+
+
+def bootstrap_interval(record_values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """Percentile bootstrap of the mean over the records of one milestone: `resamples` draws of
+    n records with replacement from numpy's PCG64 Generator seeded with `seed`, so the same
+    inputs always give the same interval."""
+    import numpy as np
+
+    checked = _checked(record_values, confidence, "record value")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise DeferInputError(f"resamples must be a positive integer, got {resamples!r}")
+    values = np.asarray(checked, dtype=np.float64)
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, BOOTSTRAP_BLOCK):
+        count = min(BOOTSTRAP_BLOCK, resamples - start)
+        means[start : start + count] = values[rng.integers(0, n, size=(count, n))].mean(axis=1)
+    alpha = 1 - confidence
+    low, high = (float(q) for q in np.quantile(means, [alpha / 2, 1 - alpha / 2]))
+    return Interval(fmean(checked), low, high, (high - low) / 2, n, "bootstrap", confidence)
+
+
+def format_interval(interval: Interval, digits: int = 2) -> str:
+    """"0.63 ± 0.02"; just "0.63" where the half-width is undefined (a single repeat)."""
+    if math.isnan(interval.half_width):
+        return f"{interval.mean:.{digits}f}"
+    return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
