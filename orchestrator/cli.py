@@ -13,6 +13,7 @@ from defer_core.results import DEFAULT_DTYPE, DEFAULT_SCORINGS, DTYPE_CHOICES, P
 
 from . import commands
 from .compare import FORMATS as COMPARE_FORMATS
+from .table import FORMATS as TABLE_FORMATS, INTERVAL_KINDS as TABLE_INTERVALS
 from .commands import ExitCode
 
 
@@ -74,7 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--objective", default=None, help="objective name to rank by (default: the spec's first objective)")
     choice.add_argument("--pareto-index", type=int, default=None, help="K-th point of the Pareto front (multi-objective sweeps)")
     export.add_argument("-o", "--output", default=None, help="YAML file to write (default: OUTPUT_DIR/best.yaml)")
+    export.add_argument("--no-confirmed", dest="confirmed", action="store_false",
+                        help="rank the search stage's trials even when a confirm stage has confirmed results (which export prefers)")
     export.set_defaults(handler=commands.export)
+
+    confirm = sub.add_parser("confirm", help="run the sweep's best configurations again at full T, without early stopping, with more seeds and edit orders")
+    confirm.add_argument("output_dir")
+    picks = confirm.add_mutually_exclusive_group()
+    picks.add_argument("--top", type=int, default=None, help="the K best by the first objective (default: the spec's confirm.top, else 3)")
+    picks.add_argument("--pareto", action="store_true", help="every point of the Pareto front")
+    picks.add_argument("--trials", default=None, help="comma-separated trial ids or Optuna numbers (#007 or 7)")
+    confirm.add_argument("--seeds", default=None, help="comma-separated adaptor seeds (default: the spec's confirm.seeds, else 0,1,2)")
+    confirm.add_argument("--orders", type=int, default=None, help="edit orders 0..N-1 per seed (default: the spec's confirm.orders, else 1)")
+    confirm.add_argument("--T", type=int, default=None, dest="T", help="edits per confirm run (default: the spec's confirm.T, else its T)")
+    confirm.add_argument("--protocols", default=None, help=f"comma-separated, each its own confirm run (default: the spec's confirm.protocols, else its protocol): {_PROTOCOL_HELP}")
+    confirm.add_argument("--verbose-ray", action="store_true", help="show Ray Tune's own progress tables")
+    _progress_flags(confirm)
+    confirm.set_defaults(handler=commands.confirm)
 
     report = sub.add_parser("report", help="write PNG plots and an HTML report for a sweep")
     report.add_argument("output_dir")
@@ -87,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--threshold", type=float, default=None, help="also print the metrics at this threshold (tf exact; gen only on the spec's grid) and the edit success there")
     curve.add_argument("--format", choices=commands.CURVE_FORMATS, default="md", help="md (tables, default), csv (one table with a section column: curve, grid, at) or json")
     curve.set_defaults(handler=commands.curve)
+
+    table = sub.add_parser("table", help="print chosen configurations as a paper table (md, LaTeX or csv) with 95%% intervals, from the Parquet dataset alone")
+    table.add_argument("output_dir")
+    table.add_argument("--trials", default=None, help="best, pareto, confirmed, or comma-separated trial ids / Optuna numbers (#007 or 7); default: confirmed if a confirm stage ran, else pareto")
+    table.add_argument("--format", choices=TABLE_FORMATS, default="md", help="md (pipe table and a caption line, default), latex (booktabs table with \\caption) or csv (mean, low, high, half_width, n per cell)")
+    table.add_argument("--interval", choices=TABLE_INTERVALS, default="t", help="t: Student t over repeat members (a row with one member falls back to the bootstrap, marked); bootstrap: over the records scored at each milestone (default t)")
+    table.add_argument("--scorings", default=None, help="comma-separated scorings to show, e.g. tf,gen (default: the spec's scorings with values)")
+    table.add_argument("--milestones", default=None, help="comma-separated numbers of edits to show (default: every recorded milestone)")
+    table.set_defaults(handler=commands.table)
     return parser
 
 

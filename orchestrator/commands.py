@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from .intervals import Interval
     from .sinks.progress import LiveOutput
     from .storage import Location
-    from .sweep.driver import SweepOutcome
+    from .sweep.confirm import ConfirmRequest
+    from .sweep.driver import ConfirmOutcome, SweepOutcome
 
 
 class ExitCode(IntEnum):
@@ -404,6 +405,14 @@ def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
     if not outcome.finished:
         print(_resume_hint(layout.root), file=sys.stderr)
         return ExitCode.INTERRUPTED
+    if outcome.confirm is not None:  # confirm.auto ran the confirm stage after the sweep
+        confirmed = outcome.confirm
+        print(f"confirm trials: {confirmed.counts[Status.COMPLETE]} complete, {confirmed.counts[Status.FAILED]} failed ({confirmed.plan.repeats_text})")
+        if not confirmed.finished:
+            print(_resume_hint(layout.root), file=sys.stderr)
+            return ExitCode.INTERRUPTED
+    elif outcome.confirm_problem:
+        print(f"confirm stage:   not run ({outcome.confirm_problem})")
     print(f"MLflow store:    {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}')")
     from .sinks.parquet_sink import TABLES
 
@@ -480,10 +489,81 @@ def export(args: argparse.Namespace) -> ExitCode:
     layout = require_sweep_dir(args.output_dir)
     spec = read_spec(layout)
     output = Path(args.output).expanduser().resolve() if args.output else None
-    target, chosen = export_best(layout, spec, output, args.objective, args.pareto_index, mlflow_for(layout))
+    target, chosen = export_best(layout, spec, output, args.objective, args.pareto_index, mlflow_for(layout), confirmed=args.confirmed)
     hparams = chosen.hparams
     print(f"wrote {target}: trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}; {chosen.reason})")
     print(f"  {hparams.module_path}  edit_lr={hparams.edit_lr:g}  n_iter={hparams.n_iter}  threshold={hparams.threshold:g}")
+    return ExitCode.OK
+
+
+# -- confirm ----------------------------------------------------------------------------------------
+
+
+def confirm_request(args: argparse.Namespace) -> "ConfirmRequest":
+    """The options as given (None where not: the recorded plan's, or the defaults)."""
+    from defer_core.results import PROTOCOLS
+
+    from .sweep.confirm import ConfirmRequest
+
+    if args.top is not None and args.top < 1:
+        raise DeferInputError(f"--top: expected a number of configurations >= 1, got {args.top}")
+    if args.T is not None and args.T < 1:
+        raise DeferInputError(f"--T: expected a number of edits >= 1, got {args.T}")
+    trials = tuple(part.strip() for part in args.trials.split(",") if part.strip()) if args.trials is not None else None
+    if trials is not None and not trials:
+        raise DeferInputError(f"--trials: expected comma-separated trial ids or Optuna numbers, got {args.trials!r}")
+    return ConfirmRequest(
+        top=args.top, pareto=args.pareto, trials=trials,
+        seeds=parse_seeds(args.seeds, "--seeds") if args.seeds is not None else None,
+        orders=require_orders(args.orders, "--orders") if args.orders is not None else None,
+        T=args.T,
+        protocols=parse_choices(args.protocols, "--protocols", PROTOCOLS) if args.protocols is not None else None,
+    )
+
+
+def confirm(args: argparse.Namespace) -> ExitCode:
+    """`defer-sweep confirm OUT_DIR [--top K | --pareto | --trials IDS] [--seeds] [--orders] [--T] [--protocols]`."""
+    from defer_core.runtime import stay_offline_by_default
+
+    stay_offline_by_default()
+    from .sinks.layout import require_sweep_dir
+    from .sweep.driver import confirm as run_confirm
+
+    request = confirm_request(args)
+    sink, live = _console(args)
+    _quiet_libraries(args.verbose_ray)
+    layout = require_sweep_dir(args.output_dir)
+    print(f"confirm stage of the sweep in {layout.root}", flush=True)
+    try:
+        outcome = run_confirm(layout.root, request, sink=sink, verbose_ray=args.verbose_ray, live=live)
+    except KeyboardInterrupt:
+        print(_confirm_hint(layout.root), file=sys.stderr)
+        raise
+    return _print_confirm(outcome)
+
+
+def _confirm_hint(root: Path) -> str:
+    return f"confirm stage not finished; continue it with: defer-sweep confirm {root}"
+
+
+def _print_confirm(outcome: "ConfirmOutcome") -> ExitCode:
+    from .protocol import Status
+
+    plan, counts = outcome.plan, outcome.counts
+    print(f"confirm: {', '.join(f'{p.label} ({p.confirms})' for p in plan.picks)} with {plan.repeats_text}, protocols {', '.join(plan.protocols)}")
+    print(f"confirm trials: {counts[Status.COMPLETE]} complete, {counts[Status.PRUNED]} pruned, {counts[Status.FAILED]} failed")
+    if not outcome.finished:
+        print(_confirm_hint(outcome.layout.root), file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    if outcome.best_yaml:
+        print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
+    else:
+        print(f"best.yaml:       not written ({outcome.best_reason or 'no trial completed all edits'})")
+    if outcome.report_html:
+        print(f"report:          {outcome.report_html}")
+    if counts[Status.FAILED] and not counts[Status.COMPLETE]:
+        print(f"defer-sweep: every confirm trial failed (exit status {int(ExitCode.ALL_FAILED)})", file=sys.stderr)
+        return ExitCode.ALL_FAILED
     return ExitCode.OK
 
 
@@ -582,11 +662,11 @@ def _curve_md(found: "TrialCurve", reading: "Reading | None") -> str:
         "",
         "exact tf curve: each row holds for thresholds above the previous row's, up to its own",
         "",
-        *_md_table([THRESHOLD, *_TF_COLUMNS], [{THRESHOLD: f"{p.threshold:.6g}", **p.metrics} for p in found.tf]),
+        *_md_table([THRESHOLD, *_TF_COLUMNS], [{THRESHOLD: _threshold_text(p.threshold), **p.metrics} for p in found.tf]),
     ]
     if found.grid:
         lines += ["", "generation scorings on the threshold grid", "",
-                  *_md_table([THRESHOLD, *found.grid_columns], [{**point, THRESHOLD: f"{point[THRESHOLD]:.6g}"} for point in found.grid])]
+                  *_md_table([THRESHOLD, *found.grid_columns], [{**point, THRESHOLD: _threshold_text(point[THRESHOLD])} for point in found.grid])]
     if reading is not None:
         tf = " ".join(f"{key}={value:.4f}" for key, value in reading.tf.items())
         if reading.grid is not None:
@@ -596,5 +676,33 @@ def _curve_md(found: "TrialCurve", reading: "Reading | None") -> str:
         else:
             gen = "no generation scorings recorded"
         success = "edit success: not recorded" if reading.edit_success is None else f"edit success={reading.edit_success:.4f} (mean over {len(found.edits)} edits)"
-        lines += ["", f"at threshold {reading.threshold:g}: {tf} (tf, exact); {gen}; {success}"]
+        lines += ["", f"at threshold {_threshold_text(reading.threshold)}: {tf} (tf, exact); {gen}; {success}"]
     return "\n".join(lines) + "\n"
+
+
+def _threshold_text(threshold: float) -> str:
+    """Nine significant digits: enough to tell float32 gates apart (0.99999994 is not 1)."""
+    return f"{threshold:.9g}"
+
+
+# -- table ------------------------------------------------------------------------------------------
+
+
+def table(args: argparse.Namespace) -> ExitCode:
+    """`defer-sweep table OUT_DIR [--trials ...] [--format md|latex|csv] [--interval t|bootstrap]`:
+    chosen configurations as a paper table with 95% intervals, read from the Parquet dataset
+    alone (no model, no torch)."""
+    from defer_core.results import SCORINGS
+
+    from .sinks.layout import read_spec, require_sweep_dir
+    from .table import build_table, render
+
+    layout = require_sweep_dir(args.output_dir)
+    spec = read_spec(layout)
+    scorings = parse_choices(args.scorings, "--scorings", SCORINGS) if args.scorings is not None else None
+    milestones = parse_int_list(args.milestones, "--milestones") if args.milestones is not None else None
+    if milestones is not None and not milestones:
+        raise DeferInputError(f"--milestones: expected comma-separated numbers of edits, got {args.milestones!r}")
+    built = build_table(layout, spec, args.trials, args.interval, scorings, milestones)
+    print(render(built, args.format), end="")
+    return ExitCode.OK

@@ -9,20 +9,26 @@ saying how close the best came). The YAML is written
 by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams read it back; its
 first line is a comment naming the dtype the trial ran in, and a trial tuned in another dtype
 than EasyEdit's float32 is exported with a warning (its optimum may not carry over).
+
+Confirmed results come first: when the folder's confirm stage (sweep/confirm.py) has trials
+that completed its T, export chooses among those configurations by their confirmed values
+(the mean over the confirm run's seeds x orders) and its reason says so; `confirmed=False`
+(`--no-confirmed`) ranks the search stage instead. The search stage's candidates never
+include confirm trials.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, save_hparams
 from defer_core.results import DEFAULT_DTYPE
 
-from .protocol import METRIC_COLUMNS, THRESHOLD, Status
+from .protocol import CONFIRMS, METRIC_COLUMNS, STAGE, STAGE_CONFIRM, STAGE_SEARCH, THRESHOLD, Status
 from .search.ranking import is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
@@ -45,11 +51,37 @@ class ChosenTrial:
     dtype: str  # the dtype the trial ran in
 
 
+def stage_of(row: Mapping[str, Any]) -> str:
+    """A trials row's stage; rows written before stages existed are the search's."""
+    return row.get(STAGE) or STAGE_SEARCH
+
+
+def search_stage(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(row) for row in rows if stage_of(row) != STAGE_CONFIRM]
+
+
+def confirm_stage(rows: Sequence[Mapping[str, Any]], protocol: str | None = None) -> list[dict[str, Any]]:
+    return [dict(row) for row in rows if stage_of(row) == STAGE_CONFIRM and (protocol is None or row.get("protocol") == protocol)]
+
+
 def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
-    """The candidates (records.candidates) of the sweep's Parquet dataset."""
+    """The search stage's candidates (records.candidates) of the sweep's Parquet dataset."""
     tables = read_tables(layout.parquet, ("trials", "points"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    complete = [row for row in tables["trials"].to_pylist() if row["status"] == Status.COMPLETE]
+    complete = [row for row in search_stage(tables["trials"].to_pylist()) if row["status"] == Status.COMPLETE]
     return candidates(spec, complete, tables["points"].to_pylist() if spec.curve_mode else ())
+
+
+def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | None = None, pareto_index: int | None = None, confirmed: bool = True) -> ChosenTrial:
+    """Among the confirmed configurations when there are any (and `confirmed`), else among the
+    search stage's candidates."""
+    from .sweep.confirm import confirmed_results  # confirm.py reads candidate_rows from here
+
+    found = confirmed_results(layout, spec, read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist()) if confirmed else None
+    if found is None:
+        return choose(spec, candidate_rows(layout, spec), objective, pareto_index)
+    chosen = choose(spec, found.rows, objective, pareto_index)
+    origin = chosen.row.get(CONFIRMS)
+    return replace(chosen, reason=f"{chosen.reason}, {found.note}" + (f", re-checking trial {origin}" if origin else ""))
 
 
 def _unit(spec: SweepSpec) -> str:
@@ -101,9 +133,10 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
     return ChosenTrial(row=row, reason=reason, hparams=hparams_for(spec, row), dtype=trial_dtype(spec, row))
 
 
-def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None, mlflow: MlflowSink | None = None) -> tuple[Path, ChosenTrial]:
+def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None,
+                mlflow: MlflowSink | None = None, confirmed: bool = True) -> tuple[Path, ChosenTrial]:
     """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
-    chosen = choose(spec, candidate_rows(layout, spec), objective, pareto_index)
+    chosen = choose_for_export(layout, spec, objective, pareto_index, confirmed)
     target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype)
     if chosen.dtype != DEFAULT_DTYPE:
         log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",

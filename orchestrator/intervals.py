@@ -17,10 +17,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import fmean, stdev
-from typing import Sequence
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
 
+# MLflow metric names of a repeated trial's spread per milestone: `{metric}{suffix}`.
+STD_SUFFIX = "_std"  # sample standard deviation over the repeat members
+CI_LOW_SUFFIX = "_ci_low"  # Student t interval over the members (repeat_interval)
+CI_HIGH_SUFFIX = "_ci_high"
+T_INTERVAL = "t"  # milestone_intervals' keys: over repeat members, and over records
+BOOTSTRAP = "bootstrap"
 BOOTSTRAP_BLOCK = 256  # resamples drawn per block: bounds memory; fixed, so results never depend on it
 
 
@@ -86,3 +93,48 @@ def format_interval(interval: Interval, digits: int = 2) -> str:
     if math.isnan(interval.half_width):
         return f"{interval.mean:.{digits}f}"
     return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
+
+
+def _one_trial(rows: Sequence[Mapping[str, Any]], what: str) -> None:
+    trials = {row["trial_id"] for row in rows if row.get("trial_id") is not None}
+    if len(trials) > 1:
+        raise DeferInputError(f"milestone_intervals takes one trial's {what}, got rows of {len(trials)} trials ({', '.join(sorted(map(str, trials))[:3])} ...)")
+
+
+def _present(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[int, list[Mapping[str, Any]]]:
+    """Rows that have `metric` (not null, not NaN), by milestone."""
+    by_milestone: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        value = row.get(metric)
+        if value is not None and not math.isnan(float(value)):
+            by_milestone[int(row["n_edits"])].append(row)
+    return by_milestone
+
+
+def milestone_intervals(
+    member_rows: Sequence[Mapping[str, Any]],
+    record_rows: Sequence[Mapping[str, Any]],
+    metric: str,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[int, dict[str, Interval | None]]:
+    """One trial's error bars on `metric` at each milestone, from its member_milestones rows
+    and its record_scores rows (Parquet, or dicts with the same keys): {n_edits: {"t": the
+    Student t interval over the repeat members, "bootstrap": the percentile bootstrap over
+    records of each record's mean over the members}}. A milestone with no member (or no
+    record) values has None there; n_edits without either is left out."""
+    _one_trial(member_rows, "member_milestones rows")
+    _one_trial(record_rows, "record_scores rows")
+    members, records = _present(member_rows, metric), _present(record_rows, metric)
+    out: dict[int, dict[str, Interval | None]] = {}
+    for n_edits in sorted(set(members) | set(records)):
+        per_record: dict[tuple[int, str], list[float]] = defaultdict(list)
+        for row in records.get(n_edits, []):
+            per_record[(int(row.get("chunk") or 0), str(row["record_id"]))].append(float(row[metric]))
+        record_means = [fmean(values) for _, values in sorted(per_record.items())]
+        out[n_edits] = {
+            T_INTERVAL: repeat_interval([float(row[metric]) for row in members[n_edits]], confidence) if n_edits in members else None,
+            BOOTSTRAP: bootstrap_interval(record_means, confidence, resamples, seed) if record_means else None,
+        }
+    return out

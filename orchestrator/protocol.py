@@ -32,6 +32,15 @@ FEASIBLE = "feasible"  # a curve point's: whether it meets the spec's constraint
 INTERMEDIATE_KEY = "intermediate"  # a curve point's single objective at each milestone so far, {n_edits: value}
 THRESHOLD_CURVE = "curve"  # search_space.threshold: curve, every training read at every threshold
 THRESHOLD_SAMPLED = "sampled"  # a searched or fixed threshold: each trial read at its own (the trials table's threshold_mode)
+REPEATS_KEY = "repeats"  # a repeated trial's report: one dict per member (seed x order), see worker/trainable.py
+RECORDS_KEY = "records"  # a report's (or a member's) per-record scores: [{"record_id", "chunk", <metric keys>}]
+SEED = "seed"  # a repeat member's adaptor seed (member dicts, Parquet columns)
+ORDER = "order"  # a repeat member's edit order (defer_core.orders; 0 = file order)
+MEMBER_COUNT = "members"  # Parquet column: how many repeat members a row's metrics are the mean of
+STAGE = "stage"  # the trials table's: which stage ran the trial (STAGE_SEARCH or STAGE_CONFIRM)
+STAGE_SEARCH = "search"
+STAGE_CONFIRM = "confirm"
+CONFIRMS = "confirms"  # in a confirm trial's config and the trials table: the DEFER trial id it re-checks
 
 # -- metric columns -------------------------------------------------------------------------------
 DERIVED_METRICS = ("mean",)  # mean_{scoring} = mean of rel, gen and loc under that scoring

@@ -29,6 +29,7 @@ EXPORT_MODULES = (
     "orchestrator.search.ranking",
     "orchestrator.sinks.records",
     "orchestrator.sinks.trial_curve",
+    "orchestrator.table",
     "defer_core.curve",
 )
 

@@ -12,7 +12,7 @@ from defer_core.errors import DeferInputError
 from orchestrator.cli import main
 from orchestrator.sweep.preflight import check_model
 from orchestrator.search.space import hparams_for, optuna_distributions
-from orchestrator.spec import CURVE_TRAINING_THRESHOLD, Choice, Constraint, CurveSpec, FloatRange, IntRange, load_spec, spec_from_dict, spec_to_yaml
+from orchestrator.spec import CURVE_TRAINING_THRESHOLD, Choice, ConfirmSpec, Constraint, CurveSpec, FloatRange, IntRange, Repeats, load_spec, spec_from_dict, spec_to_yaml
 
 from .orchestrator_support import SPECS
 
@@ -268,3 +268,66 @@ def test_shipped_curve_spec_is_the_demo_in_curve_mode() -> None:
     assert [o.metric for o in curve.objectives] == ["rel_tf", "loc_tf"]
     assert (curve.T, curve.milestones, curve.model, curve.scorings) == (demo.T, demo.milestones, demo.model, demo.scorings)
     assert curve.initial_points == ({"layer": 27, "edit_lr": pytest.approx(7e-5), "n_iter": 50},)
+
+
+# -- repeats and the confirm stage (issue 13) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"repeats": {"seeds": [0, 1], "orders": 2}, "pack_size": 2}, "key 'repeats' with 4 members cannot be combined with pack_size 2"),
+        ({"repeats": {"seeds": [0, 0]}}, "key 'repeats.seeds' lists a seed twice: [0, 0]"),
+        ({"repeats": {"seeds": [0, -1]}}, "key 'repeats.seeds' has -1; seeds are integers >= 0"),
+        ({"repeats": {"seeds": []}}, "key 'repeats.seeds' must be a non-empty list of seeds"),
+        ({"repeats": {"seeds": ["a"]}}, "key 'repeats.seeds' must be an integer, got str 'a'"),
+        ({"repeats": {"orders": 0}}, "key 'repeats.orders' must be >= 1"),
+        ({"repeats": {"orderz": 2}}, "unknown key 'repeats.orderz'"),
+        ({"repeats": [0, 1]}, "key 'repeats' must be a mapping, got list"),
+        ({"confirm": {"top": 0}}, "key 'confirm.top' must be >= 1"),
+        ({"confirm": {"seeds": [1, 1]}}, "key 'confirm.seeds' lists a seed twice"),
+        ({"confirm": {"protocols": ["stream", "waves"]}}, "key 'confirm.protocols' has 'waves'; allowed: stream, chunks, immediate"),
+        ({"confirm": {"T": 2.5}}, "key 'confirm.T' must be an integer"),
+        ({"confirm": {"auto": "yes"}}, "key 'confirm.auto' must be true or false"),
+        ({"confirm": {"tops": 2}}, "unknown key 'confirm.tops'"),
+    ],
+)
+def test_invalid_repeats_or_confirm_names_the_key(changes: dict, expected: str) -> None:
+    with pytest.raises(DeferInputError) as caught:
+        spec_from_dict({**copy.deepcopy(TINY), **changes}, source="tiny.yaml")
+    message = str(caught.value)
+    assert message.startswith("tiny.yaml: ") and expected in message and "\n" not in message
+
+
+def test_repeats_are_refused_in_curve_mode() -> None:
+    with pytest.raises(DeferInputError, match=r"key 'repeats' is not supported with search_space.threshold: curve yet"):
+        spec_from_dict({**copy.deepcopy(CURVE), "repeats": {"seeds": [0, 1]}}, source="tiny.yaml")
+    assert spec_from_dict({**copy.deepcopy(CURVE), "repeats": {"seeds": [4]}}).repeat_members == ((4, 0),)  # one member: nothing repeated
+
+
+def test_no_repeats_is_one_member_with_the_spec_seed() -> None:
+    spec = spec_from_dict({**copy.deepcopy(TINY), "seed": 7})
+    assert spec.repeats == Repeats(seeds=(7,), orders=1) and spec.repeat_members == ((7, 0),)
+    assert spec.confirm is None
+    assert "repeats" not in spec_to_yaml(spec) and "confirm" not in spec_to_yaml(spec)
+
+
+def test_repeat_members_are_every_seed_and_order_order_major() -> None:
+    spec = spec_from_dict({**copy.deepcopy(TINY), "seed": 5, "repeats": {"seeds": [2, 0, 1], "orders": 2}})
+    assert spec.repeat_members == ((2, 0), (0, 0), (1, 0), (2, 1), (0, 1), (1, 1))
+    assert spec_from_dict({**copy.deepcopy(TINY), "seed": 5, "repeats": {"orders": 3}}).repeat_members == ((5, 0), (5, 1), (5, 2))
+    assert spec_from_dict({**copy.deepcopy(TINY), "repeats": {"seeds": 3}}).repeats.seeds == (3,)
+    assert spec_from_dict({**copy.deepcopy(TINY), "repeats": {"seeds": [0, 1]}, "pack_size": 1}).repeats.orders == 1
+
+
+def test_confirm_section_defaults_and_round_trip(tmp_path: Path) -> None:
+    spec = spec_from_dict({**copy.deepcopy(TINY), "confirm": True})
+    assert spec.confirm == ConfirmSpec() and spec.confirm.top == 3 and spec.confirm.seeds == (0, 1, 2, 3, 4)
+    assert (spec.confirm.orders, spec.confirm.T, spec.confirm.protocols, spec.confirm.auto) == (2, None, None, False)
+    assert spec_from_dict({**copy.deepcopy(TINY), "confirm": False}).confirm is None
+    given = {"top": 2, "seeds": [3, 4], "orders": 1, "T": 12, "protocols": ["stream", "immediate"], "auto": True}
+    spec = spec_from_dict({**copy.deepcopy(TINY), "confirm": given, "repeats": {"seeds": [0, 1]}})
+    assert spec.confirm == ConfirmSpec(top=2, seeds=(3, 4), orders=1, T=12, protocols=("stream", "immediate"), auto=True)
+    path = tmp_path / "again.yaml"
+    path.write_text(spec_to_yaml(spec))
+    assert load_spec(path) == spec

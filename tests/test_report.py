@@ -98,7 +98,7 @@ def optuna_complete(out: Path) -> int:
 
 
 def expected_plots(out: Path) -> set[str]:
-    names = {"pareto_tf.png", "pareto_gen.png", "curves_tf.png", "curves_gen.png", "params_rel_tf.png", "params_loc_tf.png"}
+    names = {"pareto_tf.png", "pareto_gen.png", "curves_tf.png", "curves_gen.png", "bands_tf.png", "bands_gen.png", "params_rel_tf.png", "params_loc_tf.png"}
     if optuna_complete(out) >= MIN_IMPORTANCE_TRIALS:
         names.add("importance.png")
     return names

@@ -1,12 +1,18 @@
 """What a report shows, read from the sweep's output directory: trials, milestones, the spec,
 sweep.json and the best trial, plus the orderings the plots and the page share.
 
-The best trial is `export.choose`'s default choice (the one `best.yaml` holds after a run);
+The best trial is `export.choose_for_export`'s default choice (the one `best.yaml` holds after a
+run: confirmed results first);
 ranking and the Pareto front come from ranking.py over records.candidates (complete trials; in
 curve mode the points of their curves at T), with the spec's constraints, and the YAML from
 space.hparams_for and defer_core's dump_hparams, so the page and `defer-sweep export` always
 agree. A candidate is named by `row_key` (its trial and threshold): in curve mode one trial
 gives many.
+
+Error bars come from table.row_spread, as `defer-sweep table` computes them: a Student t
+interval over a trial's repeat members when it has several, else a bootstrap over the records
+scored at the milestone. `spreads` holds them for every candidate at T (the Pareto plot's error
+bars) and at every milestone for the `band_trials` (the edit curves with bands).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import dump_hparams
 from defer_core.results import metric_key
 
-from ..export import ChosenTrial, choose
+from ..export import ChosenTrial, choose_for_export, search_stage
+from ..intervals import T_INTERVAL, Interval
 from ..protocol import FINAL_STATUSES, N_EDITS, THRESHOLD, Status, trial_order_key
 from ..search.ranking import pareto_front, rank_by
 from ..search.space import hparams_for
@@ -28,11 +35,14 @@ from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..sinks.parquet_sink import read_tables
 from ..sinks.records import candidates, trial_dtype
 from ..spec import Objective, SweepSpec
+from ..table import row_spread, stored_rows
 
 log = logging.getLogger(__name__)
 
 TOP_TRIALS = 10
 TOP_TRAININGS = 5  # trainings whose threshold curves the report draws
+BAND_TRIALS = 5  # trials whose edit curves the report draws with interval bands
+SPREAD_KIND = T_INTERVAL  # t over repeat members; a trial with one member falls back to the bootstrap over records
 
 Row = Mapping[str, Any]
 
@@ -55,6 +65,8 @@ class SweepData:
     points: list[dict[str, Any]] = field(default_factory=list)  # the points table (curve mode)
     gates: list[dict[str, Any]] = field(default_factory=list)  # gate rows at T
     grid: list[dict[str, Any]] = field(default_factory=list)  # gen grid rows at T
+    band_trials: list[dict[str, Any]] = field(default_factory=list)  # trials drawn with interval bands, best first
+    spreads: dict[str, dict[str, dict[int, Interval]]] = field(default_factory=dict)  # trial id -> metric -> n_edits -> interval
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -62,8 +74,9 @@ class SweepData:
 
     @property
     def candidates(self) -> list[dict[str, Any]]:
-        """What ranks (records.candidates): complete trials, or in curve mode their points at T."""
-        return candidates(self.spec, self.completed, self.points)
+        """What ranks (records.candidates): the search stage's complete trials, or in curve mode
+        their points at T; confirm runs re-check these configurations and never rank beside them."""
+        return candidates(self.spec, search_stage(self.completed), self.points)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -86,8 +99,36 @@ def load_sweep(layout: SweepLayout) -> SweepData:
     milestones = _milestones_by_trial(tables["milestones"].to_pylist())
     points = tables["points"].to_pylist()
     data = SweepData(layout, spec, state, trials, milestones, None, points, _at_t(tables["gates"], spec.T), _at_t(tables["grid"], spec.T))
-    data.choice = _choose_best(spec, data.candidates)
+    data.choice = _choose_best(layout, spec) if data.candidates else None
+    if not spec.curve_mode:  # a curve-mode point's threshold is not the one its stored rows were scored at
+        data.band_trials = band_trials(data)
+        data.spreads = _spreads(data)
     return data
+
+
+def band_trials(data: SweepData, limit: int = BAND_TRIALS) -> list[dict[str, Any]]:
+    """The trials `defer-sweep table` shows by default: the confirm-stage trials when a confirm
+    stage ran, else the top candidates (the spec's Pareto front first), best first."""
+    from ..protocol import STAGE, STAGE_CONFIRM
+
+    confirmed = [t for t in data.completed if t.get(STAGE) == STAGE_CONFIRM]
+    if confirmed:
+        return confirmed[:limit]
+    ranked, _ = top_trials(data, limit)
+    by_id = {t["trial_id"]: t for t in data.trials}
+    return [by_id[r["trial_id"]] for r in ranked[:limit] if r["trial_id"] in by_id]
+
+
+def _spreads(data: SweepData) -> dict[str, dict[str, dict[int, Interval]]]:
+    """Intervals of every metric: at T for the candidates, at every milestone for the band trials."""
+    keys = [metric_key(m, s) for s in data.spec.scorings for m in ("rel", "gen", "loc")]
+    at_t = stored_rows(data.layout.parquet, [t["trial_id"] for t in data.completed], data.spec.T)
+    banded = stored_rows(data.layout.parquet, [t["trial_id"] for t in data.band_trials])
+    spreads: dict[str, dict[str, dict[int, Interval]]] = {}
+    for trial in data.completed:
+        found = banded.get(trial["trial_id"]) or at_t[trial["trial_id"]]
+        spreads[trial["trial_id"]] = {key: row_spread(trial, found, key, SPREAD_KIND) for key in keys}
+    return spreads
 
 
 def _at_t(table: Any, T: int) -> list[dict[str, Any]]:
@@ -106,11 +147,10 @@ def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[
     return dict(by_trial)
 
 
-def _choose_best(spec: SweepSpec, rows: Sequence[dict[str, Any]]) -> ChosenTrial | None:
-    if not rows:
-        return None
+def _choose_best(layout: SweepLayout, spec: SweepSpec) -> ChosenTrial | None:
+    """What `defer-sweep export` writes to best.yaml: confirmed results first."""
     try:
-        return choose(spec, list(rows))
+        return choose_for_export(layout, spec)
     except DeferInputError as error:  # e.g. the objective's scoring was not run, or nothing is feasible
         log.warning("report: no best trial: %s", error)
         return None

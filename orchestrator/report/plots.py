@@ -20,7 +20,8 @@ from matplotlib.lines import Line2D
 
 from defer_core.results import METRICS, metric_key
 
-from ..protocol import OPTUNA_TRIAL, THRESHOLD, Status, trial_label as label_of
+from ..intervals import T_INTERVAL, Interval
+from ..protocol import OPTUNA_TRIAL, STAGE, STAGE_CONFIRM, THRESHOLD, Status, trial_label as label_of
 from ..search.ranking import Bound, is_feasible
 from ..search.space import describe_config
 from ..sinks.records import bounds_text
@@ -137,15 +138,38 @@ def _unit_axes(ax: Any) -> None:
     ax.grid(True, alpha=0.3)
 
 
+ErrorBars = Mapping[str, tuple[Interval | None, Interval | None]]  # trial id -> (Rel interval, Loc interval) at T
+
+
+def error_bars(ax: Any, rows: Sequence[Row], bars: ErrorBars, x_key: str, y_key: str) -> int:
+    """Draws each row's intervals as error bars around its point (thin, under the points);
+    returns how many rows had one."""
+    drawn = 0
+    for r in rows:
+        x_interval, y_interval = bars.get(str(r["trial_id"]), (None, None))
+        if x_interval is None and y_interval is None:
+            continue
+        x, y = r[x_key], r[y_key]
+        xerr = None if x_interval is None else [[max(0.0, x - x_interval.low)], [max(0.0, x_interval.high - x)]]
+        yerr = None if y_interval is None else [[max(0.0, y - y_interval.low)], [max(0.0, y_interval.high - y)]]
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor="#555555", elinewidth=0.9, capsize=2.5, alpha=0.7, zorder=1.5,
+                    label=None if drawn else "95% interval")
+        drawn += 1
+    return drawn
+
+
 def pareto_figure(scoring: str, rows: Sequence[Row], front: Sequence[Row], best: Row | None, T: int, n_not_shown: int,
-                  constraints: Sequence[Bound] = (), curve_mode: bool = False) -> tuple[Figure, tuple[Hotspot, ...]]:
+                  constraints: Sequence[Bound] = (), curve_mode: bool = False, bars: ErrorBars | None = None) -> tuple[Figure, tuple[Hotspot, ...]]:
     """Rel vs Loc at T for the candidates (completed trials, or in curve mode their curves'
     points); the non-dominated feasible ones joined and labelled, infeasible ones hollow, the
-    constraints on Rel/Loc drawn; each point a hotspot naming its trial (and threshold)."""
+    constraints on Rel/Loc drawn, each trial's 95% intervals as error bars (`bars`); each
+    point a hotspot naming its trial (and threshold)."""
     rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
     unit = "point" if curve_mode else "completed trial"
     figure = new_figure()
     ax = figure.add_subplot()
+    if bars:
+        error_bars(ax, rows, bars, rel, loc)
     front_keys = {row_key(r) for r in front}
     others = [r for r in rows if row_key(r) not in front_keys and is_feasible(r, constraints)]
     infeasible = [r for r in rows if not is_feasible(r, constraints)]
@@ -358,6 +382,62 @@ def curves_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapp
     return figure, hotspots(figure, marks)
 
 
+Spreads = Mapping[str, Mapping[str, Mapping[int, Interval]]]  # trial id -> metric key -> n_edits -> interval
+
+
+def spread_text(intervals: Iterable[Interval]) -> str:
+    """`t, n=6` / `bootstrap over records` / `no interval`: how a trial's band was made."""
+    kinds = {(i.kind, i.n if i.kind == T_INTERVAL else 0) for i in intervals}
+    if not kinds:
+        return "no interval"
+    if all(kind == T_INTERVAL for kind, _ in kinds):
+        return ", ".join(f"t, n={n}" for _, n in sorted(kinds))
+    return "bootstrap over records"
+
+
+def bands_figure(scoring: str, trials: Sequence[Row], milestones_by_trial: Mapping[str, Sequence[Row]], spreads: Spreads, best: Row | None,
+                 milestones: Sequence[int]) -> tuple[Figure, tuple[Hotspot, ...]]:
+    """Rel, Gen and Loc against the number of edits for a few trials, each line the stored
+    mean with its 95% interval as a band; every point a hotspot with the interval."""
+    figure = new_figure()
+    axes = figure.subplots(1, 3, sharey=True)
+    best_id = best["trial_id"] if best is not None else None
+    marks: list[Mark] = []
+    for ax, metric in zip(axes, METRICS):
+        key = metric_key(metric, scoring)
+        for index, trial in enumerate(trials):
+            trial_id = str(trial["trial_id"])
+            points = [(int(m["n_edits"]), float(m[key])) for m in milestones_by_trial.get(trial_id, []) if m.get(key) is not None]
+            if not points:
+                continue
+            color = TRAINING_COLORS[index % len(TRAINING_COLORS)]
+            intervals = spreads.get(trial_id, {}).get(key, {})
+            xs, ys = zip(*points)
+            banded = [(n, intervals[n]) for n in xs if n in intervals]
+            if banded:
+                ax.fill_between([n for n, _ in banded], [i.low for _, i in banded], [i.high for _, i in banded], color=color, alpha=0.18, linewidth=0, zorder=2)
+            width = 2.6 if trial_id == best_id else 1.5
+            ax.plot(xs, ys, "-o", color=color, linewidth=width, markersize=4, zorder=3,
+                    label=f"{trial_label(trial)} {describe_config(trial)} ({spread_text(intervals.values())})")
+            for n, value in points:
+                found = intervals.get(n)
+                spread = f" [{found.low:.3f}, {found.high:.3f}] ({found.kind}, n={found.n})" if found is not None else ""
+                marks.append((ax, n, value, f"{trial_label(trial)}: {key}={value:.3f}{spread} at {n} edits"))
+        _edit_axis(ax, milestones)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(True, alpha=0.3)
+        ax.set_title(METRIC_LABELS[metric])
+        ax.set_xlabel("number of edits")
+    axes[0].set_ylabel(f"accuracy ({scoring})")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncol=min(2, len(handles)), fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "no trial to show", ha="center", va="center", transform=axes[1].transAxes, fontsize=14, color="dimgray")
+    figure.suptitle(f"Rel / Gen / Loc vs number of edits with 95% intervals, {scoring_title(scoring)} scoring, {len(trials)} trial(s)")
+    return figure, hotspots(figure, marks)
+
+
 def importance_figure(importances: Mapping[str, Mapping[str, Mapping[str, float]]], caveats: Mapping[str, str] | None = None) -> Figure:
     """importances[objective][evaluator][param] (normalised to sum 1): grouped horizontal bars,
     one panel per objective; an evaluator's caveat (e.g. a small sample) tags its legend entry."""
@@ -431,7 +511,7 @@ def params_figure(objective: str, direction: str, params: Sequence[tuple[str, bo
 # -- which figures a sweep gets ---------------------------------------------------------------------
 
 SECTIONS = ("pareto", "thresholds", "curves", "importance", "params")  # in page order; thresholds only in curve mode
-_PER_SCORING_OR_OBJECTIVE = ("pareto_", "thresholds_", "tradeoff_", "curves_", "params_")  # file name prefixes; importance.png is alone
+_PER_SCORING_OR_OBJECTIVE = ("pareto_", "thresholds_", "tradeoff_", "curves_", "bands_", "params_")  # file name prefixes; importance.png is alone
 
 
 @dataclass(frozen=True)
@@ -455,7 +535,7 @@ def build_plots(data: SweepData, importance: Importance) -> list[Plot]:
     return [
         *(_pareto_plot(data, s) for s in scorings),
         *(_threshold_plots(data) if data.spec.curve_mode else []),
-        *(_curves_plot(data, s) for s in scorings),
+        *(plot for s in scorings for plot in (_curves_plot(data, s), *_bands_plot(data, s))),
         *([_importance_plot(importance)] if importance.values else []),
         *_params_plots(data),
     ]
@@ -466,13 +546,16 @@ def _pareto_plot(data: SweepData, scoring: str) -> Plot:
     rel, loc = metric_key("rel", scoring), metric_key("loc", scoring)
     rows = [r for r in data.candidates if r.get(rel) is not None and r.get(loc) is not None]
     front = rel_loc_front(rows, scoring, spec.constraints)
-    figure, spots = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(data.completed), spec.constraints, spec.curve_mode)
+    bars = {trial_id: (by_metric.get(rel, {}).get(T), by_metric.get(loc, {}).get(T)) for trial_id, by_metric in data.spreads.items()}
+    figure, spots = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(data.completed), spec.constraints, spec.curve_mode, bars)
     what = f"a (training, threshold) point of a trial that made all {T} edits: the trial's adaptor read at one threshold of its curve" if spec.curve_mode else f"a trial that made all {T} edits"
     caption = (
         f"Each point is {what}, scored {scoring_title(scoring)}. "
         f"Orange: the {len(front)} non-dominated point(s) (no other is at least as good on both Rel and Loc and better on one). "
         + (f"Only points satisfying the constraints ({bounds_text(spec.constraints)}, dashed) count; hollow grey points do not. " if spec.constraints else "")
-        + "Red star: best.yaml. Hover a point for its trial."
+        + "Red star: best.yaml. "
+        + (f"Bars: 95% intervals at T, {_SPREAD_CAPTION}. " if any(x or y for x, y in bars.values()) else "")
+        + "Hover a point for its trial."
     )
     return Plot(f"pareto_{scoring}", "pareto", f"Pareto front: Rel vs Loc ({scoring})", caption, png_bytes(figure), spots)
 
@@ -524,6 +607,22 @@ def _curves_plot(data: SweepData, scoring: str) -> Plot:
         "identical are drawn once, marked ×N. Hover a point for its trial(s)."
     )
     return Plot(f"curves_{scoring}", "curves", f"Rel / Gen / Loc vs number of edits ({scoring})", caption, png_bytes(figure), spots)
+
+
+_SPREAD_CAPTION = ("Student t over a trial's repeat members (seeds × edit orders) where it has several, "
+                   "else a percentile bootstrap over the records scored there (defer-sweep table --interval t computes the same)")
+
+
+def _bands_plot(data: SweepData, scoring: str) -> list[Plot]:
+    """The band trials' edit curves with their intervals; none in curve mode (no band trials)."""
+    if not data.band_trials:
+        return []
+    figure, spots = bands_figure(scoring, data.band_trials, data.milestones, data.spreads, data.best, data.spec.milestones)
+    confirmed = any(t.get(STAGE) == STAGE_CONFIRM for t in data.band_trials)
+    which = "the confirm-stage trials" if confirmed else f"the top {len(data.band_trials)} trial(s) (the spec's Pareto front first)"
+    caption = (f"Each line is the mean at each milestone of {which}, the shaded band its 95% interval: {_SPREAD_CAPTION}. "
+               "The legend says which each trial got. Hover a point for its interval.")
+    return [Plot(f"bands_{scoring}", "curves", f"Rel / Gen / Loc vs number of edits, with 95% intervals ({scoring})", caption, png_bytes(figure), spots)]
 
 
 def _labelled_trials(data: SweepData) -> list[str]:

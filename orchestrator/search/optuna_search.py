@@ -49,7 +49,8 @@ from defer_core.curve import TF, tf_metrics_at
 from defer_core.results import GateRow
 
 from ..protocol import (
-    FEASIBLE, GATES_KEY, GRID_KEY, INTERMEDIATE_KEY, MEMBERS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD,
+    EDITS_KEY, FEASIBLE, GATES_KEY, GRID_KEY, INTERMEDIATE_KEY, MEMBERS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, RECORDS_KEY, REPEATS_KEY,
+    REPLAY_KEY, REUSE_OF, THRESHOLD,
 )
 from ..spec import SweepSpec
 from .curve_points import with_mean_metrics
@@ -271,7 +272,10 @@ class DeferOptunaSearch(Searcher):
             return
         n_edits = int(result[N_EDITS])
         kept = [r for r in self._reports.get(trial_id, []) if r[N_EDITS] < n_edits]
-        self._reports[trial_id] = [*kept, {key: result[key] for key in REPLAYED_KEYS if key in result}]
+        report = {key: result[key] for key in REPLAYED_KEYS if key in result}
+        if result.get(REPEATS_KEY):  # each repeat member's metrics (its edits, gates and records stay with the original)
+            report[REPEATS_KEY] = [{k: v for k, v in m.items() if k not in (EDITS_KEY, GATES_KEY, RECORDS_KEY)} for m in result[REPEATS_KEY]]
+        self._reports[trial_id] = [*kept, report]
         if not spec.curve_mode and spec.scorings == (TF,):
             gates = self._gates.setdefault(trial_id, {})
             for stale in [n for n in gates if n >= n_edits]:

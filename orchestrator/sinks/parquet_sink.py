@@ -1,5 +1,5 @@
-"""The Parquet dataset: tables trials/, milestones/, edits/, gates/, grid/, points/, one file
-per trial per table.
+"""The Parquet dataset: tables trials/, milestones/, edits/, gates/, grid/, points/,
+member_milestones/, record_scores/, one file per trial per table.
 
 The dataset lives on a pyarrow filesystem (storage.Location): OUT/parquet on local disk, or
 <storage_uri>/parquet on shared storage such as S3. A file is named by the Tune trial id (it holds the
@@ -14,6 +14,14 @@ gates/ holds each milestone's tf gate rows (defer_core.results.GateRow): from th
 defer_core.curve gives the trial's exact tf metrics at any threshold (`defer-sweep curve`).
 grid/ holds the generation scorings at each threshold of the spec's grid, points/ the
 (threshold, metrics) points of a curve-mode trial's curve (protocol.POINTS_KEY).
+
+Repeats (spec `repeats`): a trial runs several members (seed x edit order) of one config.
+milestones/ and trials/ hold the mean over members (`members` their count); member_milestones/
+each member's metrics per milestone; record_scores/ each record's scores per member and
+milestone (every trial writes it, unrepeated ones as seed = spec.seed, order 0), so repeat
+(t) and record (bootstrap) intervals exist everywhere (intervals.milestone_intervals). edits/
+and gates/ rows name their member by `seed` and `order`. trials/ also says the `stage` a trial
+ran in ("search", or "confirm" for a re-check of the DEFER trial named in `confirms`).
 
 Files are read one by one, so a damaged one (truncated, or not Parquet at all) is named with
 what is wrong: strict readers (everything a running or resuming sweep reads) raise
@@ -40,7 +48,7 @@ from ..storage import Location, as_location, one_line
 
 log = logging.getLogger(__name__)
 
-TABLES = ("trials", "milestones", "edits", "gates", "grid", "points")
+TABLES = ("trials", "milestones", "edits", "gates", "grid", "points", "member_milestones", "record_scores")
 _TIME = pa.timestamp("us", tz="UTC")
 _METRICS = [pa.field(name, pa.float64()) for name in METRIC_COLUMNS]
 
@@ -74,6 +82,9 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("reuse_of", pa.string()),  # the DEFER trial whose training this one replayed (null: it trained)
         pa.field("feasible", pa.bool_()),  # its last milestone's metrics meet the spec's constraints (null: none)
         pa.field("threshold_mode", pa.string()),  # "sampled" (threshold searched) or "curve" (read at every threshold)
+        pa.field("members", pa.int64()),  # repeat members (seed x order) its metrics are the mean of; 1 unrepeated
+        pa.field("stage", pa.string()),  # "search" (a sweep trial) or "confirm" (a re-check with more repeats)
+        pa.field("confirms", pa.string()),  # a confirm run: the DEFER trial id it re-checks (null otherwise)
     ]
 )
 
@@ -87,6 +98,7 @@ MILESTONES_SCHEMA = pa.schema(
         pa.field("eval_seconds", pa.float64()),
         pa.field("elapsed_seconds", pa.float64()),
         pa.field("threshold", pa.float64()),  # the threshold these metrics were read at (curve mode: the best point's)
+        pa.field("members", pa.int64()),  # repeat members these metrics are the mean of (1 unrepeated)
     ]
 )
 
@@ -103,6 +115,8 @@ EDITS_SCHEMA = pa.schema(
         pa.field("gate", pa.float64()),  # the edit prompt's gate, and its tf accuracy with the adaptor forced on / off
         pa.field("success_on", pa.float64()),
         pa.field("success_off", pa.float64()),
+        pa.field("seed", pa.int64()),  # the repeat member that made the edit: its seed and edit order
+        pa.field("order", pa.int64()),
     ]
 )
 
@@ -118,6 +132,8 @@ GATES_SCHEMA = pa.schema(
         pa.field("gate", pa.float64()),  # the model-dtype gate, exactly
         pa.field("on", pa.float64()),
         pa.field("off", pa.float64()),
+        pa.field("seed", pa.int64()),  # the repeat member scored: its seed and edit order
+        pa.field("order", pa.int64()),
     ]
 )
 
@@ -142,9 +158,34 @@ POINTS_SCHEMA = pa.schema(
     ]
 )
 
+MEMBER_MILESTONES_SCHEMA = pa.schema(
+    [
+        pa.field("sweep_id", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("order", pa.int64()),
+        pa.field("n_edits", pa.int64()),
+        *_METRICS,
+    ]
+)
+
+RECORD_SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("sweep_id", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("order", pa.int64()),
+        pa.field("n_edits", pa.int64()),
+        pa.field("chunk", pa.int64()),
+        pa.field("record_id", pa.string()),
+        *_METRICS,
+    ]
+)
+
 SCHEMAS = {
     "trials": TRIALS_SCHEMA, "milestones": MILESTONES_SCHEMA, "edits": EDITS_SCHEMA,
     "gates": GATES_SCHEMA, "grid": GRID_SCHEMA, "points": POINTS_SCHEMA,
+    "member_milestones": MEMBER_MILESTONES_SCHEMA, "record_scores": RECORD_SCORES_SCHEMA,
 }
 
 

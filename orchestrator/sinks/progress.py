@@ -27,7 +27,8 @@ from ray.exceptions import RayError
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from ..protocol import FINAL_STATUSES, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REUSE_OF, THRESHOLD, Status, final_status, trial_label
+from ..intervals import Interval, format_interval, repeat_interval
+from ..protocol import FINAL_STATUSES, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPEATS_KEY, REUSE_OF, THRESHOLD, Status, final_status, trial_label
 from ..search.packing import member_configs, member_results, member_trial_id, num_packs
 from ..search.ranking import is_feasible, pareto_front, rank_by
 from ..search.space import full_config
@@ -46,15 +47,22 @@ LIVE_PREFIX = "  live: "
 PARETO_SHOWN = 5  # Pareto points listed in the summary line; the rest are counted
 
 
-def milestone_text(milestones: Mapping[int, Mapping[str, float]], metrics: Sequence[str]) -> str:
+Shown = float | Interval  # a milestone's value on a trial line: the metric, or with repeats its mean ± half-width
+
+
+def shown_text(value: Shown) -> str:
+    return format_interval(value, digits=3) if isinstance(value, Interval) else f"{value:.3f}"
+
+
+def milestone_text(milestones: Mapping[int, Mapping[str, Shown | None]], metrics: Sequence[str]) -> str:
     parts = []
     for n_edits, values in sorted(milestones.items()):
-        shown = " ".join(f"{m}={values[m]:.3f}" for m in metrics if values.get(m) is not None)
+        shown = " ".join(f"{m}={shown_text(values[m])}" for m in metrics if values.get(m) is not None)  # type: ignore[arg-type]
         parts.append(f"@{n_edits} {shown}")
     return " | ".join(parts) if parts else "no milestone reached"
 
 
-def trial_line(done: int, total: int, label: str, trial_id: str, status: str, config: str, milestones: Mapping[int, Mapping[str, float]], metrics: Sequence[str], seconds: float | None, error: str | None, reuses: str | None = None) -> str:
+def trial_line(done: int, total: int, label: str, trial_id: str, status: str, config: str, milestones: Mapping[int, Mapping[str, Shown | None]], metrics: Sequence[str], seconds: float | None, error: str | None, reuses: str | None = None) -> str:
     """`[3/40 done] #007 complete  <trial id>  L27 lr=... @100 rel_tf=... (812.4s)`; a trial
     that replayed an earlier training ends `  reuses #003`."""
     tail = f" ({seconds:.1f}s)" if seconds is not None else ""
@@ -285,6 +293,16 @@ def console_session(sink: Sink, live: LiveOutput | None, sweep_id: str) -> Itera
             ray.kill(board)
 
 
+def shown_value(report: Mapping[str, Any], metric: str) -> Shown | None:
+    """A report's metric as a trial line shows it: with several repeat members the mean ±
+    the half-width of their t interval (intervals.repeat_interval), else the value."""
+    members = report.get(REPEATS_KEY) or []
+    values = [float(m[metric]) for m in members if m.get(metric) is not None]
+    if len(members) > 1 and len(values) == len(members):
+        return repeat_interval(values)
+    return report.get(metric)
+
+
 class ProgressCallback(Callback):
     """Emits a line when a trial ends and the sweep summary after it; between those, the live
     block of the running trials when the attached console has live output."""
@@ -292,7 +310,7 @@ class ProgressCallback(Callback):
     def __init__(self, spec: SweepSpec, parquet_root: Location) -> None:
         self.spec = spec
         self.parquet_root = parquet_root
-        self._milestones: dict[str, dict[int, dict[int, dict[str, float]]]] = {}  # Tune trial → member → n_edits → metrics
+        self._milestones: dict[str, dict[int, dict[int, dict[str, Shown | None]]]] = {}  # Tune trial → member → n_edits → metrics
         self._metrics = [o.metric for o in spec.objectives]
         self._recorded: set[str] | None = None
 
@@ -323,7 +341,7 @@ class ProgressCallback(Callback):
         for k, member in enumerate(member_results(result)):
             if N_EDITS in member:
                 milestones = self._milestones.setdefault(trial.trial_id, {}).setdefault(k, {})
-                milestones[int(member[N_EDITS])] = {m: member.get(m) for m in self._line_metrics()}
+                milestones[int(member[N_EDITS])] = {m: shown_value(member, m) for m in self._line_metrics()}
 
     def _emit(self, trials: list[Trial], trial: Trial, status: str, error: str | None) -> None:
         if self._recorded and trial.trial_id in self._recorded:

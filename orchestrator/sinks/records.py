@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..protocol import (
-    EDITS_KEY, EVAL_SECONDS, FEASIBLE, GATES_KEY, GRID_KEY, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, POINTS_KEY,
-    REUSE_OF, THRESHOLD, THRESHOLD_CURVE, THRESHOLD_SAMPLED, WORKER_PID, Status, final_status, trial_order_key,
+    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, GATES_KEY, GRID_KEY, MEMBER_COUNT, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL,
+    ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, REUSE_OF, SEED, STAGE, STAGE_CONFIRM, STAGE_SEARCH, THRESHOLD, THRESHOLD_CURVE, THRESHOLD_SAMPLED,
+    WORKER_PID, Status, final_status, trial_order_key,
 )
 from ..search.ranking import Bound, is_feasible
 from ..search.space import describe_config, full_config, module_for
@@ -77,9 +78,23 @@ def short_error(text: str | None) -> str | None:
     return lines[-1][:500]
 
 
+def metric_values(report: Mapping[str, Any]) -> dict[str, float]:
+    """The metric columns a report (or a repeat member, or a record) has, as floats."""
+    return {key: float(report[key]) for key in METRIC_COLUMNS if report.get(key) is not None}
+
+
+def report_members(result: Mapping[str, Any], default: tuple[int, int]) -> list[tuple[int, int, Mapping[str, Any]]]:
+    """(seed, order, report) of each run behind a milestone report: its repeat members, or the
+    report itself (a report without SEED/ORDER, e.g. a replayed one, ran as `default`)."""
+    members = result.get(REPEATS_KEY) or [result]
+    return [(int(m.get(SEED, default[0])), int(m.get(ORDER, default[1])), m) for m in members]
+
+
 @dataclass
 class TrialLog:
-    """One trial as the driver sees it: config, milestone rows, edit rows, status."""
+    """One trial as the driver sees it: config, milestone rows, edit rows, status. With
+    repeats its milestones hold the mean over members, and each member's metrics, records,
+    edits and gate rows are kept with its seed and order."""
 
     trial_id: str
     config: dict[str, int | float]
@@ -87,7 +102,7 @@ class TrialLog:
     pack_id: str  # the Tune trial that ran it: its own id unless the sweep packs trials
     started_at: dt.datetime = field(default_factory=utcnow)
     milestones: dict[int, dict[str, Any]] = field(default_factory=dict)
-    edits: dict[int, dict[str, Any]] = field(default_factory=dict)
+    edits: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)  # (order, seed, edit index) -> edit
     status: Status = Status.RUNNING
     error: str | None = None
     finished_at: dt.datetime | None = None
@@ -100,17 +115,29 @@ class TrialLog:
     gates: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     grid: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     points: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # repeats: per milestone each member's metrics and each member's record scores, with seed and order
+    member_metrics: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    records: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    members: int = 1  # repeat members the milestones are the mean of
+    default_member: tuple[int, int] = (0, 0)  # (seed, order) of a report that names none
+    stage: str = STAGE_SEARCH
+    confirms: str | None = None  # a confirm run: the DEFER trial it re-checks
 
     @classmethod
     def start(cls, spec: SweepSpec, trial_id: str, config: Mapping[str, Any], pack_id: str | None = None) -> "TrialLog":
         optuna_trial = config.get(OPTUNA_TRIAL)
         reuse_of = config.get(REUSE_OF)
+        confirms = config.get(CONFIRMS)
         return cls(
             trial_id=trial_id,
             config=full_config(spec, config),
             optuna_trial=None if optuna_trial is None else int(optuna_trial),
             pack_id=pack_id or trial_id,
             reuse_of=None if reuse_of is None else str(reuse_of),
+            members=len(spec.repeat_members),
+            default_member=spec.repeat_members[0],
+            stage=str(config.get(STAGE) or (STAGE_CONFIRM if confirms is not None else STAGE_SEARCH)),
+            confirms=None if confirms is None else str(confirms),
         )
 
     @property
@@ -126,14 +153,24 @@ class TrialLog:
         if N_EDITS not in result:
             return None
         n_edits = int(result[N_EDITS])
-        for edit in result.get(EDITS_KEY) or []:
-            self.edits[int(edit["index"])] = dict(edit)
-        row = {key: float(result[key]) for key in METRIC_COLUMNS if result.get(key) is not None}
+        members = report_members(result, self.default_member)
+        self.members = len(members)
+        for seed, order, member in members:
+            for edit in member.get(EDITS_KEY) or []:
+                self.edits[(order, seed, int(edit["index"]))] = {**edit, SEED: seed, ORDER: order}
+        self.member_metrics[n_edits] = [{SEED: seed, ORDER: order, **metric_values(member)} for seed, order, member in members]
+        self.records[n_edits] = [
+            {SEED: seed, ORDER: order, "record_id": str(record["record_id"]), "chunk": int(record.get("chunk", 0)), **metric_values(record)}
+            for seed, order, member in members
+            for record in member.get(RECORDS_KEY) or []
+        ]
+        row = metric_values(result)
         row.update(n_edits=n_edits, eval_seconds=float(result.get(EVAL_SECONDS, 0.0)), elapsed_seconds=float(result.get("time_total_s", 0.0)))
+        row[MEMBER_COUNT] = self.members
         threshold = result.get(THRESHOLD, self.config.get(THRESHOLD))  # curve mode: the milestone's best point's
         row[THRESHOLD] = None if threshold is None else float(threshold)
         self.milestones[n_edits] = row
-        self.gates[n_edits] = [dict(gate) for gate in result.get(GATES_KEY) or []]
+        self.gates[n_edits] = [{**gate, SEED: seed, ORDER: order} for seed, order, member in members for gate in member.get(GATES_KEY) or []]
         self.grid[n_edits] = [dict(point) for point in result.get(GRID_KEY) or []]
         self.points[n_edits] = [dict(point) for point in result.get(POINTS_KEY) or []]
         self.seconds = row["elapsed_seconds"]
@@ -186,13 +223,32 @@ class TrialLog:
             "reuse_of": self.reuse_of,
             FEASIBLE: feasible_or_none(self.last_milestone, spec.constraints),
             "threshold_mode": threshold_mode(spec),
+            MEMBER_COUNT: self.members,
+            STAGE: self.stage,
+            CONFIRMS: self.confirms,
         }
 
     def milestone_rows(self, spec: SweepSpec, sweep_id: str) -> list[dict[str, Any]]:
         return [
             {"sweep_id": sweep_id, "trial_id": self.trial_id, "protocol": spec.protocol, **{k: row.get(k) for k in METRIC_COLUMNS}, **_timing(row),
-             THRESHOLD: row.get(THRESHOLD)}
+             THRESHOLD: row.get(THRESHOLD), MEMBER_COUNT: row.get(MEMBER_COUNT)}
             for _, row in sorted(self.milestones.items())
+        ]
+
+    def member_milestone_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+        """Each repeat member's metrics per milestone (one member when unrepeated)."""
+        return [
+            {"sweep_id": sweep_id, "trial_id": self.trial_id, N_EDITS: n_edits, **member}
+            for n_edits, members in sorted(self.member_metrics.items())
+            for member in sorted(members, key=lambda member: (member[ORDER], member[SEED]))
+        ]
+
+    def record_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+        """Each record's scores per member and milestone (what bootstrap intervals resample)."""
+        return [
+            {"sweep_id": sweep_id, "trial_id": self.trial_id, N_EDITS: n_edits, **record}
+            for n_edits, records in sorted(self.records.items())
+            for record in records
         ]
 
     def gate_rows(self, spec: SweepSpec, sweep_id: str) -> list[dict[str, Any]]:
@@ -222,6 +278,8 @@ class TrialLog:
                 "gate": edit.get("gate"),
                 "success_on": edit.get("success_on"),
                 "success_off": edit.get("success_off"),
+                SEED: edit[SEED],
+                ORDER: edit[ORDER],
             }
             for _, edit in sorted(self.edits.items())
         ]

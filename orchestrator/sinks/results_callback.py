@@ -15,12 +15,18 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from typing import Any
+from collections import defaultdict
+from statistics import fmean, stdev
+from typing import Any, Mapping, Sequence
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from ..protocol import EDITS_KEY, EVAL_SECONDS, FEASIBLE, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REUSE_OF, THRESHOLD, THRESHOLD_CURVE, RecordedTrial, Status, trial_label
+from ..intervals import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, STD_SUFFIX, repeat_interval
+from ..protocol import (
+    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, MEMBER_COUNT, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REPEATS_KEY, REUSE_OF, STAGE, STAGE_CONFIRM, THRESHOLD,
+    THRESHOLD_CURVE, RecordedTrial, Status, trial_label,
+)
 from ..search.packing import member_configs, member_results, member_trial_id, pack_report
 from ..search.space import module_for
 from ..spec import SweepSpec
@@ -32,6 +38,8 @@ from ..storage import Location
 log = logging.getLogger(__name__)
 
 
+# The tables a trial's milestones write, trials last: a trial row never claims rows not on disk yet.
+TRIAL_TABLES = ("milestones", "member_milestones", "record_scores", "edits", "gates", "grid", "points", "trials")
 CURVE_ARTIFACT = "curve.csv"  # a curve-mode trial run's points at its last milestone
 TAG_FEASIBLE = FEASIBLE  # a trial run's tag: its metrics meet the spec's constraints (only with constraints)
 
@@ -59,6 +67,11 @@ def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
         "protocol": spec.protocol,
         "T": spec.T,
         "strip": spec.data.strip,
+        MEMBER_COUNT: log_.members,
+        "repeat_seeds": ",".join(str(seed) for seed in spec.repeats.seeds),
+        "repeat_orders": spec.repeats.orders,
+        STAGE: log_.stage,
+        CONFIRMS: log_.confirms,
     }
 
 
@@ -89,7 +102,13 @@ class ResultsCallback(Callback):
         if self._recorded is not None:
             return
         self._recorded = set(finished_packs(self.parquet.root))
-        drop_unknown_trials(self.parquet, self.mlflow, {t.trial_id for t in trials})
+        drop_unknown_trials(self.parquet, self.mlflow, {t.trial_id for t in trials} | self.other_experiments_packs())
+
+    def other_experiments_packs(self) -> set[str]:
+        """Tune trials another Tune experiment of this folder recorded (the confirm stage's,
+        sweep/driver.py), which this one never knows and must not drop as leftovers."""
+        rows = read_tables(self.parquet.root, ("trials",))["trials"].select(["pack_id", STAGE]).to_pylist()
+        return {str(row["pack_id"]) for row in rows if row[STAGE] == STAGE_CONFIRM}
 
     def _start(self, trial: Trial) -> list[TrialLog]:
         entries = [
@@ -103,7 +122,7 @@ class ResultsCallback(Callback):
             self.mlflow.start_trial(entry.trial_id, run_name(self.spec, entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
         return entries
 
-    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] = ("milestones", "edits", "gates", "grid", "points", "trials")) -> None:
+    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] = TRIAL_TABLES) -> None:
         """The Tune trial's file per table, with the rows of all its DEFER trials; trials last,
         so a trial row never claims milestones that are not on disk yet."""
         rows = {
@@ -112,6 +131,8 @@ class ResultsCallback(Callback):
             "gates": lambda e: e.gate_rows(self.spec, self.sweep_id),
             "grid": lambda e: e.grid_rows(self.sweep_id),
             "points": lambda e: e.point_rows(self.sweep_id),
+            "member_milestones": lambda e: e.member_milestone_rows(self.sweep_id),
+            "record_scores": lambda e: e.record_rows(self.sweep_id),
             "trials": lambda e: [e.trial_row(self.spec, self.sweep_id)],
         }
         for table in tables:
@@ -132,7 +153,9 @@ class ResultsCallback(Callback):
         self._write(trial.trial_id, entries)
         for entry, member, row in zip(entries, members, rows):
             if row is not None:
-                self.mlflow.log_metrics(entry.trial_id, metric_points(row, member, curve=self.spec.curve_mode))
+                step = int(row[N_EDITS])
+                points = metric_points(row, member, curve=self.spec.curve_mode) + interval_points(entry.member_metrics.get(step, []), step)
+                self.mlflow.log_metrics(entry.trial_id, points)
 
     def _finish(self, trial: Trial, errored: bool) -> None:
         if self._skip(trial):
@@ -171,15 +194,36 @@ class ResultsCallback(Callback):
 def metric_points(row: dict[str, Any], result: dict[str, Any], curve: bool = False) -> list[tuple[str, float, int]]:
     """MLflow (key, value, step) points of one milestone: metrics at step n_edits (in curve
     mode those of the milestone's chosen threshold, and that threshold), each edit's success
-    and final loss at step = edit index."""
+    and final loss at step = edit index (with repeats, their mean over the members' edit at
+    that index)."""
     step = int(row[N_EDITS])
     points = [(key, row[key], step) for key in METRIC_COLUMNS if key in row]
     if curve and row.get(THRESHOLD) is not None:
         points.append((THRESHOLD, row[THRESHOLD], step))
     points.append((EVAL_SECONDS, row[EVAL_SECONDS], step))
-    for edit in result.get(EDITS_KEY) or []:
-        points.append(("edit_success", edit["success"], int(edit["index"])))
-        points.append(("edit_final_loss", edit["final_loss"], int(edit["index"])))
+    by_index: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for member in result.get(REPEATS_KEY) or [result]:
+        for edit in member.get(EDITS_KEY) or []:
+            by_index[int(edit["index"])].append(edit)
+    for index, edits in sorted(by_index.items()):
+        points.append(("edit_success", fmean(float(edit["success"]) for edit in edits), index))
+        points.append(("edit_final_loss", fmean(float(edit["final_loss"]) for edit in edits), index))
+    return points
+
+
+def interval_points(members: Sequence[Mapping[str, Any]], step: int) -> list[tuple[str, float, int]]:
+    """With more than one repeat member: each metric's spread over them at this milestone,
+    `{metric}_std` (sample standard deviation) and the Student t interval `{metric}_ci_low` /
+    `{metric}_ci_high` (intervals.repeat_interval); nothing for a single member."""
+    if len(members) < 2:
+        return []
+    points = []
+    for key in METRIC_COLUMNS:
+        values = [float(member[key]) for member in members if member.get(key) is not None]
+        if len(values) != len(members):
+            continue
+        interval = repeat_interval(values)
+        points += [(f"{key}{STD_SUFFIX}", stdev(values), step), (f"{key}{CI_LOW_SUFFIX}", interval.low, step), (f"{key}{CI_HIGH_SUFFIX}", interval.high, step)]
     return points
 
 

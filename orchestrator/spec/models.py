@@ -433,6 +433,71 @@ class Constraint(_Positional):
         return self
 
 
+def _distinct_seeds(value: Any) -> tuple[int, ...]:
+    """A non-empty list of distinct seeds (>= 0); a single int is a list of one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise fail(f"must be a non-empty list of seeds (integers >= 0), got {kind(value)}")
+    seeds = tuple(integer(item) for item in value)
+    negative = next((seed for seed in seeds if seed < 0), None)
+    if negative is not None:
+        raise fail(f"has {negative}; seeds are integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise fail(f"lists a seed twice: {list(seeds)}")
+    return seeds
+
+
+_SEEDS_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True}
+Seeds = Annotated[tuple[int, ...], BeforeValidator(_distinct_seeds), WithJsonSchema(_SEEDS_SCHEMA)]
+
+
+class Repeats(Section):
+    """Each trial repeated: every seed (the adaptor heads' initial weights) x every edit order
+    (defer_core.orders: 0 is the file's order, k > 0 a fixed shuffle of the same T records).
+    A trial's metrics are the mean over these members; their spread gives error bars."""
+
+    # seeds is filled in from the spec's `seed` when left out (SweepSpec), so the schema shows it optional
+    model_config = ConfigDict(json_schema_extra=lambda schema: schema.pop("required", None))
+
+    seeds: Seeds = Field(description="adaptor seeds; default [seed]")
+    orders: Count = Field(1, description="edit orders 0..orders-1; 0 is the data's own order")
+
+    @property
+    def members(self) -> tuple[tuple[int, int], ...]:
+        """(seed, order) of every member, order-major: order 0's seeds first."""
+        return tuple((seed, order) for order in range(self.orders) for seed in self.seeds)
+
+
+def _protocol_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise fail(f"must be a non-empty list of protocols ({', '.join(PROTOCOLS)}), got {kind(value)}")
+    for item in value:
+        if item not in PROTOCOLS:
+            raise fail(f"has {item!r}; allowed: {', '.join(PROTOCOLS)}")
+    if len(set(value)) != len(value):
+        raise fail("lists a protocol twice")
+    return tuple(value)
+
+
+ProtocolName = Annotated[str, enum(PROTOCOLS)]
+
+
+class ConfirmSpec(Section):
+    """The confirm stage (`defer-sweep confirm`, or right after the sweep with `auto`): the
+    best trials run again at full T without early stopping, with more repeats, so the numbers
+    a paper reports carry error bars."""
+
+    top: Count = Field(3, description="how many of the sweep's best trials (or Pareto points) to confirm")
+    seeds: Seeds = Field((0, 1, 2, 3, 4), description="adaptor seeds of each confirm run")
+    orders: Count = Field(2, description="edit orders of each confirm run")
+    T: Count | None = Field(None, description="edits per confirm run; null: the spec's T")
+    protocols: Annotated[tuple[ProtocolName, ...], BeforeValidator(_protocol_list)] | None = Field(None, description="protocols to confirm under; null: the spec's protocol")
+    auto: Flag = Field(False, description="run the confirm stage right after the sweep")
+
+
 # -- the spec --------------------------------------------------------------------------------------
 
 
@@ -518,6 +583,8 @@ class SweepSpec(Section):
     output_dir: Path = _derived("default: runs/NAME")
     storage_uri: Annotated[Text, AfterValidator(_storage_uri)] | None = None  # Tune and Parquet on shared storage (s3://bucket/prefix ...)
     pack_size: Count = 1  # DEFER trials per Tune trial, edited in one batched forward pass (same layer)
+    repeats: Repeats = _derived("seeds x edit orders each trial runs, its metrics their mean; default one member: [seed], 1 order")
+    confirm: ConfirmSpec | None = Field(None, json_schema_extra=_or({"type": "boolean"}), description="the confirm stage; true: its defaults")
     optuna: OptunaSpec = OptunaSpec()
     mlflow: MlflowSpec = MlflowSpec()
     ray: RaySpec = RaySpec()
@@ -667,6 +734,36 @@ class SweepSpec(Section):
             raise fail(f"must be at most num_trials ({num_trials}), got {pack_size}")
         return pack_size
 
+    @field_validator("repeats", mode="before")
+    @classmethod
+    def _repeats_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """No `repeats` (or no `repeats.seeds`): the spec's seed alone, i.e. one member."""
+        if value is None:
+            value = {}
+        if isinstance(value, dict) and value.get("seeds") is None and "seed" in info.data:
+            value = {**value, "seeds": [info.data["seed"]]}
+        return value
+
+    @field_validator("repeats")
+    @classmethod
+    def _repeats_supported(cls, repeats: Repeats, info: ValidationInfo) -> Repeats:
+        if len(repeats.members) == 1:
+            return repeats
+        pack_size, space = info.data.get("pack_size"), info.data.get("search_space")
+        if pack_size is not None and pack_size > 1:
+            raise fail(f"with {len(repeats.members)} members cannot be combined with pack_size {pack_size} (a trial's members already share one forward pass); set pack_size: 1")
+        if space is not None and space.curve_mode:
+            raise fail(f"is not supported with search_space.threshold: {THRESHOLD_CURVE} yet; use a sampled threshold or one member")
+        return repeats
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_flag(cls, value: Any) -> Any:
+        """`confirm: true` is the stage with its defaults; `false` is none."""
+        if value is True:
+            return {}
+        return None if value is False else value
+
     @field_validator("optuna")
     @classmethod
     def _population_needs_objectives(cls, optuna: OptunaSpec, info: ValidationInfo) -> OptunaSpec:
@@ -691,6 +788,11 @@ class SweepSpec(Section):
     def curve_mode(self) -> bool:
         """`search_space.threshold: curve`: each training contributes its whole threshold curve."""
         return self.search_space.curve_mode
+
+    @property
+    def repeat_members(self) -> tuple[tuple[int, int], ...]:
+        """(seed, order) of each repeat member of a trial, order-major; ((seed, 0),) unrepeated."""
+        return self.repeats.members
 
     def with_output_dir(self, output_dir: str | os.PathLike[str]) -> SweepSpec:
         path = Path(output_dir).expanduser().resolve()

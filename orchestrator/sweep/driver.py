@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -26,8 +26,8 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text, require_writable_dir
 from defer_core.runtime import hub_env
 
-from ..export import export_best
-from ..protocol import FINAL_STATUSES, OPTUNA_TRIAL, RecordedTrial, Status, trial_label
+from ..export import confirm_stage, export_best, search_stage, stage_of
+from ..protocol import CONFIRMS, FINAL_STATUSES, OPTUNA_TRIAL, STAGE, STAGE_CONFIRM, RecordedTrial, Status, trial_label
 from ..search.optuna_search import delete_study_if_exists, fail_orphaned_trials, make_searcher
 from ..search.packing import num_packs
 from ..search.scheduler import make_scheduler
@@ -35,10 +35,12 @@ from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state,
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from ..sinks.parquet_sink import TABLES, ParquetSink, UnreadableParquetError, read_table, read_tables
 from ..sinks.progress import LiveOutput, ProgressCallback, Sink, console_session
-from ..sinks.records import bounds_text, threshold_mode
+from ..sinks.records import TrialLog, bounds_text, threshold_mode
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
 from ..spec import SweepSpec, load_spec, spec_to_yaml
+from ..storage import Location
 from ..worker.trainable import TrialSettings, defer_trainable
+from .confirm import CONFIRM_EXPERIMENTS, ConfirmPlan, ConfirmRequest, confirm_spec, resolve_plan, save_plan
 from .lock import sweep_lock
 from .preflight import LOCAL_RAY, check_cluster_gpus, check_model, load_spec_records, ray_init_address
 
@@ -59,6 +61,8 @@ class SweepOutcome:
     best_yaml: Path | None
     best_reason: str | None
     report_html: Path | None = None
+    confirm: "ConfirmOutcome | None" = None  # the confirm stage `confirm.auto` ran after the sweep
+    confirm_problem: str | None = None  # why that stage did not run (e.g. no trial completed)
 
 
 def _quiet_sink(line: str) -> None:
@@ -215,9 +219,17 @@ def _new_tuner(spec: SweepSpec, layout: SweepLayout, state: SweepState, records:
 # -- the sweep -----------------------------------------------------------------------------------------
 
 
-def status_counts(layout: SweepLayout) -> dict[str, int]:
-    rows = read_table(layout.parquet, "trials").column("status").to_pylist()
-    return {status: rows.count(status) for status in (*FINAL_STATUSES, Status.RUNNING)}
+def status_counts(layout: SweepLayout, confirm: bool = False) -> dict[str, int]:
+    """DEFER trials per status, of the search stage (or of the confirm stage)."""
+    rows = read_table(layout.parquet, "trials").select(["status", STAGE]).to_pylist()
+    rows = confirm_stage(rows) if confirm else search_stage(rows)
+    statuses = [row["status"] for row in rows]
+    return {status: statuses.count(status) for status in (*FINAL_STATUSES, Status.RUNNING)}
+
+
+def _search_finished(layout: SweepLayout, spec: SweepSpec) -> bool:
+    counts = status_counts(layout)
+    return sum(counts[s] for s in FINAL_STATUSES) >= spec.num_trials
 
 
 def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False, live: LiveOutput | None = None) -> SweepOutcome:
@@ -257,11 +269,28 @@ def _execute_locked(spec: SweepSpec, layout: SweepLayout, *, sink: Sink, verbose
         else:
             tuner = _new_tuner(spec, layout, state, records, mlflow, verbose_ray, board)
         grid = tuner.fit()
-    # Trial directories are named by trial id (trial_dirname): what Tune knows after fit.
+    # Trial directories are named by trial id (trial_dirname): what Tune knows after fit; the
+    # confirm stage's trials belong to its own Tune experiments.
     known = {PurePosixPath(result.path).name for result in grid}
     if known:
-        drop_unknown_trials(ParquetSink(layout.parquet), mlflow, known)
-    return finish(spec, layout, state, mlflow)
+        drop_unknown_trials(ParquetSink(layout.parquet), mlflow, known | _other_packs(layout.parquet, None))
+    outcome = finish(spec, layout, state, mlflow)
+    if outcome.finished and spec.confirm is not None and spec.confirm.auto:
+        outcome = _auto_confirm(spec, layout, outcome, sink=sink, verbose_ray=verbose_ray, live=live)
+    return outcome
+
+
+def _auto_confirm(spec: SweepSpec, layout: SweepLayout, outcome: SweepOutcome, *, sink: Sink, verbose_ray: bool, live: LiveOutput | None) -> SweepOutcome:
+    """`confirm.auto`: the confirm stage (as recorded, else the spec's) right after the sweep;
+    a sweep with nothing to confirm still finished, and says why."""
+    try:
+        confirmed = _confirm_locked(spec, layout, ConfirmRequest(), sink=sink, verbose_ray=verbose_ray, live=live)
+    except DeferInputError as error:
+        log.warning("confirm stage not run: %s", error)
+        return replace(outcome, confirm_problem=str(error))
+    if not confirmed.finished:
+        return replace(outcome, confirm=confirmed)
+    return replace(outcome, confirm=confirmed, best_yaml=confirmed.best_yaml, best_reason=confirmed.best_reason, report_html=confirmed.report_html or outcome.report_html)
 
 
 def _recorded_for_resume(layout: SweepLayout, spec: SweepSpec) -> dict[str, RecordedTrial]:
@@ -290,15 +319,20 @@ def finish(spec: SweepSpec, layout: SweepLayout, state: SweepState, mlflow: Mlfl
     if orphans:
         log.warning("marked %d Optuna trial(s) lost with an earlier driver as FAIL", orphans)
     if counts[Status.COMPLETE]:
-        try:
-            best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
-            reason = f"trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}): {chosen.reason}"
-        except DeferInputError as error:  # e.g. no completed point meets the constraints: the sweep still finished
-            log.warning("best.yaml not written: %s", error)
-            reason = str(error)
+        best_yaml, reason = _write_best(layout, spec, mlflow)
     report_html = _write_report(layout)
     mlflow.close_sweep("FINISHED", {status: counts[status] for status in FINAL_STATUSES})
     return SweepOutcome(layout, state, counts, True, best_yaml, reason, report_html)
+
+
+def _write_best(layout: SweepLayout, spec: SweepSpec, mlflow: MlflowSink) -> tuple[Path | None, str]:
+    """best.yaml (confirmed results first, export.py) and the line saying which trial and why."""
+    try:
+        best_yaml, chosen = export_best(layout, spec, mlflow=mlflow)
+    except DeferInputError as error:  # e.g. no completed point meets the constraints: the sweep still finished
+        log.warning("best.yaml not written: %s", error)
+        return None, str(error)
+    return best_yaml, f"trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}): {chosen.reason}"
 
 
 def _write_report(layout: SweepLayout) -> Path | None:
@@ -334,3 +368,141 @@ def prepare(spec: SweepSpec) -> SweepLayout:
                 f"choose another output_dir, or continue that sweep with `defer-sweep resume {layout.root}`"
             )
     return layout
+
+
+# -- the confirm stage (confirm.py plans it) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfirmOutcome:
+    layout: SweepLayout
+    plan: ConfirmPlan
+    counts: dict[str, int]  # confirm trials per status
+    finished: bool  # every planned confirm trial ended
+    best_yaml: Path | None = None
+    best_reason: str | None = None
+    report_html: Path | None = None
+
+
+TAG_STAGE, TAG_CONFIRMS = STAGE, CONFIRMS  # a confirm trial run's MLflow tags: `stage` confirm, `confirms` <trial id>
+
+
+class ConfirmResultsCallback(ResultsCallback):
+    """The ResultsCallback of one protocol's confirm experiment. That Tune experiment knows only
+    its own trials, so the search's and the other protocols' recorded trials are no killed
+    driver's leftovers; its runs are tagged with their stage and the trial they confirm."""
+
+    def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ParquetSink, mlflow: MlflowSink) -> None:
+        super().__init__(spec, sweep_id, parquet, mlflow)
+        self._confirms: dict[str, str] = {}  # Tune trial id -> the DEFER trial it confirms
+
+    def other_experiments_packs(self) -> set[str]:
+        return _other_packs(self.parquet.root, self.spec.protocol)
+
+    def _start(self, trial: tune.experiment.Trial) -> list[TrialLog]:
+        self._confirms[trial.trial_id] = str(trial.config.get(CONFIRMS))
+        return super()._start(trial)
+
+    def _finish_tags(self, entry: TrialLog) -> dict[str, str]:
+        return {**super()._finish_tags(entry), TAG_STAGE: STAGE_CONFIRM, TAG_CONFIRMS: self._confirms.get(entry.pack_id, "")}
+
+
+def _other_packs(parquet: Location, protocol: str | None) -> set[str]:
+    """Tune trials of the other Tune experiments in the folder: for the search (protocol None)
+    the confirm stage's; for one protocol's confirm experiment every other trial."""
+    rows = read_table(parquet, "trials").select(["pack_id", STAGE, "protocol"]).to_pylist()
+    if protocol is None:
+        return {str(row["pack_id"]) for row in confirm_stage(rows)}
+    return {str(row["pack_id"]) for row in rows if not (stage_of(row) == STAGE_CONFIRM and row.get("protocol") == protocol)}
+
+
+def confirm(output_dir: str | os.PathLike[str], request: ConfirmRequest, *, sink: Sink = _quiet_sink, verbose_ray: bool = False,
+            live: LiveOutput | None = None) -> ConfirmOutcome:
+    """`defer-sweep confirm OUT`: run (or continue) the confirm stage of a finished sweep, under
+    the sweep's lock, in the folder where it was created (Tune's state holds absolute paths)."""
+    layout = require_sweep_dir(output_dir)
+    require_in_place(layout)
+    require_writable_dir(layout.root, "the output directory")
+    spec = load_spec(layout.spec)
+    with sweep_lock(layout):
+        return _confirm_locked(spec, layout, request, sink=sink, verbose_ray=verbose_ray, live=live)
+
+
+def _confirm_locked(spec: SweepSpec, layout: SweepLayout, request: ConfirmRequest, *, sink: Sink, verbose_ray: bool, live: LiveOutput | None) -> ConfirmOutcome:
+    state = load_state(layout)
+    if state is None or not _search_finished(layout, spec):
+        raise DeferInputError(f"{layout.root}: the sweep has not finished; finish it with `defer-sweep resume {layout.root}` before confirming")
+    plan = resolve_plan(layout, spec, request)
+    save_plan(layout, plan)
+    mlflow = sweep_mlflow(layout, state)
+    mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
+    _set_tune_env(verbose_ray)
+    with ray_session(spec, verbose_ray), console_session(sink, live, state.sweep_id) as board:
+        for protocol in plan.protocols:
+            if not _fit_confirm(confirm_spec(spec, plan, protocol), layout, state.sweep_id, plan, mlflow, verbose_ray, board):
+                break  # interrupted: the next protocol waits for the resume
+    return _finish_confirm(spec, layout, plan, mlflow)
+
+
+def _fit_confirm(cspec: SweepSpec, layout: SweepLayout, sweep_id: str, plan: ConfirmPlan, mlflow: MlflowSink, verbose_ray: bool, board: str | None) -> bool:
+    """One protocol's confirm experiment, new or restored (the sweep's resume machinery: Tune's
+    restore, and the recorded trials replayed); True when each of its trials ended."""
+    at = layout.results.child(CONFIRM_EXPERIMENTS, cspec.protocol)
+    records = load_spec_records(cspec)
+    if tune.Tuner.can_restore(at.path, storage_filesystem=at.filesystem):
+        log.info("resuming the confirm experiment in %s", at)
+        trainable = _trainable(cspec, records, _recorded_for_resume(layout, cspec), board)
+        tuner = tune.Tuner.restore(at.path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False, storage_filesystem=at.filesystem)
+    else:
+        tuner = _confirm_tuner(cspec, layout, sweep_id, plan, mlflow, records, verbose_ray, board)
+    grid = tuner.fit()
+    known = {PurePosixPath(result.path).name for result in grid}
+    parquet = ParquetSink(layout.parquet)
+    if known:
+        drop_unknown_trials(parquet, mlflow, known | _other_packs(layout.parquet, cspec.protocol))
+    rows = confirm_stage(read_table(layout.parquet, "trials").to_pylist(), cspec.protocol)
+    return sum(row["status"] in FINAL_STATUSES for row in rows) >= len(plan.picks)
+
+
+def _confirm_tuner(cspec: SweepSpec, layout: SweepLayout, sweep_id: str, plan: ConfirmPlan, mlflow: MlflowSink, records: list, verbose_ray: bool, board: str | None) -> tune.Tuner:
+    """A fixed list of configs (Tune's BasicVariantGenerator over the picks; no Optuna study),
+    each run to T (FIFO: no early stopping)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    configs = plan.configs()
+    at = layout.results.child(CONFIRM_EXPERIMENTS)
+    callbacks = [ConfirmResultsCallback(cspec, sweep_id, ParquetSink(layout.parquet), mlflow), ProgressCallback(cspec, layout.parquet), JsonLoggerCallback()]
+    return tune.Tuner(
+        _trainable(cspec, records, board=board),
+        param_space=dict.fromkeys(configs[0]),  # every key a point sets must exist in the space
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+            num_samples=len(configs),
+            max_concurrent_trials=cspec.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=cspec.protocol,
+            storage_path=at.path,
+            storage_filesystem=at.filesystem,
+            callbacks=callbacks,
+            verbose=2 if verbose_ray else 0,
+            failure_config=tune.FailureConfig(max_failures=cspec.ray.max_failures),
+        ),
+    )
+
+
+def _finish_confirm(spec: SweepSpec, layout: SweepLayout, plan: ConfirmPlan, mlflow: MlflowSink) -> ConfirmOutcome:
+    """Every confirm trial ended: best.yaml again (now from the confirmed results), the report,
+    and the parent run closed; otherwise the running runs end interrupted, to be resumed."""
+    counts = status_counts(layout, confirm=True)
+    summary = {f"confirm.{status}": counts[status] for status in FINAL_STATUSES}
+    if sum(counts[s] for s in FINAL_STATUSES) < len(plan.picks) * len(plan.protocols):
+        mlflow.interrupt_running_trials()
+        mlflow.close_sweep("KILLED", summary)
+        return ConfirmOutcome(layout, plan, counts, False)
+    best_yaml, reason = _write_best(layout, spec, mlflow)
+    report_html = _write_report(layout)
+    mlflow.close_sweep("FINISHED", summary)
+    return ConfirmOutcome(layout, plan, counts, True, best_yaml, reason, report_html)

@@ -12,27 +12,38 @@ from them). In curve mode a trial is planned without an evaluation at its own th
 and at the top level its best point's metrics and threshold (search/curve_points.py). A trial
 whose config names REUSE_OF trains nothing: it replays the reports the searcher copied from
 the training it reuses (search/optuna_search.py), without loading a model.
+
+Every milestone report carries its per-record scores (RECORDS_KEY) and the seed and edit
+order it ran with. With repeats (spec `repeats`, more than one member) a trial runs every
+(seed, order) member of one config: the seeds of one order packed in one run_trials call (same
+hparams, one seed each), the orders one after another, each on its own ordering of the records
+(defer_core.orders). A milestone is reported once every member has reached it: its top-level
+metrics are the mean over members (what the scheduler and the searcher read), REPEATS_KEY holds
+each member's metrics, edits, gate rows and records, and the top-level edits and gates are empty.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from statistics import fmean
+from typing import Any, Mapping, Sequence
 
 from ray import tune
 
 from defer_core.data import EditRecord
 from defer_core.models import LoadedModel, cache_dir, load_model
-from defer_core.results import EditOutcome, MilestoneResult
+from defer_core.orders import ordered_records
+from defer_core.results import METRICS, EditOutcome, MilestoneResult, RecordScores, metric_key
 from defer_core.trial import TrialPlan, run_trials
 
 from ..protocol import (
-    EDITS_KEY, EVAL_SECONDS, GATES_KEY, GRID_KEY, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD,
-    WORKER_PID, RecordedTrial, Status,
+    EDITS_KEY, EVAL_SECONDS, GATES_KEY, GRID_KEY, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY,
+    REPLAY_KEY, REUSE_OF, SEED, THRESHOLD, WORKER_PID, RecordedTrial, Status,
 )
 from ..search.curve_points import MilestoneCurve, best_point, curve_points, gate_dicts, generation_grid, grid_dicts, point_metrics, with_mean_metrics
 from ..search.packing import is_pack, member_configs, pack_report
@@ -74,27 +85,58 @@ def cached_model(name: str, dtype: str, device: str | None) -> tuple[LoadedModel
     return _MODEL_CACHE[key], time.perf_counter() - start
 
 
-def milestone_report(milestone: MilestoneResult, edits: list[EditOutcome], scorings: tuple[str, ...], load_seconds: float) -> dict[str, Any]:
-    """A sampled-threshold milestone: the metrics at the trial's threshold, and the gate rows."""
+def record_dicts(records: Sequence[RecordScores], scorings: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A milestone's per-record scores as a report carries them (RECORDS_KEY), with each
+    record's mean_* (their mean over records is the milestone's mean_*)."""
+    return [{"record_id": str(r.record_id), "chunk": int(r.chunk), **with_mean_metrics(r.metrics, scorings)} for r in records]
+
+
+def member_report(milestone: MilestoneResult, edits: list[EditOutcome], scorings: tuple[str, ...], seed: int, order: int) -> dict[str, Any]:
+    """What one (seed, order) run measured at a milestone: metrics, edits, gate rows, records."""
     return {
         **with_mean_metrics(milestone.metrics, scorings),
-        N_EDITS: int(milestone.n_edits),
+        SEED: int(seed),
+        ORDER: int(order),
         EVAL_SECONDS: float(milestone.seconds),
         EDITS_KEY: [dataclasses.asdict(e) for e in edits],
         GATES_KEY: gate_dicts(milestone.gates),
-        WORKER_PID: os.getpid(),
-        NODE_ID: _node_id(),
-        MODEL_LOAD_SECONDS: load_seconds,
+        RECORDS_KEY: record_dicts(milestone.records, scorings),
     }
 
 
-def curve_report(spec: SweepSpec, milestone: MilestoneResult, edits: list[EditOutcome], load_seconds: float, earlier: list[MilestoneCurve]) -> dict[str, Any]:
+def _worker_keys(load_seconds: float) -> dict[str, Any]:
+    return {WORKER_PID: os.getpid(), NODE_ID: _node_id(), MODEL_LOAD_SECONDS: load_seconds}
+
+
+def milestone_report(milestone: MilestoneResult, edits: list[EditOutcome], scorings: tuple[str, ...], load_seconds: float, seed: int = 0, order: int = 0) -> dict[str, Any]:
+    """A sampled-threshold milestone of one run: the metrics at the trial's threshold, the
+    gate rows and the records."""
+    return {**member_report(milestone, edits, scorings, seed, order), N_EDITS: int(milestone.n_edits), **_worker_keys(load_seconds)}
+
+
+def repeats_report(n_edits: int, members: Sequence[Mapping[str, Any]], scorings: tuple[str, ...], load_seconds: float) -> dict[str, Any]:
+    """A milestone every repeat member has reached: each metric's mean over the members at the
+    top level (mean_* from the mean rel/gen/loc), the members themselves under REPEATS_KEY."""
+    keys = [metric_key(metric, scoring) for scoring in scorings for metric in METRICS]
+    means = {key: fmean(float(member[key]) for member in members) for key in keys if all(member.get(key) is not None for member in members)}
+    return {
+        **with_mean_metrics(means, scorings),
+        N_EDITS: int(n_edits),
+        EVAL_SECONDS: math.fsum(float(member[EVAL_SECONDS]) for member in members),
+        EDITS_KEY: [],
+        GATES_KEY: [],
+        REPEATS_KEY: [dict(member) for member in members],
+        **_worker_keys(load_seconds),
+    }
+
+
+def curve_report(spec: SweepSpec, milestone: MilestoneResult, edits: list[EditOutcome], load_seconds: float, earlier: list[MilestoneCurve], seed: int = 0) -> dict[str, Any]:
     """A curve-mode milestone: its points (with their history over `earlier` milestones), its
     grid, and at the top level its best point's metrics and threshold."""
     curve = MilestoneCurve.of(milestone)
     points = curve_points(curve, spec, earlier)
     best = best_point(points, spec)
-    report = milestone_report(milestone, edits, spec.scorings, load_seconds)
+    report = milestone_report(milestone, edits, spec.scorings, load_seconds, seed)
     report.update({GRID_KEY: grid_dicts(curve.grid), POINTS_KEY: points})
     if best is not None:
         report.update({**point_metrics(best), THRESHOLD: best[THRESHOLD]})
@@ -148,6 +190,14 @@ def total_edits(plan: TrialPlan) -> int:
     return plan.total_records
 
 
+def _seeds_by_order(members: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
+    """The repeat members grouped by edit order (each group runs packed), orders ascending."""
+    grouped: dict[int, list[int]] = {}
+    for seed, order in members:
+        grouped.setdefault(order, []).append(seed)
+    return sorted(grouped.items())
+
+
 def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     """Runs one trial, or one pack of trials; `tune.report` after each milestone is where the
     scheduler may stop it. Edit counts go to the driver's board, never through tune.report
@@ -163,6 +213,10 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     spec = settings.spec
     _set_threads(spec.resources_per_trial.cpu)
     loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
+    if len(spec.repeat_members) > 1:
+        run_repeats(config, settings, trial_id, loaded, load_seconds)
+        return
+    ((seed, order),) = spec.repeat_members
     members = member_configs(config)
     plan = training_plan(spec)
     pending: list[list[EditOutcome]] = [[] for _ in members]
@@ -176,10 +230,10 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
 
     def on_milestone(k: int, milestone: MilestoneResult) -> None:
         if spec.curve_mode:
-            reports.append(curve_report(spec, milestone, pending[k], load_seconds, earlier[k]))
+            reports.append(curve_report(spec, milestone, pending[k], load_seconds, earlier[k], seed))
             earlier[k].append(MilestoneCurve.of(milestone))
         else:
-            reports.append(milestone_report(milestone, pending[k], spec.scorings, load_seconds))
+            reports.append(milestone_report(milestone, pending[k], spec.scorings, load_seconds, seed, order))
         pending[k] = []
         if len(reports) < len(members):
             return  # run_trials calls back member by member; the pack reports once all are in
@@ -189,14 +243,52 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
 
     run_trials(
         loaded,
-        settings.records,
+        ordered_records(settings.records, order, spec.T),
         [hparams_for(spec, member) for member in members],
         plan,
-        seeds=[spec.seed] * len(members),  # each member seeded as if it ran alone: same results
+        seeds=[seed] * len(members),  # each member seeded as if it ran alone: same results
         on_edit=on_edit,
         on_milestone=on_milestone,
         cache_dir=cache_dir() / "unedited",  # per node: every trial of the sweep on this machine shares it
     )
+
+
+def run_repeats(config: Mapping[str, Any], settings: TrialSettings, trial_id: str, loaded: LoadedModel, load_seconds: float) -> None:
+    """One config, every repeat member: per edit order one packed run_trials call over the
+    seeds (the packed path feeds one record stream to all its rows, so orders cannot share a
+    call), orders one after another; `tune.report` once all members reached a milestone."""
+    spec = settings.spec
+    plan = training_plan(spec)
+    members = spec.repeat_members
+    hparams = hparams_for(spec, config)
+    per_order = total_edits(plan)
+    live = EditReporter(settings.progress_board, trial_id, [config.get(OPTUNA_TRIAL)], per_order * spec.repeats.orders)
+    reached: dict[int, dict[tuple[int, int], dict[str, Any]]] = {}  # n_edits -> member -> its report
+    for position, (order, seeds) in enumerate(_seeds_by_order(members)):
+        pending: list[list[EditOutcome]] = [[] for _ in seeds]
+
+        def on_edit(k: int, outcome: EditOutcome) -> None:
+            pending[k].append(outcome)
+            live.edit(0, position * per_order + outcome.index, outcome.seconds)
+
+        def on_milestone(k: int, milestone: MilestoneResult) -> None:
+            at = reached.setdefault(int(milestone.n_edits), {})
+            at[(seeds[k], order)] = member_report(milestone, pending[k], spec.scorings, seeds[k], order)
+            pending[k] = []
+            if len(at) == len(members):
+                tune.report(repeats_report(milestone.n_edits, [at[member] for member in members], spec.scorings, load_seconds))
+                del reached[int(milestone.n_edits)]
+
+        run_trials(
+            loaded,
+            ordered_records(settings.records, order, spec.T),
+            [hparams] * len(seeds),
+            plan,
+            seeds=seeds,
+            on_edit=on_edit,
+            on_milestone=on_milestone,
+            cache_dir=cache_dir() / "unedited",
+        )
 
 
 def _shared_keys(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,239 @@
+"""The confirm stage's plan: which configurations a finished sweep re-checks, with how many
+repeats, at which T and under which protocols, and what a confirmed result is.
+
+A search trial's number is one seed on one edit order, read wherever early stopping let it
+get to; the confirm stage runs the chosen configurations again at the full T, without early
+stopping, with more repeats (seeds x edit orders), so the numbers a paper reports carry error
+bars. The plan is written to OUT/confirm.json when the stage starts: re-running `defer-sweep
+confirm OUT` (with the same options, or none) resumes it, and export reads the seeds, orders
+and T it ran with from there. Running the stage (Ray Tune) is in driver.py; this module stays
+light (no Ray, no torch), so `export` can read confirmed results.
+
+Decisions: a curve-mode sweep's pick is a (training, threshold) point, confirmed in sampled
+mode at that threshold (the confirm spec's threshold is no longer `curve`; each config carries
+its own); top-K in curve mode takes each training's best point once, so K picks are K
+trainings. Each protocol runs as its own confirm trial (one Tune experiment per protocol): the
+trainable runs one protocol per spec, so stream and immediate do not share a stream here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+from defer_core.errors import DeferInputError
+from defer_core.files import atomic_write_text
+from defer_core.results import milestones_ending_at
+
+from ..export import candidate_rows, confirm_stage, search_stage
+from ..protocol import CONFIRMS, OPTUNA_TRIAL, THRESHOLD, Status, trial_label
+from ..search.ranking import is_feasible, pareto_front, rank_by
+from ..search.space import full_config
+from ..sinks.layout import SweepLayout
+from ..sinks.parquet_sink import read_table
+from ..sinks.records import training_of
+from ..sinks.trial_curve import find_trial
+from ..spec import Repeats, SweepSpec
+from ..spec.models import UNIT_RANGE
+
+CONFIRM_FILE = "confirm.json"  # in OUT: the plan of the folder's confirm stage
+CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
+# Without a `confirm:` section in the spec (ConfirmSpec holds the section's own defaults).
+DEFAULT_TOP, DEFAULT_SEEDS, DEFAULT_ORDERS = 3, (0, 1, 2), 1
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A configuration to confirm: the DEFER trial it came from and its full config."""
+
+    confirms: str  # the search trial's DEFER trial id
+    label: str  # `#007`, as the console names that trial
+    config: dict[str, int | float]  # layer, edit_lr, n_iter, threshold
+
+
+@dataclass(frozen=True)
+class ConfirmPlan:
+    picks: tuple[Pick, ...]
+    seeds: tuple[int, ...]
+    orders: int
+    T: int
+    protocols: tuple[str, ...]
+
+    @property
+    def repeats_text(self) -> str:
+        """`5 seeds x 2 orders at T=100`: what a confirmed number is the mean of."""
+        return f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} x {self.orders} order{'s' if self.orders != 1 else ''} at T={self.T}"
+
+    def configs(self) -> list[dict[str, Any]]:
+        """The confirm trials' Tune configs: each pick's config and the trial it confirms."""
+        return [{**pick.config, CONFIRMS: pick.confirms} for pick in self.picks]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConfirmPlan":
+        data = json.loads(text)
+        picks = tuple(Pick(str(p["confirms"]), str(p["label"]), dict(p["config"])) for p in data["picks"])
+        return cls(picks, tuple(int(s) for s in data["seeds"]), int(data["orders"]), int(data["T"]), tuple(str(p) for p in data["protocols"]))
+
+
+@dataclass(frozen=True)
+class ConfirmRequest:
+    """`defer-sweep confirm` options; None: not given (the recorded plan's, else the defaults)."""
+
+    top: int | None = None
+    pareto: bool = False
+    trials: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    orders: int | None = None
+    T: int | None = None
+    protocols: tuple[str, ...] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self == ConfirmRequest()
+
+
+# -- the recorded plan ------------------------------------------------------------------------------
+
+
+def load_plan(layout: SweepLayout) -> ConfirmPlan | None:
+    path = layout.root / CONFIRM_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ConfirmPlan.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DeferInputError(f"{path}: unreadable confirm plan ({error})") from None
+
+
+def save_plan(layout: SweepLayout, plan: ConfirmPlan) -> None:
+    atomic_write_text(layout.root / CONFIRM_FILE, plan.to_json())
+
+
+def resolve_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) -> ConfirmPlan:
+    """The recorded plan when the request adds nothing or asks the same; a new plan when there
+    is none. A different plan over a recorded one is refused: its trials would mix with it."""
+    recorded = load_plan(layout)
+    if recorded is not None and request.empty:
+        return recorded
+    plan = new_plan(layout, spec, request)
+    if recorded is not None and plan != recorded:
+        raise DeferInputError(
+            f"{layout.root}: already holds a confirm stage of {', '.join(p.label for p in recorded.picks)} with {recorded.repeats_text} "
+            f"({', '.join(recorded.protocols)}); run `defer-sweep confirm {layout.root}` without options to continue it"
+        )
+    return plan
+
+
+def new_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) -> ConfirmPlan:
+    """Options over the spec's `confirm:` section over the defaults; the picks from the search stage."""
+    section = spec.confirm
+    T = request.T if request.T is not None else (section.T if section and section.T else spec.T)
+    if T < 1:
+        raise DeferInputError(f"--T: expected a number of edits >= 1, got {T}")
+    orders = request.orders if request.orders is not None else (section.orders if section else DEFAULT_ORDERS)
+    if orders < 1:
+        raise DeferInputError(f"--orders: expected a number of edit orders >= 1, got {orders}")
+    seeds = request.seeds or (section.seeds if section else DEFAULT_SEEDS)
+    protocols = request.protocols or (section.protocols if section and section.protocols else (spec.protocol,))
+    if request.trials:
+        picks = picks_by_name(layout, spec, request.trials)
+    else:
+        top = request.top if request.top is not None else (section.top if section else DEFAULT_TOP)
+        if top < 1:
+            raise DeferInputError(f"--top: expected a number of configurations >= 1, got {top}")
+        picks = best_picks(spec, candidate_rows(layout, spec), None if request.pareto else top)
+    return ConfirmPlan(tuple(picks), tuple(seeds), orders, T, tuple(protocols))
+
+
+# -- which configurations ---------------------------------------------------------------------------
+
+
+def pick_of(spec: SweepSpec, row: Mapping[str, Any]) -> Pick:
+    """A candidate or trials row as a pick: its full config at the row's threshold."""
+    if row.get(THRESHOLD) is None:
+        raise DeferInputError(f"trial {row['trial_id']}: has no threshold to confirm (it reported no milestone)")
+    return Pick(training_of(row), trial_label(row.get(OPTUNA_TRIAL), str(row["trial_id"])), full_config(spec, row))
+
+
+def best_picks(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], top: int | None) -> list[Pick]:
+    """The top K feasible candidates by the first objective, best first (in curve mode each
+    training once, at its best point), or with top None the Pareto front."""
+    if not rows:
+        raise DeferInputError(f"sweep '{spec.name}': no trial has completed all {spec.T} edits; nothing to confirm")
+    if top is None:
+        chosen = pareto_front(rows, spec.objectives, spec.constraints)
+    else:
+        ranked = [row for row in rank_by(rows, spec.objectives[0], spec.constraints) if is_feasible(row, spec.constraints)]
+        trainings: dict[str, Mapping[str, Any]] = {}
+        for row in ranked:
+            trainings.setdefault(training_of(row), row)
+        chosen = list(trainings.values())[:top]
+    if not chosen:
+        raise DeferInputError(f"sweep '{spec.name}': no completed trial satisfies the constraints; nothing to confirm")
+    return [pick_of(spec, row) for row in chosen]
+
+
+def picks_by_name(layout: SweepLayout, spec: SweepSpec, names: Sequence[str]) -> list[Pick]:
+    """--trials: DEFER trial ids or Optuna numbers (`#007`, `7`) of the search stage, at the
+    threshold their trials row records (in curve mode their best point's)."""
+    trials = search_stage(read_table(layout.parquet, "trials", skip_unreadable=True).to_pylist())
+    picks: dict[str, Pick] = {}
+    for name in names:
+        try:
+            row = find_trial(spec, trials, name)
+        except DeferInputError as error:
+            raise DeferInputError(f"--trials: {error}") from None
+        pick = pick_of(spec, row)
+        picks.setdefault(pick.confirms, pick)
+    return list(picks.values())
+
+
+# -- confirmed results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The confirmed results export ranks: confirm rows that completed the plan's T under one
+    protocol (the spec's own when it was confirmed), with the plan they followed."""
+
+    rows: list[dict[str, Any]]
+    plan: ConfirmPlan
+    protocol: str
+
+    @property
+    def note(self) -> str:
+        return f"confirmed with {self.plan.repeats_text} ({self.protocol}; {len(self.rows)} of {len(self.plan.picks)} configurations)"
+
+
+def confirmed_results(layout: SweepLayout, spec: SweepSpec, trials: Sequence[Mapping[str, Any]]) -> Confirmed | None:
+    """None when the folder has no confirm plan or no confirm trial completed its T."""
+    plan = load_plan(layout)
+    if plan is None:
+        return None
+    done = [row for row in confirm_stage(trials) if row["status"] == Status.COMPLETE and row.get("n_edits") == plan.T and row.get("T") == plan.T]
+    for protocol in sorted(plan.protocols, key=lambda p: p != spec.protocol):
+        rows = [row for row in done if row.get("protocol") == protocol]
+        if rows:
+            return Confirmed(rows, plan, protocol)
+    return None
+
+
+# -- the spec a confirm trial runs ------------------------------------------------------------------
+
+
+def confirm_spec(spec: SweepSpec, plan: ConfirmPlan, protocol: str) -> SweepSpec:
+    """The sweep's spec for one protocol's confirm trials: the plan's T, repeats and protocol,
+    no early stopping, one trial per pick (unpacked), and a sampled threshold (each config
+    carries its own; a curve-mode sweep's picks are confirmed at their point's threshold)."""
+    space = spec.search_space.model_copy(update={THRESHOLD: UNIT_RANGE}) if spec.curve_mode else spec.search_space
+    milestones = milestones_ending_at(tuple(m for m in spec.milestones if m < plan.T), plan.T)
+    count = len(plan.picks)
+    return spec.model_copy(update={
+        "T": plan.T, "milestones": milestones, "protocol": protocol, "search_space": space, "initial_points": (),
+        "early_stopping": None, "pack_size": 1, "num_trials": count, "concurrency": min(spec.concurrency, count),
+        "repeats": Repeats(seeds=plan.seeds, orders=plan.orders), "confirm": None,
+    })
