@@ -174,6 +174,25 @@ def median_or_none(values: Sequence[float | None]) -> float | None:
     return statistics.median(present) if len(present) == len(values) else None
 
 
+def best_after(values: Sequence[float | None], k: int) -> float | None:
+    """The best feasible rel_tf after k trainings (the run's last value when it trained fewer)."""
+    return values[min(k, len(values)) - 1] if values else None
+
+
+def print_search(row: dict[str, Any]) -> None:
+    runs, trainings = row["runs"], row["trainings"]
+    final = {mode: statistics.median(r["hypervolume"][-1] for r in runs[mode]) for mode in runs}
+    counts = {mode: [len(r["hypervolume"]) for r in runs[mode]] for mode in runs}
+    print(f"(2) median final hypervolume of (rel_tf, loc_tf) at T: sampled {final['sampled']:.4f} (trainings per seed {counts['sampled']}),"
+          f" curve {final['curve']:.4f} (trainings {counts['curve']})")
+    needed = row["curve_trainings_to_reach_sampled_final_hv"]
+    print(f"    curve-mode trainings to reach the sampled mode's final hypervolume, per seed: {needed}, median {median_or_none(needed)}"
+          f" (target: at most a third of the sampled mode's trainings, {statistics.median(counts['sampled']) / 3:.1f})")
+    for k in sorted({max(1, trainings // 4), trainings // 2, trainings}):
+        values = {mode: [best_after(r["best_feasible_rel"], k) for r in runs[mode]] for mode in runs}
+        print(f"(3) after {k:>2} trainings, best rel_tf with loc_tf >= {row['min_loc']}: sampled {values['sampled']}, curve {values['curve']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="123")
@@ -185,6 +204,7 @@ def main() -> None:
     parser.add_argument("--trainings", type=int, default=18)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-threshold-curves")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--from-json", type=Path, default=None, help="(2)/(3): print the figures a previous --json run saved")
     args = parser.parse_args()
     print(f"machine {platform.processor() or platform.machine()}  python {sys.version.split()[0]}")
     figures: dict[str, Any] = {}
@@ -194,18 +214,13 @@ def main() -> None:
               f" tf evaluation at one threshold {row['single_threshold_s']:.2f}s, exact tf curve over all thresholds"
               f" ({row['curve_points']} breakpoints) {row['exact_curve_s']:.2f}s, ratio {row['ratio']:.2f}x")
     if "2" in args.only or "3" in args.only:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        print(f"\n(2)/(3) sweeps of {args.trainings} trainings, seeds {args.seeds}, both modes ({DEMO.name}):", flush=True)
-        row = figures["search"] = bench_search([int(s) for s in args.seeds.split(",")], args.trainings, args.workdir)
-        runs = row["runs"]
-        final = {mode: statistics.median(r["hypervolume"][-1] for r in runs[mode]) for mode in runs}
-        print(f"(2) median final hypervolume after {args.trainings} trainings: sampled {final['sampled']:.4f}, curve {final['curve']:.4f}")
-        print(f"    curve-mode trainings to reach the sampled mode's final hypervolume, per seed: {row['curve_trainings_to_reach_sampled_final_hv']}"
-              f" (target <= {args.trainings / 3:.1f})")
-        for k in sorted({max(1, args.trainings // 3), args.trainings // 2, args.trainings}):
-            values = {mode: [r["best_feasible_rel"][k - 1] if len(r["best_feasible_rel"]) >= k else None for r in runs[mode]] for mode in runs}
-            print(f"(3) after {k:>2} trainings, best rel_tf with loc_tf >= {row['min_loc']}: sampled {values['sampled']}, curve {values['curve']}"
-                  f" (medians {median_or_none(values['sampled'])}, {median_or_none(values['curve'])})")
+        if args.from_json:
+            row = figures["search"] = json.loads(args.from_json.read_text())["search"]
+        else:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            print(f"\n(2)/(3) sweeps of {args.trainings} trainings, seeds {args.seeds}, both modes ({DEMO.name}):", flush=True)
+            row = figures["search"] = bench_search([int(s) for s in args.seeds.split(",")], args.trainings, args.workdir)
+        print_search(row)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -372,6 +372,16 @@ def _failure_reasons(parquet: "Location") -> list[tuple[str, int]]:
     return reasons.most_common()
 
 
+def _print_exported(outcome: "SweepOutcome | ConfirmOutcome") -> None:
+    """Where best.yaml (or why none) and the report are, after a sweep or a confirm stage."""
+    if outcome.best_yaml:
+        print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
+    else:
+        print(f"best.yaml:       not written ({outcome.best_reason or 'no trial completed all edits'})")
+    if outcome.report_html:
+        print(f"report:          {outcome.report_html}")
+
+
 def _mlflow_ui_lines(outcome: "SweepOutcome") -> list[str]:
     """How to see the sweep's parent run: its page on a tracking server, or a command that
     works as printed (the venv's mlflow by full path) and the page to open once it runs."""
@@ -417,12 +427,7 @@ def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
     from .sinks.parquet_sink import TABLES
 
     print(f"Parquet dataset: {layout.parquet}  (tables: {', '.join(f'{table}/' for table in TABLES)})")
-    if outcome.best_yaml:
-        print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
-    else:
-        print(f"best.yaml:       not written ({outcome.best_reason or 'no trial completed all edits'})")
-    if outcome.report_html:
-        print(f"report:          {outcome.report_html}")
+    _print_exported(outcome)
     for line in _mlflow_ui_lines(outcome):
         print(line)
     if counts[Status.FAILED] and not counts[Status.COMPLETE] and not counts[Status.PRUNED]:
@@ -555,12 +560,7 @@ def _print_confirm(outcome: "ConfirmOutcome") -> ExitCode:
     if not outcome.finished:
         print(_confirm_hint(outcome.layout.root), file=sys.stderr)
         return ExitCode.INTERRUPTED
-    if outcome.best_yaml:
-        print(f"best.yaml:       {outcome.best_yaml}  ({outcome.best_reason})")
-    else:
-        print(f"best.yaml:       not written ({outcome.best_reason or 'no trial completed all edits'})")
-    if outcome.report_html:
-        print(f"report:          {outcome.report_html}")
+    _print_exported(outcome)
     if counts[Status.FAILED] and not counts[Status.COMPLETE]:
         print(f"defer-sweep: every confirm trial failed (exit status {int(ExitCode.ALL_FAILED)})", file=sys.stderr)
         return ExitCode.ALL_FAILED

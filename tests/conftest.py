@@ -28,3 +28,13 @@ def tiny_hparams(layer: int = 2, **changes) -> DeferHParams:
         device="cpu",
     )
     return base.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray for one test module's sweeps (shut down after the module)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

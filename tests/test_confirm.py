@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from defer_core import load_hparams
 from orchestrator.cli import main
@@ -108,13 +107,6 @@ def _safe_confirm_rows(out: Path) -> list[dict]:
 
 
 # -- a finished sweep, confirmed in process ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from mlflow import MlflowClient
 from ray.tune.experiment import Trial
 
@@ -475,13 +474,6 @@ def test_report_in_curve_mode_ranks_points_and_draws_threshold_curves(curve_swee
 
 
 # -- end to end: real tiny sweeps ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from optuna.trial import TrialState
 from transformers import LlamaConfig
@@ -23,13 +22,6 @@ from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials,
 
 GOOD = {"layer": 2, "edit_lr": 5.0e-2, "n_iter": 5, "threshold": 0.5}
 BAD = {"layer": 2, "edit_lr": 1.0e-3, "n_iter": 2, "threshold": 0.7}  # learns nothing in 2 edits: rel_tf 0 at 2
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import shutil
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from scipy import stats
 
 from defer_core.results import METRICS, metric_key
@@ -48,13 +49,6 @@ def sweep(tmp: Path, name: str, **changes: Any) -> Path:
     ))
     assert execute(spec, prepare(spec)).finished
     return spec.output_dir
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +243,17 @@ def test_latex_is_a_booktabs_table_with_the_same_numbers(repeated: Path, capsys:
     assert r"\$" not in text.replace(r"$\pm$", "")  # cells use math-mode ±, nothing else is escaped dollars
     assert "edit\\_lr" in text and "model.layers[2].mlp.down\\_proj" in text  # underscores escaped, in headers and caption
     assert len(re.findall(r"\\cmidrule\(lr\)", text)) == len(SCORINGS) * len(MILESTONES)
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex on this machine (Debian: texlive-latex-recommended)")
+def test_latex_compiles_in_a_document(repeated: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The structural checks above, confirmed by TeX itself where it is installed."""
+    table = run_table(capsys, repeated, "--format", "latex", "--trials", "0,1,2")
+    document = tmp_path / "table.tex"
+    document.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n" + table + "\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "table.pdf").stat().st_size > 0
 
 
 def test_latex_escape_covers_every_special_character() -> None:
