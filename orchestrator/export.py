@@ -22,19 +22,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, save_hparams
 from defer_core.results import DEFAULT_DTYPE
 
-from .protocol import CONFIRMS, METRIC_COLUMNS, STAGE, STAGE_CONFIRM, STAGE_SEARCH, THRESHOLD, Status
+from .protocol import CONFIRMS, METRIC_COLUMNS, THRESHOLD, Status
 from .search.ranking import is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .sinks.parquet_sink import read_tables
 from .sinks.records import bounds_text, candidates, closest_text, trial_dtype
+from .sinks.stages import confirmed_results, search_stage
 from .spec import Objective, SweepSpec
 from .storage import one_line
 
@@ -51,19 +52,6 @@ class ChosenTrial:
     dtype: str  # the dtype the trial ran in
 
 
-def stage_of(row: Mapping[str, Any]) -> str:
-    """A trials row's stage; rows written before stages existed are the search's."""
-    return row.get(STAGE) or STAGE_SEARCH
-
-
-def search_stage(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(row) for row in rows if stage_of(row) != STAGE_CONFIRM]
-
-
-def confirm_stage(rows: Sequence[Mapping[str, Any]], protocol: str | None = None) -> list[dict[str, Any]]:
-    return [dict(row) for row in rows if stage_of(row) == STAGE_CONFIRM and (protocol is None or row.get("protocol") == protocol)]
-
-
 def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
     """The search stage's candidates (records.candidates) of the sweep's Parquet dataset."""
     tables = read_tables(layout.parquet, ("trials", "points"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
@@ -74,7 +62,6 @@ def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]
 def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | None = None, pareto_index: int | None = None, confirmed: bool = True) -> ChosenTrial:
     """Among the confirmed configurations when there are any (and `confirmed`), else among the
     search stage's candidates."""
-    from .sweep.confirm import confirmed_results  # confirm.py reads candidate_rows from here
 
     found = confirmed_results(layout, spec, read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist()) if confirmed else None
     if found is None:

@@ -26,7 +26,8 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import dump_hparams
 from defer_core.results import metric_key
 
-from ..export import ChosenTrial, choose_for_export, search_stage
+from ..export import ChosenTrial, choose_for_export
+from ..sinks.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
 from ..protocol import FINAL_STATUSES, N_EDITS, THRESHOLD, Status, trial_order_key
 from ..search.ranking import pareto_front, rank_by

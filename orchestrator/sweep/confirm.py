@@ -18,65 +18,27 @@ trainable runs one protocol per spec, so stream and immediate do not share a str
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
-from defer_core.files import atomic_write_text
 from defer_core.results import milestones_ending_at
 
-from ..export import candidate_rows, confirm_stage, search_stage
-from ..protocol import CONFIRMS, OPTUNA_TRIAL, THRESHOLD, Status, trial_label
+from ..export import candidate_rows
+from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label
 from ..search.ranking import is_feasible, pareto_front, rank_by
 from ..search.space import full_config
 from ..sinks.layout import SweepLayout
 from ..sinks.parquet_sink import read_table
 from ..sinks.records import training_of
+from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
 from ..sinks.trial_curve import find_trial
 from ..spec import Repeats, SweepSpec
 from ..spec.models import UNIT_RANGE
 
-CONFIRM_FILE = "confirm.json"  # in OUT: the plan of the folder's confirm stage
 CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
 # Without a `confirm:` section in the spec (ConfirmSpec holds the section's own defaults).
 DEFAULT_TOP, DEFAULT_SEEDS, DEFAULT_ORDERS = 3, (0, 1, 2), 1
-
-
-@dataclass(frozen=True)
-class Pick:
-    """A configuration to confirm: the DEFER trial it came from and its full config."""
-
-    confirms: str  # the search trial's DEFER trial id
-    label: str  # `#007`, as the console names that trial
-    config: dict[str, int | float]  # layer, edit_lr, n_iter, threshold
-
-
-@dataclass(frozen=True)
-class ConfirmPlan:
-    picks: tuple[Pick, ...]
-    seeds: tuple[int, ...]
-    orders: int
-    T: int
-    protocols: tuple[str, ...]
-
-    @property
-    def repeats_text(self) -> str:
-        """`5 seeds x 2 orders at T=100`: what a confirmed number is the mean of."""
-        return f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} x {self.orders} order{'s' if self.orders != 1 else ''} at T={self.T}"
-
-    def configs(self) -> list[dict[str, Any]]:
-        """The confirm trials' Tune configs: each pick's config and the trial it confirms."""
-        return [{**pick.config, CONFIRMS: pick.confirms} for pick in self.picks]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "ConfirmPlan":
-        data = json.loads(text)
-        picks = tuple(Pick(str(p["confirms"]), str(p["label"]), dict(p["config"])) for p in data["picks"])
-        return cls(picks, tuple(int(s) for s in data["seeds"]), int(data["orders"]), int(data["T"]), tuple(str(p) for p in data["protocols"]))
 
 
 @dataclass(frozen=True)
@@ -97,20 +59,6 @@ class ConfirmRequest:
 
 
 # -- the recorded plan ------------------------------------------------------------------------------
-
-
-def load_plan(layout: SweepLayout) -> ConfirmPlan | None:
-    path = layout.root / CONFIRM_FILE
-    if not path.is_file():
-        return None
-    try:
-        return ConfirmPlan.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DeferInputError(f"{path}: unreadable confirm plan ({error})") from None
-
-
-def save_plan(layout: SweepLayout, plan: ConfirmPlan) -> None:
-    atomic_write_text(layout.root / CONFIRM_FILE, plan.to_json())
 
 
 def resolve_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) -> ConfirmPlan:
@@ -190,36 +138,6 @@ def picks_by_name(layout: SweepLayout, spec: SweepSpec, names: Sequence[str]) ->
         pick = pick_of(spec, row)
         picks.setdefault(pick.confirms, pick)
     return list(picks.values())
-
-
-# -- confirmed results -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Confirmed:
-    """The confirmed results export ranks: confirm rows that completed the plan's T under one
-    protocol (the spec's own when it was confirmed), with the plan they followed."""
-
-    rows: list[dict[str, Any]]
-    plan: ConfirmPlan
-    protocol: str
-
-    @property
-    def note(self) -> str:
-        return f"confirmed with {self.plan.repeats_text} ({self.protocol}; {len(self.rows)} of {len(self.plan.picks)} configurations)"
-
-
-def confirmed_results(layout: SweepLayout, spec: SweepSpec, trials: Sequence[Mapping[str, Any]]) -> Confirmed | None:
-    """None when the folder has no confirm plan or no confirm trial completed its T."""
-    plan = load_plan(layout)
-    if plan is None:
-        return None
-    done = [row for row in confirm_stage(trials) if row["status"] == Status.COMPLETE and row.get("n_edits") == plan.T and row.get("T") == plan.T]
-    for protocol in sorted(plan.protocols, key=lambda p: p != spec.protocol):
-        rows = [row for row in done if row.get("protocol") == protocol]
-        if rows:
-            return Confirmed(rows, plan, protocol)
-    return None
 
 
 # -- the spec a confirm trial runs ------------------------------------------------------------------

@@ -26,7 +26,7 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text, require_writable_dir
 from defer_core.runtime import hub_env
 
-from ..export import confirm_stage, export_best, search_stage, stage_of
+from ..export import export_best
 from ..protocol import CONFIRMS, FINAL_STATUSES, OPTUNA_TRIAL, STAGE, STAGE_CONFIRM, RecordedTrial, Status, trial_label
 from ..search.optuna_search import delete_study_if_exists, fail_orphaned_trials, make_searcher
 from ..search.packing import num_packs
@@ -40,7 +40,8 @@ from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recor
 from ..spec import SweepSpec, load_spec, spec_to_yaml
 from ..storage import Location
 from ..worker.trainable import TrialSettings, defer_trainable
-from .confirm import CONFIRM_EXPERIMENTS, ConfirmPlan, ConfirmRequest, confirm_spec, resolve_plan, save_plan
+from ..sinks.stages import ConfirmPlan, confirm_stage, save_plan, search_stage, stage_of
+from .confirm import CONFIRM_EXPERIMENTS, ConfirmRequest, confirm_spec, resolve_plan
 from .lock import sweep_lock
 from .preflight import LOCAL_RAY, check_cluster_gpus, check_model, load_spec_records, ray_init_address
 
