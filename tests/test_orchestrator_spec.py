@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = yaml.safe_load((SPECS / "tiny.yaml").read_text())
 
 
-def with_change(path: str, value) -> dict:
-    """TINY with one dotted key set (value None deletes it)."""
-    data = copy.deepcopy(TINY)
+def with_change(path: str, value, base: dict = TINY) -> dict:
+    """`base` (TINY) with one dotted key set (value None deletes it)."""
+    data = copy.deepcopy(base)
     *parents, leaf = path.split(".")
     node = data
     for key in parents:
@@ -186,16 +186,7 @@ CURVE = with_change("search_space.threshold", "curve")
 
 def curve_with(path: str, value) -> dict:
     """CURVE with one dotted key set (value None deletes it)."""
-    data = copy.deepcopy(CURVE)
-    *parents, leaf = path.split(".")
-    node = data
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-    if value is None:
-        del node[leaf]
-    else:
-        node[leaf] = value
-    return data
+    return with_change(path, value, CURVE)
 
 
 @pytest.mark.parametrize(
