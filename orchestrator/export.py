@@ -28,7 +28,7 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, save_hparams
 from defer_core.results import DEFAULT_DTYPE
 
-from .protocol import CONFIRMS, METRIC_COLUMNS, THRESHOLD, Status
+from .protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, Status, trial_label
 from .search.ranking import is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
@@ -63,12 +63,14 @@ def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | Non
     """Among the confirmed configurations when there are any (and `confirmed`), else among the
     search stage's candidates."""
 
-    found = confirmed_results(layout, spec, read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist()) if confirmed else None
+    trials = read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist() if confirmed else []
+    found = confirmed_results(layout, spec, trials) if confirmed else None
     if found is None:
         return choose(spec, candidate_rows(layout, spec), objective, pareto_index)
     chosen = choose(spec, found.rows, objective, pareto_index)
-    origin = chosen.row.get(CONFIRMS)
-    return replace(chosen, reason=f"{chosen.reason}, {found.note}" + (f", re-checking trial {origin}" if origin else ""))
+    origin = next((row for row in trials if row["trial_id"] == chosen.row.get(CONFIRMS)), None)
+    checked = f", re-checking {trial_label(origin.get(OPTUNA_TRIAL), origin['trial_id'])} ({origin['trial_id']})" if origin else ""
+    return replace(chosen, reason=f"{chosen.reason}, {found.note}{checked}")
 
 
 def _unit(spec: SweepSpec) -> str:

@@ -96,6 +96,13 @@ def trial_label(number: int | None, trial_id: str) -> str:
     return f"#{int(number):03d}" if number is not None else str(trial_id)
 
 
+def trial_named(row: Mapping[str, Any]) -> str:
+    """A trials row as the command lines name it: `9b882c15 (#007)`, its id alone without an
+    Optuna number (a confirm run)."""
+    label = trial_label(row.get(OPTUNA_TRIAL), row["trial_id"])
+    return row["trial_id"] if label == row["trial_id"] else f"{row['trial_id']} ({label})"
+
+
 # -- what the driver had recorded when a killed sweep was resumed ---------------------------------
 @dataclass(frozen=True)
 class RecordedTrial:

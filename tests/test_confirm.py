@@ -19,6 +19,7 @@ from orchestrator.cli import main
 from orchestrator.export import candidate_rows
 from orchestrator.search.ranking import rank_by
 from orchestrator.sinks.layout import read_spec, require_sweep_dir
+from orchestrator.sinks.parquet_sink import read_table
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute, prepare
 
@@ -171,10 +172,11 @@ def test_export_prefers_the_confirmed_results_and_says_so(confirmed: tuple[Path,
     out, _ = confirmed
     rows = confirm_rows(out)
     best = max(rows, key=lambda row: row["rel_tf"])
+    searched = {row["trial_id"]: row["optuna_trial"] for row in read_table(require_sweep_dir(out).parquet, "trials").to_pylist() if row["optuna_trial"] is not None}
     assert main(["export", str(out), "-o", str(tmp_path / "c.yaml")]) == 0
     printed = capsys.readouterr().out
     assert f"trial {best['trial_id']}" in printed
-    assert "confirmed with 2 seeds x 2 orders at T=4 (stream; 2 of 2 configurations)" in printed and f"re-checking trial {best['confirms']}" in printed
+    assert "confirmed with 2 seeds x 2 orders at T=4 (stream; 2 of 2 configurations)" in printed and f"re-checking #{searched[best['confirms']]:03d} ({best['confirms']})" in printed
     hparams = load_hparams(tmp_path / "c.yaml")
     assert (hparams.edit_lr, hparams.n_iter, hparams.threshold) == (best["edit_lr"], best["n_iter"], best["threshold"])
 

@@ -289,7 +289,7 @@ def test_export_chooses_the_best_feasible_point_over_a_better_infeasible_one(cur
     assert f"threshold: {FEASIBLE_THRESHOLD}" in exported
     assert "edit_lr: 0.05" in exported and "model.layers[2].mlp.down_proj.weight" in exported
     assert f"best rel_tf=0.5000 (maximize) at threshold {FEASIBLE_THRESHOLD:.4g}, feasible under loc_tf >= 0.9" in printed
-    assert "trial t0 (#000;" in printed
+    assert "trial t0 (#000):" in printed
 
     parent = curve_sweep.mlflow.client.get_run(curve_sweep.mlflow.find_parent())
     assert parent.data.tags["best.trial_id"] == "t0" and float(parent.data.tags["best.threshold"]) == FEASIBLE_THRESHOLD
@@ -321,7 +321,7 @@ def test_sampled_mode_export_ranks_feasible_trials_first(tmp_path: Path, capsys:
     assert {t["threshold_mode"] for t in trials.values()} == {"sampled"}
     assert main(["export", sweep.out]) == 0
     assert "threshold: 0.5" in sweep.layout.best_yaml.read_text(encoding="utf-8")
-    assert "trial t1 (#001; best rel_tf=0.5000 (maximize), feasible under loc_tf >= 0.9)" in capsys.readouterr().out
+    assert "trial t1 (#001): best rel_tf=0.5000 (maximize), feasible under loc_tf >= 0.9" in capsys.readouterr().out
 
 
 # -- MLflow -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from defer_core.files import atomic_write_text, require_writable_dir
 from defer_core.runtime import hub_env
 
 from ..export import export_best
-from ..protocol import CONFIRMS, FINAL_STATUSES, OPTUNA_TRIAL, STAGE, STAGE_CONFIRM, RecordedTrial, Status, trial_label
+from ..protocol import CONFIRMS, FINAL_STATUSES, STAGE, STAGE_CONFIRM, RecordedTrial, Status, trial_named
 from ..search.optuna_search import delete_study_if_exists, fail_orphaned_trials, make_searcher
 from ..search.packing import num_packs
 from ..search.scheduler import make_scheduler
@@ -333,7 +333,7 @@ def _write_best(layout: SweepLayout, spec: SweepSpec, mlflow: MlflowSink) -> tup
     except DeferInputError as error:  # e.g. no completed point meets the constraints: the sweep still finished
         log.warning("best.yaml not written: %s", error)
         return None, str(error)
-    return best_yaml, f"trial {chosen.row['trial_id']} ({trial_label(chosen.row.get(OPTUNA_TRIAL), chosen.row['trial_id'])}): {chosen.reason}"
+    return best_yaml, f"trial {trial_named(chosen.row)}: {chosen.reason}"
 
 
 def _write_report(layout: SweepLayout) -> Path | None:
