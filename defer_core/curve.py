@@ -101,3 +101,80 @@ def edit_success_at(gate: float | None, on: float | None, off: float | None, thr
     if gate is None or on is None or off is None:
         return None
     return accuracy_at(gate, on, off, threshold, dtype)
+
+
+# -- off the knife edge -------------------------------------------------------------------------------
+#
+# A breakpoint of the tf curve is a gate value g_k: the rows whose gate equals it fire there, and
+# the same training run with another thread count (another summation order) can give that gate
+# one rounding step less, so a threshold written as g_k itself may lose those rows elsewhere.
+# The metrics at g_k hold for every threshold in (g_below, g_k], g_below the largest gate under
+# g_k (all rows: every probe, every chunk), or [0, g_k] when none is. Its middle is the threshold
+# to hand on: the same metrics, a margin on both sides. (Not the interval above g_k: from g_k
+# upward the rows at g_k stop firing and the metrics change.)
+
+_BITS = {"float32": ("<f", "<I", 0x8000_0000, 0), "bfloat16": ("<f", "<I", 0x8000_0000, 16), "float16": ("<e", "<H", 0x8000, 0)}
+
+
+def adjacent(value: float, dtype: str, steps: int = 1) -> float:
+    """The value `steps` representable values above `value` in `dtype` (below when negative);
+    `value` is first rounded to the dtype (`in_dtype`). One step is what a gate can move by
+    when the same computation runs in another order."""
+    float_format, int_format, sign, shift = _BITS[dtype_name(dtype)]
+    bits = struct.unpack(int_format, struct.pack(float_format, in_dtype(value, dtype)))[0] >> shift
+    sign >>= shift
+    ordered = -(bits & ~sign) if bits & sign else bits  # -0.0 and 0.0 are both 0
+    ordered += steps
+    bits = (sign | -ordered) if ordered < 0 else ordered
+    return struct.unpack(float_format, struct.pack(int_format, bits << shift))[0]
+
+
+def shortest_text(value: float, dtype: str) -> float:
+    """The decimal with the fewest digits that is `value` in `dtype` (0.5, not 0.5000000119...):
+    what a YAML file shows; EasyEdit's model rounds it back to exactly `value`."""
+    exact = in_dtype(value, dtype)
+    for digits in range(1, 18):
+        candidate = float(f"{exact:.{digits}g}")
+        if in_dtype(candidate, dtype) == exact:
+            return candidate
+    return exact
+
+
+@dataclass(frozen=True)
+class SafeThreshold:
+    """A chosen tf breakpoint moved off its knife edge (`threshold_margin`)."""
+
+    threshold: float  # what to write: `breakpoint`'s metrics with a margin on both sides, or `breakpoint` itself (no margin)
+    breakpoint: float  # the chosen threshold: a gate value, or the curve's end 0 or 1
+    below: float | None  # the largest gate under it (None: none; the metrics then hold on [0, breakpoint])
+    margin: bool  # False: no dtype value lies far enough inside the interval; `threshold` is `breakpoint`
+    dtype: str
+
+
+def threshold_margin(chosen: float, gates: Iterable[float], dtype: str) -> SafeThreshold:
+    """`chosen` (a breakpoint of the tf curve of these gates) moved to the middle of the
+    interval of thresholds that give its metrics, (g_below, chosen], computed in the model's
+    `dtype` and written with the fewest digits. The result m has a one-step margin on both
+    sides: a gate under `chosen` one dtype step higher still stays under m, and a gate at or
+    over `chosen` one step lower still reaches m. Where the dtype has no such value (fewer than
+    two values strictly between g_below and `chosen`) the result is `chosen` itself, with
+    `margin` False. At 0 every row fires and no gate can lie lower: 0 is kept, with margin."""
+    name = dtype_name(dtype)
+    top = in_dtype(chosen, name)
+    if top <= 0.0:
+        return SafeThreshold(chosen, chosen, None, True, name)
+    below = max((float(g) for g in gates if g < top), default=None)
+    lowest = adjacent(below, name, 2) if below is not None else adjacent(0.0, name, 1)  # > a gate under `chosen` moved one step up
+    highest = adjacent(top, name, -1)  # <= a gate at `chosen` moved one step down
+    if lowest > highest:
+        return SafeThreshold(chosen, chosen, below, False, name)
+    middle = min(max(in_dtype(((below or 0.0) + top) / 2, name), lowest), highest)
+    return SafeThreshold(shortest_text(middle, name), chosen, below, True, name)
+
+
+def safe_threshold(chosen: float, gates: Iterable[float], dtype: str) -> float:
+    """The threshold to hand on for the tf breakpoint `chosen`: the middle of (g_below, chosen],
+    where the metrics are `chosen`'s, with a one dtype step margin on both sides, so a gate moving
+    by a rounding step elsewhere changes no record; `chosen` itself where no such value exists
+    (`threshold_margin` says which)."""
+    return threshold_margin(chosen, gates, dtype).threshold

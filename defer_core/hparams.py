@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -128,13 +128,15 @@ def load_hparams(path: str | os.PathLike[str]) -> DeferHParams:
     return hparams_from_dict(read_yaml(path, "hparams file"), source=str(path))
 
 
-def dump_hparams(hparams: DeferHParams, dtype: str | None = None) -> str:
+def dump_hparams(hparams: DeferHParams, dtype: str | None = None, notes: Sequence[str] = ()) -> str:
     """YAML text in EasyEdit's DEFER layout; floats are written so PyYAML reads them back as
-    floats. With `dtype`, a first comment line says which dtype the values were tuned in."""
+    floats. With `dtype`, a first comment line says which dtype the values were tuned in; each
+    of `notes` follows it as one more comment line (e.g. why the threshold is what it is)."""
     text = yaml.safe_dump(hparams.to_easyedit_dict(), sort_keys=False)
-    return f"{DTYPE_COMMENT.format(dtype=dtype)}\n{text}" if dtype else text
+    comments = ([DTYPE_COMMENT.format(dtype=dtype)] if dtype else []) + [f"# {' '.join(note.split())}" for note in notes]
+    return "".join(f"{line}\n" for line in comments) + text
 
 
-def save_hparams(hparams: DeferHParams, path: str | os.PathLike[str], dtype: str | None = None) -> Path:
+def save_hparams(hparams: DeferHParams, path: str | os.PathLike[str], dtype: str | None = None, notes: Sequence[str] = ()) -> Path:
     """Write atomically: a reader never sees half a file."""
-    return atomic_write_text(Path(path), dump_hparams(hparams, dtype))
+    return atomic_write_text(Path(path), dump_hparams(hparams, dtype, notes))

@@ -165,4 +165,4 @@ class PackedDeferEditor:
             self.adaptor.train(False)
             self.adaptor.active = list(range(self.size))
         seconds = time.perf_counter() - start
-        return [EditStats(losses=torch.stack(l).float().cpu().tolist(), seconds=seconds / self.size) for l in losses]
+        return [EditStats(losses=torch.stack(steps).float().cpu().tolist(), seconds=seconds / self.size) for steps in losses]

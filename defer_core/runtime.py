@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import DeferInputError
 
@@ -27,6 +29,32 @@ HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 ALLOW_DOWNLOADS = "HF_HUB_OFFLINE=0"  # what a user sets to let a load download from the Hub
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's ENV_VARS_TRUE_VALUES
 _LISTED_CACHED = 8  # cached Hub ids named in an unknown-model error
+
+
+# torch's intra-op thread count changes the order of reductions, so a gate can move by one
+# float32 ulp between 1 and 2 threads: every trial runs with an explicit count, recorded with
+# it. A sweep worker uses its resources_per_trial.cpu (threads_for); 1 by default, which is
+# also what `trial` and `compare` use unless told --threads.
+DEFAULT_THREADS = 1
+
+
+def threads_for(cpus: float) -> int:
+    """The thread count of a trial given `cpus` CPUs: whole CPUs, at least one."""
+    return max(1, int(cpus))
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[int]:
+    """torch's intra-op thread count set to `count` for the body, the previous one restored
+    after (imports torch)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def device_problem(device: str) -> str | None:

@@ -48,6 +48,7 @@ from .evaluation import (
 )
 from .hparams import DeferHParams
 from .models import LoadedModel
+from .runtime import DEFAULT_THREADS, torch_threads
 from .results import (
     DEFAULT_SCORINGS,
     PROTOCOLS,
@@ -74,7 +75,8 @@ class TrialPlan:
     """`protocol`: one of PROTOCOLS, or ("stream", "immediate"): one edit stream scored both ways.
     `threshold_grid`: thresholds at which the generation scorings are also scored (GridPoint);
     `threshold_scores=False`: no scoring at the adaptor's own threshold (empty metrics and
-    records), only gate rows and the grid."""
+    records), only gate rows and the grid. `threads`: torch's intra-op thread count for the
+    trial (runtime.DEFAULT_THREADS, a sweep worker's default); it can move gates by an ulp."""
 
     protocol: str | tuple[str, ...] = "stream"
     milestones: tuple[int, ...] = (1,)
@@ -82,6 +84,7 @@ class TrialPlan:
     edit_path: str = "fast"
     threshold_grid: tuple[float, ...] = ()
     threshold_scores: bool = True
+    threads: int = DEFAULT_THREADS
 
     def __post_init__(self) -> None:
         protocols = self.protocols
@@ -103,6 +106,8 @@ class TrialPlan:
         object.__setattr__(self, "threshold_grid", tuple(float(t) for t in grid))
         if not isinstance(self.threshold_scores, bool):
             raise DeferInputError(f"threshold_scores must be true or false, got {self.threshold_scores!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise DeferInputError(f"threads must be a whole number >= 1, got {self.threads!r}")
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -246,7 +251,24 @@ def run_trials(
     eval_batch_size: int = 32,
 ) -> list[TrialResult]:
     """K trials on the same module in lockstep (packed into one forward pass when K > 1);
-    callbacks get the member index. Each result equals that trial run alone."""
+    callbacks get the member index. Each result equals that trial run alone. Runs with torch
+    set to `plan.threads` threads."""
+    with torch_threads(plan.threads):
+        return _run_trials(loaded, records, hparams, plan, seeds, on_edit, on_milestone, unedited, cache_dir, eval_batch_size)
+
+
+def _run_trials(
+    loaded: LoadedModel,
+    records: Sequence[EditRecord],
+    hparams: Sequence[DeferHParams],
+    plan: TrialPlan,
+    seeds: Sequence[int],
+    on_edit: Callable[[int, EditOutcome], None] | None,
+    on_milestone: Callable[[int, MilestoneResult], None] | None,
+    unedited: UneditedLocality | None,
+    cache_dir: Path | None,
+    eval_batch_size: int,
+) -> list[TrialResult]:
     if len(records) < plan.total_records:
         raise DeferInputError(f"the plan needs {plan.total_records} records, got {len(records)}")
     if len(seeds) != len(hparams) or not hparams:

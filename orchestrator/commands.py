@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence, TextIO
@@ -107,7 +107,7 @@ def trial_plan(args: argparse.Namespace) -> "TrialPlan":
     except ValueError as error:
         raise DeferInputError(f"--milestones (with --T {args.T}) {error}") from None
     scorings = tuple(part.strip() for part in args.scoring.split(",") if part.strip())
-    return TrialPlan(protocol=args.protocol, milestones=milestones, scorings=scorings, edit_path=args.edit_path)
+    return TrialPlan(protocol=args.protocol, milestones=milestones, scorings=scorings, edit_path=args.edit_path, threads=args.threads)
 
 
 def parse_seeds(text: str, flag: str) -> tuple[int, ...]:
@@ -205,7 +205,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
     print(
         f"DEFER trial: model {model_name} ({loaded.num_layers} layers, {model_dtype(loaded)}, loaded in {load_seconds:.1f}s), "
         f"{hparams.module_path}, edit_lr {hparams.edit_lr:g}, n_iter {hparams.n_iter}, threshold {hparams.threshold:g}, "
-        f"{plan.protocol} protocol, milestones {list(plan.milestones)}, data {data_path}{' (stripped)' if args.strip else ''}"
+        f"{plan.protocol} protocol, milestones {list(plan.milestones)}, {plan.threads} torch thread(s), data {data_path}{' (stripped)' if args.strip else ''}"
         + (f", {len(members)} runs: seeds {list(seeds)} x edit orders 0..{orders - 1}" if len(members) > 1 else ""),
         file=sys.stderr,
         flush=True,
@@ -231,6 +231,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
         "protocol": plan.protocol,
         "scorings": list(plan.scorings),
         "edit_path": plan.edit_path,
+        "threads": plan.threads,
         "seconds_per_edit": sum(edit_seconds) / len(edit_seconds),
         "wall_seconds": time.perf_counter() - started,
         "milestones": [asdict(m) for m in result.milestones],
@@ -262,7 +263,7 @@ def _print_trial_repeats(args: argparse.Namespace, model_name: str, hparams: "De
         return ExitCode.OK
     summary = {
         "model": model_name, "hparams": hparams.to_easyedit_dict(), "dtype": dtype, "strip": args.strip, "protocol": plan.protocol,
-        "scorings": list(plan.scorings), "edit_path": plan.edit_path, "confidence": TRIAL_CONFIDENCE,
+        "scorings": list(plan.scorings), "edit_path": plan.edit_path, "threads": plan.threads, "confidence": TRIAL_CONFIDENCE,
         "seconds_per_edit": sum(edit_seconds) / len(edit_seconds), "wall_seconds": wall,
         "milestones": [{"n_edits": m.n_edits, "protocol": m.protocol, "metrics": {k: i.mean for k, i in intervals.items()},
                         "half_width": {k: i.half_width for k, i in intervals.items()}, "n": len(members)} for m, intervals in rows],
@@ -309,7 +310,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
     plan = ComparePlan(
         hparams=hparams, model=args.model or EMBEDDED_MODEL, milestones=milestones,
         protocols=parse_choices(args.protocols, "--protocols", PROTOCOLS), scorings=parse_choices(args.scorings, "--scorings", SCORINGS),
-        dtypes=dtypes, seeds=seeds, orders=orders, device=args.device, strip=args.strip, data=str(data_path),
+        dtypes=dtypes, seeds=seeds, orders=orders, device=args.device, strip=args.strip, data=str(data_path), threads=args.threads,
         error_bars=len(seeds) * orders > 1,
     )
     records = load_records(data_path, limit=plan.total_records, strip=args.strip)
@@ -317,7 +318,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
     require_writable_dir(output, "the comparison's output directory")  # before hours of editing, not after
     print(f"compare: {plan.model}, {hparams.module_path}, T {list(milestones)}, protocols {','.join(plan.protocols)}, "
           f"scorings {','.join(plan.scorings)}, dtypes {','.join(dtypes)}, seeds {list(seeds)}"
-          + (f", edit orders 0..{orders - 1}" if orders > 1 else "") + f", data {data_path}", file=sys.stderr, flush=True)
+          + (f", edit orders 0..{orders - 1}" if orders > 1 else "") + f", {plan.threads} torch thread(s), data {data_path}", file=sys.stderr, flush=True)
     comparison = run_comparison(plan, records, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
     table, per_record = write_outputs(comparison, args.format, output)
     print(render(comparison, args.format))
@@ -584,7 +585,11 @@ def report(args: argparse.Namespace) -> ExitCode:
 # -- curve ------------------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
+    from defer_core.curve import SafeThreshold
+
+    from .sinks.layout import SweepLayout
     from .sinks.trial_curve import Reading, TrialCurve
+    from .spec import SweepSpec
 
 CURVE_FORMATS = ("md", "csv", "json")
 _TF_COLUMNS = tuple(metric_key(metric, "tf") for metric in METRICS)
@@ -592,8 +597,9 @@ _TF_COLUMNS = tuple(metric_key(metric, "tf") for metric in METRICS)
 
 def curve(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep curve OUT_DIR TRIAL [--n-edits N] [--threshold T] [--format md|csv|json]`:
-    a recorded trial's exact tf curve, its gen grid, and with --threshold its metrics there;
-    read from the Parquet dataset alone (no model, no torch)."""
+    a recorded trial's exact tf curve, its gen grid, in curve mode its chosen point (its best at
+    that milestone, at the threshold export writes: off the knife edge), and with --threshold
+    its metrics there; read from the Parquet dataset alone (no model, no torch)."""
     from .sinks.layout import read_spec, require_sweep_dir
     from .sinks.trial_curve import load_trial_curve, read_at
 
@@ -601,29 +607,83 @@ def curve(args: argparse.Namespace) -> ExitCode:
     spec = read_spec(layout)
     found = load_trial_curve(layout, spec, args.trial, args.n_edits)
     reading = read_at(found, args.threshold) if args.threshold is not None else None
-    print({"md": _curve_md, "csv": _curve_csv, "json": _curve_json}[args.format](found, reading), end="")
+    chosen = chosen_point(layout, spec, found)
+    print({"md": _curve_md, "csv": _curve_csv, "json": _curve_json}[args.format](found, reading, chosen), end="")
     return ExitCode.OK
 
 
-def _curve_rows(found: "TrialCurve", reading: "Reading | None") -> tuple[list[str], list[dict[str, object]]]:
+def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") -> "ChosenPoint | None":
+    """Curve mode: the point the trial reported as its best at the curve's milestone (the
+    milestones table's threshold), read at the threshold `defer-sweep export` would write for it
+    (search/curve_points.point_margin: a tf breakpoint moved to the middle of the thresholds with
+    its metrics). None outside curve mode or when the milestone recorded no threshold."""
+    import pyarrow.compute as pc
+
+    from .protocol import N_EDITS, THRESHOLD
+    from .search.curve_points import kept_text, point_margin
+    from .sinks.parquet_sink import read_tables
+    from .sinks.trial_curve import read_at
+
+    if not spec.curve_mode:
+        return None
+    table = read_tables(layout.parquet, ("milestones",), skip_unreadable=True)["milestones"]
+    rows = table.filter(pc.and_(pc.equal(table["trial_id"], found.trial["trial_id"]), pc.equal(table[N_EDITS], found.n_edits))).to_pylist()
+    point = rows[0].get(THRESHOLD) if rows else None
+    if point is None:
+        return None
+    margin = point_margin(spec, point, found.gates, found.dtype)
+    return ChosenPoint(read_at(found, point if margin is None else margin.threshold), point, margin, kept_text(spec, point) if margin is None else None)
+
+
+@dataclass(frozen=True)
+class ChosenPoint:
+    """A trial's chosen point at one milestone, read at the threshold handed on."""
+
+    reading: "Reading"  # at `reading.threshold`: the threshold export writes
+    point: float  # the point's own threshold (a tf breakpoint, or a grid threshold)
+    margin: "SafeThreshold | None"  # how `reading.threshold` was found; None: `point` kept (`kept` says why)
+    kept: str | None
+
+    def describe(self) -> str:
+        """Where the threshold comes from, in words."""
+        from .export import held_on
+
+        margin, threshold = self.margin, self.reading.threshold
+        if margin is None:
+            return f"threshold {_threshold_text(threshold)}, {self.kept}"
+        if margin.breakpoint <= 0.0:
+            return "threshold 0: every row fires at 0 and no gate lies below it (no knife edge)"
+        if not margin.margin:
+            return (f"threshold {_threshold_text(threshold)}, the breakpoint itself, without margin: no {margin.dtype} value lies far enough "
+                    f"inside {held_on(margin)}, the thresholds with its metrics (a gate one {margin.dtype} step lower elsewhere changes a record)")
+        return (f"threshold {_threshold_text(threshold)}, the middle of {held_on(margin)}, where the metrics of the point's own threshold "
+                f"{_threshold_text(margin.breakpoint)} hold (a breakpoint: a gate value or the curve's end, a knife edge); what defer-sweep export writes for this point")
+
+
+def _curve_rows(found: "TrialCurve", reading: "Reading | None", chosen: "ChosenPoint | None" = None) -> tuple[list[str], list[dict[str, object]]]:
     """(columns, rows) of the curve's one table: `section` curve (exact tf breakpoints), grid
-    (the generation scorings at the spec's grid thresholds) or at (the --threshold reading)."""
+    (the generation scorings at the spec's grid thresholds), chosen (curve mode: the trial's
+    best point at the threshold export writes) or at (the --threshold reading)."""
     from .protocol import THRESHOLD
 
     columns = ["section", THRESHOLD, *_TF_COLUMNS, *found.grid_columns]
     rows: list[dict[str, object]] = [{"section": "curve", THRESHOLD: p.threshold, **p.metrics} for p in found.tf]
     rows += [{"section": "grid", **point} for point in found.grid]
-    if reading is not None:
+    if reading is not None or chosen is not None:
         columns.append("edit_success")
+    if chosen is not None:
+        at = chosen.reading
+        rows.append({"section": "chosen", THRESHOLD: at.threshold, **at.tf, **(at.grid or {}), "edit_success": at.edit_success})
+    if reading is not None:
         rows.append({"section": "at", THRESHOLD: reading.threshold, **reading.tf, **(reading.grid or {}), "edit_success": reading.edit_success})
     return columns, rows
 
 
-def _curve_csv(found: "TrialCurve", reading: "Reading | None") -> str:
+def _curve_csv(found: "TrialCurve", reading: "Reading | None", chosen: "ChosenPoint | None" = None) -> str:
     import csv
     import io
 
-    columns, rows = _curve_rows(found, reading)
+    columns, rows = _curve_rows(found, reading, chosen)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
@@ -631,7 +691,7 @@ def _curve_csv(found: "TrialCurve", reading: "Reading | None") -> str:
     return buffer.getvalue()
 
 
-def _curve_json(found: "TrialCurve", reading: "Reading | None") -> str:
+def _curve_json(found: "TrialCurve", reading: "Reading | None", chosen: "ChosenPoint | None" = None) -> str:
     from .protocol import THRESHOLD
 
     data: dict[str, object] = {
@@ -640,6 +700,11 @@ def _curve_json(found: "TrialCurve", reading: "Reading | None") -> str:
         "curve": [{THRESHOLD: p.threshold, **p.metrics} for p in found.tf],
         "grid": [dict(point) for point in found.grid],
     }
+    if chosen is not None:
+        at, margin = chosen.reading, chosen.margin
+        data["chosen"] = {THRESHOLD: at.threshold, "point_threshold": chosen.point, "below": None if margin is None else margin.below,
+                          "margin": None if margin is None else margin.margin, "note": chosen.describe(),
+                          **at.tf, "on_grid": at.grid is not None, **(at.grid or {}), "edit_success": at.edit_success}
     if reading is not None:
         data["at"] = {THRESHOLD: reading.threshold, **reading.tf, "on_grid": reading.grid is not None, **(reading.grid or {}), "edit_success": reading.edit_success}
     return json.dumps(data, indent=2) + "\n"
@@ -652,7 +717,7 @@ def _md_table(columns: Sequence[str], rows: Sequence[dict[str, object]]) -> list
     return [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}", *(f"| {' | '.join(cell(row.get(c)) for c in columns)} |" for row in rows)]
 
 
-def _curve_md(found: "TrialCurve", reading: "Reading | None") -> str:
+def _curve_md(found: "TrialCurve", reading: "Reading | None", chosen: "ChosenPoint | None" = None) -> str:
     from .protocol import THRESHOLD
 
     trial = found.trial
@@ -664,6 +729,11 @@ def _curve_md(found: "TrialCurve", reading: "Reading | None") -> str:
         "",
         *_md_table([THRESHOLD, *_TF_COLUMNS], [{THRESHOLD: _threshold_text(p.threshold), **p.metrics} for p in found.tf]),
     ]
+    if chosen is not None:
+        at = chosen.reading
+        tf = " ".join(f"{key}={value:.4f}" for key, value in at.tf.items())
+        gen = "".join(f" {key}={value:.4f}" for key, value in (at.grid or {}).items())
+        lines += ["", f"chosen point (the trial's best at {found.n_edits} edits): {tf} (tf, exact){gen}; {chosen.describe()}"]
     if found.grid:
         lines += ["", "generation scorings on the threshold grid", "",
                   *_md_table([THRESHOLD, *found.grid_columns], [{**point, THRESHOLD: _threshold_text(point[THRESHOLD])} for point in found.grid])]

@@ -34,6 +34,7 @@ from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
 from defer_core.hparams import DeferHParams
 from defer_core.orders import ordered_records
 from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, metric_key
+from defer_core.runtime import DEFAULT_THREADS
 
 from .intervals import Interval, format_interval, repeat_interval
 
@@ -78,6 +79,7 @@ class ComparePlan:
     strip: bool = False
     data: str = ""  # where the records came from, for the record
     error_bars: bool = False  # show mean ± Student t half-width over the members (the CLI: when several)
+    threads: int = DEFAULT_THREADS  # torch's intra-op thread count of every run (defer_core.runtime)
 
     def __post_init__(self) -> None:
         _known(self.protocols, PROTOCOLS, "protocols")
@@ -143,7 +145,7 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
             label = f"{dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
             total = _edit_count(protocols, plan.milestones)
             say(f"{label}: {total} edits x {len(plan.seeds)} seed(s), scorings {','.join(plan.scorings)}")
-            trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings)
+            trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings, threads=plan.threads)
 
             def show_edit(k: int, outcome: Any, label: str = label, total: int = total) -> None:
                 if k == 0:
@@ -186,7 +188,7 @@ def _collect(plan: ComparePlan, dtype: str, member: tuple[int, int], milestone: 
                 "T": milestone.n_edits, "chunk": record.chunk, "record_id": record.record_id,
                 **{m: record.metrics[metric_key(m, scoring)] for m in METRICS},
                 "inner_param": hparams.module_path, "edit_lr": hparams.edit_lr, "n_iter": hparams.n_iter, "threshold": hparams.threshold,
-                "strip": plan.strip,
+                "strip": plan.strip, "threads": plan.threads,
             })
 
 
@@ -250,7 +252,7 @@ def _markdown(comparison: Comparison) -> str:
     hp = plan.hparams
     lines.append("")
     lines.append(f"{plan.model}, {hp.module_path}, edit_lr {hp.edit_lr:g}, n_iter {hp.n_iter}, threshold {hp.threshold:g}; {_members_note(plan)}; "
-                 f"text {'stripped' if plan.strip else 'as written'}; per-record rows in {RECORDS_FILE}")
+                 f"text {'stripped' if plan.strip else 'as written'}; {plan.threads} torch thread(s); per-record rows in {RECORDS_FILE}")
     return "\n".join(lines)
 
 
@@ -293,6 +295,7 @@ def _json(comparison: Comparison) -> str:
         "hparams": plan.hparams.to_easyedit_dict(),
         "data": plan.data,
         "strip": plan.strip,
+        "threads": plan.threads,
         "seeds": list(plan.seeds),
         **({"orders": plan.orders} if plan.orders > 1 else {}),
         "T": list(plan.milestones),
@@ -343,5 +346,5 @@ def records_schema() -> Any:
         pa.field("chunk", pa.int64()), pa.field("record_id", pa.string()),
         *(pa.field(m, pa.float64()) for m in METRICS),
         pa.field("inner_param", pa.string()), pa.field("edit_lr", pa.float64()), pa.field("n_iter", pa.int64()),
-        pa.field("threshold", pa.float64()), pa.field("strip", pa.bool_()),
+        pa.field("threshold", pa.float64()), pa.field("strip", pa.bool_()), pa.field("threads", pa.int64()),
     ])

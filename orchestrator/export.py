@@ -10,6 +10,14 @@ by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams re
 first line is a comment naming the dtype the trial ran in, and a trial tuned in another dtype
 than EasyEdit's float32 is exported with a warning (its optimum may not carry over).
 
+Off the knife edge: a curve-mode point's threshold is a tf breakpoint, a gate value, and a gate
+can move by one rounding step between thread counts, flipping the records at it. So the YAML
+gets `point_margin`'s threshold (search/curve_points.py): the middle of the interval of
+thresholds with the point's metrics, (gate below, breakpoint], in the trial's dtype; comment
+lines after the dtype line say so (or that the dtype leaves no margin there), and so does the
+reason. The chosen row keeps the breakpoint (it names the candidate). Generation-grid points and
+confirmed results keep their threshold: their metrics were measured at it.
+
 Confirmed results come first: when the folder's confirm stage (sweep/confirm.py) has trials
 that completed its T, export chooses among those configurations by their confirmed values
 (the mean over the confirm run's seeds x orders) and its reason says so; `confirmed=False`
@@ -22,20 +30,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from defer_core.curve import TF, SafeThreshold
 from defer_core.errors import DeferInputError
-from defer_core.hparams import DeferHParams, save_hparams
-from defer_core.results import DEFAULT_DTYPE
+from defer_core.hparams import DeferHParams, dump_hparams, save_hparams
+from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 
-from .protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, Status, trial_label
+from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, Status, trial_label
+from .search.curve_points import point_margin
 from .search.ranking import is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .sinks.parquet_sink import read_tables
-from .sinks.records import bounds_text, candidates, closest_text, trial_dtype
+from .sinks.records import bounds_text, candidates, closest_text, training_of, trial_dtype
 from .sinks.stages import confirmed_results, search_stage
+from .sinks.trial_curve import gate_rows
 from .spec import Objective, SweepSpec
 from .storage import one_line
 
@@ -46,10 +57,20 @@ log = logging.getLogger(__name__)
 class ChosenTrial:
     """The chosen trial, why it was chosen, and its hyperparameters."""
 
-    row: dict[str, Any]
+    row: dict[str, Any]  # in curve mode the chosen point: its threshold the breakpoint
     reason: str
-    hparams: DeferHParams
+    hparams: DeferHParams  # what the YAML holds: in curve mode the threshold off the knife edge
     dtype: str  # the dtype the trial ran in
+    margin: SafeThreshold | None = None  # curve mode: how hparams.threshold was found (None: the row's, kept)
+
+    @property
+    def notes(self) -> list[str]:
+        """The YAML's comment lines after the dtype line: why the threshold is what it is."""
+        return margin_notes(self.margin, self.row)
+
+    def yaml_text(self) -> str:
+        """The exported file's text."""
+        return dump_hparams(self.hparams, self.dtype, self.notes)
 
 
 def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
@@ -66,7 +87,8 @@ def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | Non
     trials = read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist() if confirmed else []
     found = confirmed_results(layout, spec, trials) if confirmed else None
     if found is None:
-        return choose(spec, candidate_rows(layout, spec), objective, pareto_index)
+        chosen = choose(spec, candidate_rows(layout, spec), objective, pareto_index)
+        return with_margin(spec, chosen, training_gates(layout, spec, chosen.row)) if spec.curve_mode else chosen
     chosen = choose(spec, found.rows, objective, pareto_index)
     origin = next((row for row in trials if row["trial_id"] == chosen.row.get(CONFIRMS)), None)
     checked = f", re-checking {trial_label(origin.get(OPTUNA_TRIAL), origin['trial_id'])} ({origin['trial_id']})" if origin else ""
@@ -122,11 +144,69 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
     return ChosenTrial(row=row, reason=reason, hparams=hparams_for(spec, row), dtype=trial_dtype(spec, row))
 
 
+# -- off the knife edge ---------------------------------------------------------------------------------
+
+
+def training_gates(layout: SweepLayout, spec: SweepSpec, row: dict[str, Any]) -> tuple[GateRow, ...]:
+    """The gate rows at T of the training behind a candidate (a reuse's: its original's)."""
+    import pyarrow.compute as pc
+
+    table = read_tables(layout.parquet, ("gates",), skip_unreadable=True)["gates"]
+    mine = table.filter(pc.and_(pc.equal(table["trial_id"], training_of(row)), pc.equal(table[N_EDITS], spec.T)))
+    return gate_rows(mine.to_pylist())
+
+
+def with_margin(spec: SweepSpec, chosen: ChosenTrial, gates: Sequence[GateRow]) -> ChosenTrial:
+    """The choice with its threshold off the knife edge (`point_margin`), and the reason saying so."""
+    margin = point_margin(spec, chosen.row.get(THRESHOLD), gates, chosen.dtype)
+    if margin is None:
+        return chosen
+    return replace(chosen, hparams=chosen.hparams.replace(threshold=margin.threshold), margin=margin, reason=chosen.reason + margin_reason(margin))
+
+
+def _g(value: float) -> str:
+    """Nine significant digits: a float32 gate told apart from its neighbours."""
+    return f"{value:.9g}"
+
+
+def held_on(margin: SafeThreshold) -> str:
+    """`(0.300000012, 0.699999988]`: the thresholds that give the breakpoint's metrics."""
+    return f"({_g(margin.below)}, {_g(margin.breakpoint)}]" if margin.below is not None else f"[0, {_g(margin.breakpoint)}]"
+
+
+def margin_reason(margin: SafeThreshold) -> str:
+    """What the reason line adds: the threshold written and why."""
+    if margin.breakpoint <= 0.0:
+        return "; threshold 0 written as is (every row fires at 0: no knife edge)"
+    if not margin.margin:
+        return (f"; threshold {_g(margin.breakpoint)} written as is, a gate value without margin: no {margin.dtype} value lies "
+                f"far enough inside {held_on(margin)}")
+    return (f"; written as threshold {_g(margin.threshold)}, the middle of {held_on(margin)} where these metrics hold "
+            f"(off the knife edge at the breakpoint {_g(margin.breakpoint)})")
+
+
+def margin_notes(margin: SafeThreshold | None, row: dict[str, Any]) -> list[str]:
+    """best.yaml's comment lines on its threshold (none when it was kept as the point's)."""
+    if margin is None:
+        return []
+    if margin.breakpoint <= 0.0:
+        return ["threshold 0: every row fires at 0 and no gate can lie below it, so no rounding step changes a record."]
+    edge = (f"The point's own threshold {_g(margin.breakpoint)} is a breakpoint of the tf curve (a gate value, or its end 1), a knife "
+            f"edge: the same training run elsewhere (another thread count) can move a gate one {margin.dtype} step across it and change a record.")
+    if not margin.margin:
+        return [f"threshold {_g(margin.threshold)} is the chosen point's own, with no margin: no {margin.dtype} value lies far enough "
+                f"inside {held_on(margin)}, the thresholds with its metrics.", edge]
+    metrics = " ".join(f"{key}={row[key]:.4f}" for key in (metric_key(m, TF) for m in METRICS) if row.get(key) is not None)
+    metrics = f" ({metrics})" if metrics else ""
+    return [f"threshold {_g(margin.threshold)}: the chosen point's metrics{metrics} hold for every threshold in {held_on(margin)}; "
+            f"this is its middle in {margin.dtype}, so a gate moving by one rounding step changes no record.", edge]
+
+
 def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None,
                 mlflow: MlflowSink | None = None, confirmed: bool = True) -> tuple[Path, ChosenTrial]:
     """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
     chosen = choose_for_export(layout, spec, objective, pareto_index, confirmed)
-    target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype)
+    target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype, notes=chosen.notes)
     if chosen.dtype != DEFAULT_DTYPE:
         log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
                     target, chosen.row["trial_id"], chosen.dtype, DEFAULT_DTYPE)

@@ -7,6 +7,22 @@ import pytest
 from defer_core import DeferHParams, load_records, tiny_llama
 from defer_core.models import LoadedModel
 
+# `make test` runs test modules on every core (pytest-xdist, --dist loadscope: a module and its
+# module-scoped sweeps stay on one worker) and hands them out in this order, the longest first
+# (seconds measured with --durations), so that no worker is left with a long module at the end.
+LONGEST_FIRST = (
+    "test_confirm.py", "test_output_folder_safety.py", "test_checks_and_exits.py", "test_progress_and_interrupts.py", "test_orchestrator_resume.py",
+    "test_table.py", "test_curve_search.py", "test_storage_uri.py", "test_relocatable_output.py", "test_report.py", "test_curve_sinks.py",
+    "test_repeats_sweep.py", "test_orchestrator_sweep.py", "test_compare.py", "test_crash_before_first_trial.py", "test_cluster_config.py",
+    "test_dtype_and_export.py", "test_repeats_groundwork.py", "test_orchestrator_packing.py", "test_scoring_batched.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first (a stable sort: each module's tests keep their order)."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture
 def tiny() -> LoadedModel:

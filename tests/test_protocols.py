@@ -7,7 +7,7 @@ from statistics import fmean
 import pytest
 
 from defer_core import DeferEditor, DeferInputError, TrialPlan, run_trial, run_trials, tiny_llama
-from defer_core.evaluation import Scorer, UneditedLocality, build_probes
+from defer_core.evaluation import Scorer, build_probes
 from defer_core.results import SCORINGS, metric_key
 from defer_core.scoring import token_accuracy
 

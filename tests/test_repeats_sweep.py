@@ -5,7 +5,10 @@ members are checked against the same seed and order run alone with defer_core.ru
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from statistics import fmean, stdev
 
@@ -14,7 +17,8 @@ import pytest
 import ray
 import scipy.stats
 
-from defer_core import TrialPlan, run_trial, tiny_llama
+from defer_core import TrialPlan, run_trial, save_hparams, tiny_llama
+from defer_core.runtime import DEFAULT_THREADS
 from defer_core.orders import ordered_records
 from orchestrator.intervals import BOOTSTRAP, T_INTERVAL, bootstrap_interval, milestone_intervals
 from orchestrator.protocol import METRIC_COLUMNS
@@ -27,6 +31,7 @@ from orchestrator.sweep.preflight import load_spec_records
 
 from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, tiny_spec
 
+ROOT = Path(__file__).resolve().parent.parent
 SEEDS, ORDERS = [0, 1], 2
 MEMBERS = [(seed, order) for order in range(ORDERS) for seed in SEEDS]
 # Only n_iter is searched: the two initial points use both of its values, so the third trial
@@ -95,6 +100,26 @@ def test_each_member_equals_its_seed_and_order_run_alone(sweeps: dict[str, Path]
         assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]), "order 1 edits the same records in another sequence"
 
 
+def test_the_trial_command_reproduces_a_sweep_trial_bit_for_bit(sweeps: dict[str, Path], tmp_path: Path) -> None:
+    """A sweep worker and `defer-sweep trial` both run torch at DEFAULT_THREADS (1) unless told
+    otherwise, and record it: every gate of the trial comes out identical."""
+    out = sweeps["single"]
+    spec = load_spec(out / "spec.yaml")
+    trial = trained(out)[0]
+    hparams = save_hparams(hparams_for(spec, trial), tmp_path / "trial.yaml")
+    args = ["trial", str(hparams), "--model", "tiny-llama", "--device", "cpu", "--T", str(spec.T), "--milestones", ",".join(map(str, spec.milestones)),
+            "--scoring", "tf", "--seed", str(spec.seed), "--json"]
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ran = json.loads(done.stdout)
+    assert ran["threads"] == trial["threads"] == DEFAULT_THREADS
+    swept = {(g["n_edits"], g["record_id"], g["probe"]): g["gate"] for g in of_trial(parquet_rows(out, "gates"), trial["trial_id"])}
+    alone = {(m["n_edits"], g["record_id"], g["probe"]): g["gate"] for m in ran["milestones"] for g in m["gates"]}
+    assert alone == swept and len(swept) == 3 * (1 + spec.T)
+    by_milestone = {m["n_edits"]: m["metrics"] for m in ran["milestones"]}
+    assert {row["n_edits"]: row["rel_tf"] for row in of_trial(parquet_rows(out, "milestones"), trial["trial_id"])} == {n: m["rel_tf"] for n, m in by_milestone.items()}
+
+
 def test_milestones_and_trials_hold_the_mean_over_members(sweeps: dict[str, Path]) -> None:
     out = sweeps["repeated"]
     members = parquet_rows(out, "member_milestones")
@@ -130,7 +155,9 @@ def test_a_reuse_trial_replays_the_members_of_its_original(sweeps: dict[str, Pat
     original = next(t for t in trials if t["trial_id"] == reuse["reuse_of"])
     assert reuse["n_iter"] == original["n_iter"] and reuse["members"] == len(MEMBERS)
     members = parquet_rows(out, "member_milestones")
-    strip = lambda rows: sorted(({k: v for k, v in row.items() if k != "trial_id"} for row in rows), key=lambda r: (r["n_edits"], r["order"], r["seed"]))
+    def strip(rows: list[dict]) -> list[dict]:
+        return sorted(({k: v for k, v in row.items() if k != "trial_id"} for row in rows), key=lambda r: (r["n_edits"], r["order"], r["seed"]))
+
     assert strip(of_trial(members, reuse["trial_id"])) == strip(of_trial(members, original["trial_id"]))
     assert {key: reuse[key] for key in METRIC_COLUMNS} == {key: original[key] for key in METRIC_COLUMNS}
     for table in ("record_scores", "edits", "gates"):  # they stay with the training (records.training_of)

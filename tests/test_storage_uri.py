@@ -198,3 +198,35 @@ def test_parquet_sink_replaces_removes_and_reads_back(where: str, s3_endpoint: s
     assert sink.pack_ids() == set() and read_table(root, "edits").num_rows == 0
     if where == "local":
         assert not list((tmp_path / "parquet").rglob(".*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_tune_state_is_restorable_only_when_tuner_pkl_and_a_snapshot_read_back(where: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """What Tuner.restore needs, told apart on either filesystem without unpickling anything:
+    a start that failed while Tune wrote tuner.pkl (empty) or before its first snapshot is
+    UNSAVED (`run` starts over, `resume` refuses); a snapshot beside an unreadable tuner.pkl,
+    or an unreadable newest snapshot, is DAMAGED (both refuse)."""
+    import ray.cloudpickle as cloudpickle
+
+    from orchestrator.storage import write_bytes
+    from orchestrator.sweep.driver import TuneSaved, _delete_dir, tune_saved
+
+    at: Location = local_location(tmp_path / "tune") if where == "local" else Location(s3(s3_endpoint), f"{BUCKET}/state-test/tune")
+    whole = cloudpickle.dumps({"_tune_config": list(range(100)), "name": "tune"})
+    assert tune_saved(at)[0] is TuneSaved.NOTHING
+    write_bytes(at, "tuner.pkl", b"")  # the reported folder
+    assert tune_saved(at)[0] is TuneSaved.UNSAVED
+    write_bytes(at, "tuner.pkl", whole[:-1])
+    assert tune_saved(at)[0] is TuneSaved.UNSAVED
+    write_bytes(at, "tuner.pkl", whole)  # Tuner() done, fit stopped before the first snapshot
+    assert tune_saved(at)[0] is TuneSaved.UNSAVED
+    write_bytes(at, "experiment_state-2025-01-01_00-00-00.json", b'{"trial_data": []}')
+    assert tune_saved(at)[0] is TuneSaved.RESTORABLE
+    write_bytes(at, "experiment_state-2025-01-02_00-00-00.json", b'{"trial_da')  # the newest, cut short
+    saved, why = tune_saved(at)
+    assert saved is TuneSaved.DAMAGED and "experiment_state-2025-01-02_00-00-00.json: not valid JSON" in why
+    write_bytes(at, "experiment_state-2025-01-02_00-00-00.json", b'{"trial_data": []}')
+    write_bytes(at, "tuner.pkl", whole[: len(whole) // 2])
+    saved, why = tune_saved(at)
+    assert saved is TuneSaved.DAMAGED and "tuner.pkl: not a whole pickle" in why
+    assert _delete_dir(at) and tune_saved(at)[0] is TuneSaved.NOTHING and not _delete_dir(at)

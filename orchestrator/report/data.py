@@ -6,8 +6,9 @@ run: confirmed results first);
 ranking and the Pareto front come from ranking.py over records.candidates (complete trials; in
 curve mode the points of their curves at T), with the spec's constraints, and the YAML from
 space.hparams_for and defer_core's dump_hparams, so the page and `defer-sweep export` always
-agree. A candidate is named by `row_key` (its trial and threshold): in curve mode one trial
-gives many.
+agree (in curve mode with the threshold export writes, off the knife edge: export.with_margin,
+from the gate rows at T). A candidate is named by `row_key` (its trial and threshold): in curve
+mode one trial gives many.
 
 Error bars come from table.row_spread, as `defer-sweep table` computes them: a Student t
 interval over a trial's repeat members when it has several, else a bootstrap over the records
@@ -23,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
-from defer_core.hparams import dump_hparams
 from defer_core.results import metric_key
 
-from ..export import ChosenTrial, choose_for_export
+from ..export import ChosenTrial, choose_for_export, with_margin
 from ..sinks.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
 from ..protocol import FINAL_STATUSES, N_EDITS, THRESHOLD, Status, trial_order_key
@@ -34,7 +34,8 @@ from ..search.ranking import pareto_front, rank_by
 from ..search.space import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..sinks.parquet_sink import read_tables
-from ..sinks.records import candidates, trial_dtype
+from ..sinks.records import candidates, training_of, trial_dtype
+from ..sinks.trial_curve import gate_rows
 from ..spec import Objective, SweepSpec
 from ..table import row_spread, stored_rows
 
@@ -68,6 +69,7 @@ class SweepData:
     grid: list[dict[str, Any]] = field(default_factory=list)  # gen grid rows at T
     band_trials: list[dict[str, Any]] = field(default_factory=list)  # trials drawn with interval bands, best first
     spreads: dict[str, dict[str, dict[int, Interval]]] = field(default_factory=dict)  # trial id -> metric -> n_edits -> interval
+    _gates_by_training: dict[str, tuple[Any, ...]] | None = field(default=None, repr=False)
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -82,6 +84,23 @@ class SweepData:
     @property
     def best(self) -> dict[str, Any] | None:
         return self.choice.row if self.choice is not None else None
+
+    @property
+    def exported_best(self) -> dict[str, Any] | None:
+        """The best row at the threshold best.yaml holds (in curve mode off the knife edge; the
+        same metrics): where the plots star it."""
+        if self.choice is None:
+            return None
+        return {**self.choice.row, THRESHOLD: self.choice.hparams.threshold}
+
+    def gates_of(self, row: Row) -> tuple[Any, ...]:
+        """The gate rows at T of the training behind a candidate (a reuse's: its original's)."""
+        if self._gates_by_training is None:
+            grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for gate in self.gates:
+                grouped[str(gate["trial_id"])].append(gate)
+            self._gates_by_training = {trial_id: gate_rows(found) for trial_id, found in grouped.items()}
+        return self._gates_by_training.get(training_of(row), ())
 
     def counts(self) -> dict[str, int]:
         statuses = [t["status"] for t in self.trials]
@@ -196,15 +215,18 @@ def top_trainings(data: SweepData, limit: int = TOP_TRAININGS) -> list[Row]:
     return list(seen.values())[:limit]
 
 
-def trial_yaml(spec: SweepSpec, row: Row) -> str:
-    """The EasyEdit DEFER YAML `defer-sweep export` writes for this trial."""
-    return dump_hparams(hparams_for(spec, row), trial_dtype(spec, row))
+def trial_yaml(data: SweepData, row: Row) -> str:
+    """The EasyEdit DEFER YAML `defer-sweep export` writes for this trial (in curve mode at the
+    point's threshold off the knife edge, with the comment lines saying so)."""
+    spec = data.spec
+    chosen = ChosenTrial(dict(row), "", hparams_for(spec, row), trial_dtype(spec, row))
+    return (with_margin(spec, chosen, data.gates_of(row)) if spec.curve_mode else chosen).yaml_text()
 
 
 def best_yaml_notes(data: SweepData) -> list[str]:
     """A note when best.yaml on disk was exported for another trial than the one the page calls best."""
     if data.choice is None or not data.layout.best_yaml.is_file():
         return []
-    if data.layout.best_yaml.read_text(encoding="utf-8") != dump_hparams(data.choice.hparams, data.choice.dtype):
+    if data.layout.best_yaml.read_text(encoding="utf-8") != data.choice.yaml_text():
         return [f"{data.layout.best_yaml} holds a different configuration than the best trial shown here (it was exported with --objective or --pareto-index)."]
     return []

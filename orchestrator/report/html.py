@@ -247,7 +247,7 @@ def _top_table(data: SweepData) -> TopTable:
         T=spec.T,
         multi_objective=spec.multi_objective,
         head=head,
-        rows=[_top_row(spec, rank, row, row_key(row) == best_key, row_key(row) in front_keys, metric_cols) for rank, row in enumerate(rows, 1)],
+        rows=[_top_row(spec, rank, row, row_key(row) == best_key, row_key(row) in front_keys, metric_cols, trial_yaml(data, row)) for rank, row in enumerate(rows, 1)],
     )
 
 
@@ -257,11 +257,11 @@ def _ranking_text(spec: SweepSpec) -> str:
     return ", then ".join(parts) + ", then by " if parts else "by "
 
 
-def _top_row(spec: SweepSpec, rank: int, row: Row, is_best: bool, on_front: bool, metric_cols: Sequence[str]) -> TopRow:
+def _top_row(spec: SweepSpec, rank: int, row: Row, is_best: bool, on_front: bool, metric_cols: Sequence[str], yaml: str) -> TopRow:
     hparams = [str(row["layer"]), f"{row['edit_lr']:.3g}", str(row["n_iter"]), fmt(row.get("threshold"))]
     feasible = [("yes" if is_feasible(row, spec.constraints) else "no")] if spec.constraints else []
     cells = [*hparams, *(fmt(row.get(c)) for c in metric_cols), *feasible, fmt(row.get("seconds"), 1)]
-    return TopRow(rank, _trial_ref(row), is_best, on_front, cells, trial_yaml(spec, row))
+    return TopRow(rank, _trial_ref(row), is_best, on_front, cells, yaml)
 
 
 def _failed(data: SweepData) -> list[TrialRef]:

@@ -547,7 +547,7 @@ def _pareto_plot(data: SweepData, scoring: str) -> Plot:
     rows = [r for r in data.candidates if r.get(rel) is not None and r.get(loc) is not None]
     front = rel_loc_front(rows, scoring, spec.constraints)
     bars = {trial_id: (by_metric.get(rel, {}).get(T), by_metric.get(loc, {}).get(T)) for trial_id, by_metric in data.spreads.items()}
-    figure, spots = pareto_figure(scoring, rows, front, data.best, T, len(data.trials) - len(data.completed), spec.constraints, spec.curve_mode, bars)
+    figure, spots = pareto_figure(scoring, rows, front, data.exported_best, T, len(data.trials) - len(data.completed), spec.constraints, spec.curve_mode, bars)
     what = f"a (training, threshold) point of a trial that made all {T} edits: the trial's adaptor read at one threshold of its curve" if spec.curve_mode else f"a trial that made all {T} edits"
     caption = (
         f"Each point is {what}, scored {scoring_title(scoring)}. "
@@ -583,12 +583,12 @@ def _threshold_plots(data: SweepData) -> list[Plot]:
         series, exact = threshold_series(data, scoring)
         if not series:
             continue
-        figure = thresholds_figure(scoring, top, series, data.best, T, spec.constraints, exact)
+        figure = thresholds_figure(scoring, top, series, data.exported_best, T, spec.constraints, exact)  # starred at best.yaml's threshold: the same metrics
         how = ("exact: each step is where a probe's gate crosses the threshold (defer-sweep curve prints the numbers)" if exact
                else "measured at the spec's threshold grid only (generation depends on the threshold at every token)")
         caption = f"The top {len(top)} training(s) by the candidates' ranking, at T={T}, {scoring_title(scoring)} scoring; {how}. Red star: best.yaml's threshold."
         plots.append(Plot(f"thresholds_{scoring}", "thresholds", f"Rel / Gen / Loc vs threshold ({scoring})", caption, png_bytes(figure)))
-        figure = tradeoff_figure(scoring, data.completed, series, top_ids, data.best, T, spec.constraints)
+        figure = tradeoff_figure(scoring, data.completed, series, top_ids, data.exported_best, T, spec.constraints)
         caption = (f"Each line is one training that made all {T} edits, traced over thresholds: raising the threshold trades Rel for Loc. "
                    + (f"Dashed: the constraints ({bounds_text(spec.constraints)}). " if spec.constraints else "") + "Red star: best.yaml.")
         plots.append(Plot(f"tradeoff_{scoring}", "thresholds", f"Rel–Loc trade-off over thresholds ({scoring})", caption, png_bytes(figure)))

@@ -9,6 +9,9 @@ metrics). The best point is feasible first, then best by the early-stopping metr
 ASHA compares) or else the first objective, ties to the lower threshold; the worker reports
 its metrics at the top level, so Tune, ASHA and the searcher read one number per milestone.
 
+A breakpoint is a gate value, a knife edge: what is handed on (best.yaml, the report, `defer-sweep
+curve`'s chosen point) is `point_margin`'s threshold, the same metrics with a margin.
+
 Imports no torch: the searcher (driver) and the worker both use it.
 """
 
@@ -18,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from defer_core.curve import TF, curve_thresholds, thin, tf_metrics_at
+from defer_core.curve import TF, SafeThreshold, curve_thresholds, thin, tf_metrics_at, threshold_margin
 from defer_core.results import METRICS, SCORINGS, GateRow, GridPoint, MilestoneResult, metric_key
 
 from ..protocol import DERIVED_METRICS, FEASIBLE, INTERMEDIATE_KEY, THRESHOLD
@@ -134,3 +137,29 @@ def best_point(points: Sequence[Point], spec: SweepSpec) -> Point | None:
 def point_metrics(point: Mapping[str, Any]) -> dict[str, float]:
     """A point's metric values alone (no threshold, feasibility or history)."""
     return {key: value for key, value in point.items() if key not in (THRESHOLD, FEASIBLE, INTERMEDIATE_KEY)}
+
+
+def point_margin(spec: SweepSpec, threshold: float | None, gates: Sequence[GateRow], dtype: str) -> SafeThreshold | None:
+    """Where a curve point's threshold is handed on from: for a tf breakpoint (a gate value, or
+    the curve's end 0 or 1) of `gates` (the training's gate rows at that milestone), the middle
+    of the thresholds that give its metrics (defer_core.curve.threshold_margin). None, the
+    threshold kept as it is: outside curve mode, without gate rows, for a threshold of the
+    generation grid (its generation scorings were measured there and nowhere else) and for one
+    that is no breakpoint (it lies inside an interval already). Raises if the moved threshold's
+    tf metrics differ from the breakpoint's (they cannot: nothing fires differently)."""
+    if not spec.curve_mode or threshold is None or not gates or threshold in generation_grid(spec):
+        return None
+    if threshold not in curve_thresholds(row.gate for row in gates):
+        return None
+    found = threshold_margin(threshold, (row.gate for row in gates), dtype)
+    at_breakpoint, moved = tf_metrics_at(gates, threshold, dtype), tf_metrics_at(gates, found.threshold, dtype)
+    if moved != at_breakpoint:
+        raise AssertionError(f"threshold {found.threshold!r} gives {moved}, not the breakpoint {threshold!r}'s {at_breakpoint}")
+    return found
+
+
+def kept_text(spec: SweepSpec, threshold: float) -> str:
+    """Why `point_margin` keeps a curve-mode threshold as it is."""
+    if threshold in generation_grid(spec):
+        return "a threshold of the generation grid, where its generation scorings were measured: kept as it is"
+    return "not a breakpoint of the tf curve (or no gate rows recorded): kept as it is"

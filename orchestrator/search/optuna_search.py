@@ -14,7 +14,7 @@ point, carries its constraint values (search/ranking.py `violations`, <= 0 satis
 Optuna 5's public `Trial.set_constraint` / `create_trial(constraints=...)`, which TPE and
 NSGA-II read (trial.constraints) to rank feasible trials first; and a user attr `feasible`.
 Optuna 5 deprecates the samplers' `constraints_func` for this (it would store every value a
-second time), so make_sampler passes none.
+second time), so sampler_settings passes none.
 
 Curve mode (`search_space.threshold: curve`): Optuna samples layer, edit_lr and n_iter only.
 A training that reaches T is told COMPLETE with its best point's values (user attrs threshold,
@@ -39,8 +39,10 @@ from __future__ import annotations
 import logging
 import pickle
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
@@ -74,13 +76,40 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url=url)
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+SAMPLERS = ("tpe", "nsga2")  # what a spec can get: TPE for one objective, NSGA-II for several
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What rebuilds a sampler: its kind, sizes and seed. The searcher keeps these, never the
+    sampler itself, so Tune pickles plain data whatever a sampler holds (Optuna 5.1's GA
+    samplers hold a thread lock). A seeded sampler is built afresh for every ask with a seed
+    derived from (seed, trial count): its proposals then depend only on the study's history,
+    so a resumed sweep proposes what an uninterrupted one would have."""
+
+    kind: str
+    seed: int | None = None
+    n_startup_trials: int | None = None  # TPE's random start
+    population_size: int | None = None  # NSGA-II's population
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"sampler kind must be one of {', '.join(SAMPLERS)}, got {self.kind!r}")
+
+    def build(self, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+        seed = None if self.seed is None else int(np.random.SeedSequence([self.seed, trials_so_far]).generate_state(1)[0])
+        if self.kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, **({"population_size": self.population_size} if self.population_size else {}))
+        return optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": self.n_startup_trials} if self.n_startup_trials is not None else {}))
+
+
+def sampler_settings(spec: SweepSpec) -> SamplerSettings:
     """NSGA-II for several objectives, TPE for one; their sizes default in the spec (OptunaSpec).
     Constraints reach them through each trial's constraint values (constraint_values), not
     the `constraints_func` Optuna 5 deprecates."""
     if spec.multi_objective:
-        return optuna.samplers.NSGAIISampler(population_size=spec.optuna.population_for(spec.num_trials), seed=spec.seed)
-    return optuna.samplers.TPESampler(n_startup_trials=spec.optuna.startup_trials_for(spec.num_trials), seed=spec.seed)
+        return SamplerSettings("nsga2", seed=spec.seed, population_size=spec.optuna.population_for(spec.num_trials))
+    return SamplerSettings("tpe", seed=spec.seed, n_startup_trials=spec.optuna.startup_trials_for(spec.num_trials))
 
 
 def constraint_values(row: Mapping[str, Any], constraints: Sequence[Bound]) -> dict[str, float]:
@@ -129,9 +158,14 @@ class DeferOptunaSearch(Searcher):
     on_trial_complete, save, restore) rather than subclassing Ray's OptunaSearch, whose study,
     trial map and completed set are private attributes that a Ray release may rename. The
     study, `_trials` (Tune trial id -> Optuna trial; a pack's first member), `_packs` and
-    `_completed` are this class's own, and `save`/`restore` write all of its state to Tune's
-    searcher checkpoint. The study is created as OptunaSearch created it: the given storage,
-    sampler and name, `load_if_exists`, a NopPruner (ASHA stops trials, not Optuna).
+    `_completed` are this class's own. The study is created as OptunaSearch created it: the
+    storage URL, sampler and name, `load_if_exists`, a NopPruner (ASHA stops trials, not Optuna).
+
+    Pickling (Tune's tuner.pkl and searcher checkpoint) keeps plain data only (`__getstate__`):
+    the storage URL, study name, SamplerSettings and Optuna trial numbers. Unpickling rebuilds
+    the storage, the study, the sampler and the trial handles from them, so no live Optuna
+    object crosses a pickle, and a checkpoint does not depend on what an Optuna release keeps
+    inside its samplers.
 
     With `spec` it also knows the constraints, curve mode and the trainings behind its trials
     (never train twice, module docstring): `_trainings` (training key -> the Tune trials that
@@ -147,18 +181,23 @@ class DeferOptunaSearch(Searcher):
         metric: str | list[str],
         mode: str | list[str],
         points_to_evaluate: list[dict] | None = None,
-        sampler: optuna.samplers.BaseSampler | None = None,
-        study_name: str | None = None,
-        storage: optuna.storages.BaseStorage | None = None,
         *,
+        sampler: SamplerSettings,
+        storage_url: str,
+        study_name: str = "optuna",
         total_edits: int,
         pack_size: int = 1,
         num_trials: int = 0,
         spec: SweepSpec | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
-        self.__dict__.update(_fresh_state())
         self._spec = spec
+        self._trainings: dict[TrainingKey, list[str]] = {}  # never train twice (module docstring)
+        self._originals: dict[str, TrainingKey] = {}
+        self._reports: dict[str, list[dict[str, Any]]] = {}
+        self._gates: dict[str, dict[int, CompactGates]] = {}
+        self._reuse_of: dict[str, str] = {}
+        self._waiting: optuna.trial.Trial | None = None
         self._distributions = dict(space)
         self._total_edits = total_edits
         self._reported: set[tuple[int, int]] = set()
@@ -173,11 +212,15 @@ class DeferOptunaSearch(Searcher):
             unknown = sorted(set(point) - set(self._distributions))
             if unknown:
                 raise ValueError(f"initial point {point} sets {', '.join(unknown)}, which the search space does not search")
+        self._sampler = sampler
+        self._storage_url = storage_url
+        self._study_name = study_name
+        self._storage = make_storage(storage_url)
         self._study = optuna.create_study(
-            storage=storage,
-            sampler=sampler,
+            storage=self._storage,
+            sampler=sampler.build(),
             pruner=optuna.pruners.NopPruner(),
-            study_name=study_name or "optuna",
+            study_name=study_name,
             load_if_exists=True,
             directions=["minimize" if m == "min" else "maximize" for m in (mode if isinstance(mode, list) else [mode])],
         )
@@ -192,7 +235,7 @@ class DeferOptunaSearch(Searcher):
         if self._pack_size > 1:
             return self._suggest_pack(trial_id)
         if trial_id not in self._trials:
-            ot_trial = self._waiting or self._study.ask(fixed_distributions=self._distributions)
+            ot_trial = self._waiting or self._ask()
             self._waiting = None
             original = self._original_for(ot_trial.params)
             if original is not None and original not in self._completed:
@@ -297,8 +340,9 @@ class DeferOptunaSearch(Searcher):
                 return None
             if self._pack_starts:
                 self._study.enqueue_trial(self._pack_starts.pop(0))
-            members = [self._study.ask(fixed_distributions=self._distributions)]
-            members += self._ask_on_layer(members[0].params.get("layer"), size - 1)
+            members = [self._ask()]
+            layer = members[0].params.get("layer")
+            members += [self._ask({"layer": layer} if layer is not None else None) for _ in range(size - 1)]
             self._issued += size
             for member in members:
                 member.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
@@ -306,15 +350,18 @@ class DeferOptunaSearch(Searcher):
             self._trials[trial_id] = members[0]
         return {MEMBERS: [{**member.params, OPTUNA_TRIAL: member.number} for member in self._packs[trial_id]]}
 
-    def _ask_on_layer(self, layer: int | None, count: int) -> list[optuna.trial.Trial]:
-        """`count` more trials whose layer is fixed to the pack's (Optuna's PartialFixedSampler)."""
-        sampler = self._study.sampler
-        if layer is not None:
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.4; its interface is what we use
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._study.sampler = optuna.samplers.PartialFixedSampler({"layer": layer}, sampler)
+    def _ask(self, fixed: Mapping[str, Any] | None = None) -> optuna.trial.Trial:
+        """Ask with a sampler built for this point of the study (SamplerSettings.build); with
+        `fixed` (a pack's layer) wrapped in Optuna's PartialFixedSampler."""
+        sampler = self._sampler.build(len(self._study.get_trials(deepcopy=False)))
+        self._study.sampler = sampler  # what the study keeps (ga_generation_attrs reads it)
+        if not fixed:
+            return self._study.ask(fixed_distributions=self._distributions)
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.4; its interface is what we use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._study.sampler = optuna.samplers.PartialFixedSampler(dict(fixed), sampler)
         try:
-            return [self._study.ask(fixed_distributions=self._distributions) for _ in range(count)]
+            return self._study.ask(fixed_distributions=self._distributions)
         finally:
             self._study.sampler = sampler
 
@@ -436,34 +483,51 @@ class DeferOptunaSearch(Searcher):
             )
         return trials
 
-    # -- Tune's searcher checkpoint (Searcher.save_to_dir / restore_from_dir call these) --------
+    # -- pickling and Tune's searcher checkpoint (Searcher.save_to_dir / restore_from_dir) -----
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Plain data only: Optuna trials by number, distributions as Optuna's JSON; the storage,
+        study and sampler by what rebuilds them."""
+        state = {key: value for key, value in self.__dict__.items() if key not in _LIVE}
+        state["_trials"] = {trial_id: trial.number for trial_id, trial in self._trials.items()}
+        state["_packs"] = {trial_id: [trial.number for trial in members] for trial_id, members in self._packs.items()}
+        state["_waiting"] = None if self._waiting is None else self._waiting.number
+        state["_distributions"] = {name: optuna.distributions.distribution_to_json(d) for name, d in self._distributions.items()}
+        state[_FORMAT_KEY] = STATE_FORMAT
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get(_FORMAT_KEY) != STATE_FORMAT:
+            raise ValueError(
+                f"the sweep's searcher state has format {state.get(_FORMAT_KEY)!r}, this defer-sweep reads {STATE_FORMAT!r} "
+                "(older versions pickled live Optuna objects); start the sweep over in a new output_dir"
+            )
+        state = {key: value for key, value in state.items() if key != _FORMAT_KEY}
+        self.__dict__.update(state)
+        self._distributions = {name: optuna.distributions.json_to_distribution(d) for name, d in state["_distributions"].items()}
+        self._storage = make_storage(self._storage_url)
+        self._study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler.build(), pruner=optuna.pruners.NopPruner())
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+
+        def handle(number: int) -> optuna.trial.Trial:
+            return optuna.trial.Trial(self._study, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+        self._trials = {trial_id: handle(number) for trial_id, number in state["_trials"].items()}
+        self._packs = {trial_id: [handle(number) for number in numbers] for trial_id, numbers in state["_packs"].items()}
+        self._waiting = None if state["_waiting"] is None else handle(state["_waiting"])
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
+            pickle.dump(self.__getstate__(), file)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
             self.__setstate__(pickle.load(file))
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Also reads state pickled while this class still subclassed Ray's OptunaSearch (its
-        tuner.pkl and searcher checkpoint), or before it knew trainings, so sweeps
-        checkpointed then still resume."""
-        for old, new in _LEGACY_STATE.items():
-            if old in state and new not in state:
-                state[new] = state.pop(old)
-        self.__dict__.update({**_fresh_state(), **state})
 
-
-def _fresh_state() -> dict[str, Any]:
-    """The state added with curve mode and never-train-twice, empty (also for older checkpoints)."""
-    return {"_spec": None, "_trainings": {}, "_originals": {}, "_reports": {}, "_gates": {}, "_reuse_of": {}, "_waiting": None}
-
-
-# Attribute names of OptunaSearch that earlier versions of DeferOptunaSearch inherited and
-# pickled -> this class's own names for the same objects.
-_LEGACY_STATE = {"_ot_study": "_study", "_ot_trials": "_trials", "_completed_trials": "_completed", "_space": "_distributions"}
+STATE_FORMAT = 2  # 2: plain data, Optuna objects rebuilt on load (1: pickled live Optuna objects)
+_FORMAT_KEY = "_state_format"
+_LIVE = ("_storage", "_study")  # rebuilt from _storage_url, _study_name and _sampler
 
 
 def make_searcher(spec: SweepSpec, storage_url: str, study_name: str) -> DeferOptunaSearch:
@@ -475,9 +539,9 @@ def make_searcher(spec: SweepSpec, storage_url: str, study_name: str) -> DeferOp
         metric=metrics if spec.multi_objective else metrics[0],
         mode=modes if spec.multi_objective else modes[0],
         points_to_evaluate=[dict(p) for p in spec.initial_points] or None,
-        sampler=make_sampler(spec),
+        sampler=sampler_settings(spec),
         study_name=study_name,
-        storage=make_storage(storage_url),
+        storage_url=storage_url,
         total_edits=spec.T,
         pack_size=spec.pack_size,
         num_trials=spec.num_trials,

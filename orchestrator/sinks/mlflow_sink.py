@@ -149,8 +149,15 @@ class MlflowSink:
                 raise RuntimeError(f"no MLflow parent run for sweep {self.sweep_id}; call open_sweep first")
         return self._parent_id
 
-    def close_sweep(self, status: str, summary: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.parent_id, tags=[RunTag(f"trials.{k}", str(v)) for k, v in summary.items()])
+    def close_sweep(self, status: str, summary: Mapping[str, Any], error: str | None = None) -> None:
+        """Ends the parent run with `status`; `summary` (trial counts) and, when the driver
+        failed, its `error` are set as tags; a later close without an error removes that tag."""
+        tags = [RunTag(f"trials.{k}", str(v)) for k, v in summary.items()]
+        if error:
+            tags.append(RunTag(TAG_ERROR, error[:_TAG_LIMIT]))
+        elif TAG_ERROR in self.client.get_run(self.parent_id).data.tags:
+            self.client.delete_tag(self.parent_id, TAG_ERROR)
+        self.client.log_batch(self.parent_id, tags=tags)
         self.client.set_terminated(self.parent_id, status=status)
 
     def log_best(self, best_yaml: Path, tags: Mapping[str, Any]) -> None:

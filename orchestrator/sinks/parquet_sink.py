@@ -70,6 +70,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("protocol", pa.string()),
         pa.field("T", pa.int64()),
         pa.field("strip", pa.bool_()),  # text fields stripped of surrounding whitespace (data.strip)
+        pa.field("threads", pa.int64()),  # torch's intra-op thread count the trial ran with (resources_per_trial.cpu)
         pa.field("n_edits", pa.int64()),
         *_METRICS,
         pa.field("seconds", pa.float64()),

@@ -211,6 +211,7 @@ class TrialLog:
             "protocol": spec.protocol,
             "T": spec.T,
             "strip": spec.data.strip,
+            "threads": spec.resources_per_trial.threads,
             "n_edits": self.reached,
             **{key: last.get(key) for key in METRIC_COLUMNS},
             "seconds": self.seconds,

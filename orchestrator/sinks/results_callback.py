@@ -67,6 +67,7 @@ def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
         "protocol": spec.protocol,
         "T": spec.T,
         "strip": spec.data.strip,
+        "threads": spec.resources_per_trial.threads,
         MEMBER_COUNT: log_.members,
         "repeat_seeds": ",".join(str(seed) for seed in spec.repeats.seeds),
         "repeat_orders": spec.repeats.orders,

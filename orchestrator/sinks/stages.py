@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
 from ..protocol import CONFIRMS, STAGE, STAGE_CONFIRM, STAGE_SEARCH, Status
 from .layout import SweepLayout
+
+if TYPE_CHECKING:
+    from ..spec import SweepSpec
 
 CONFIRM_FILE = "confirm.json"  # in OUT: the plan of the folder's confirm stage
 

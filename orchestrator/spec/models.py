@@ -24,7 +24,7 @@ from typing_extensions import TypedDict
 
 from defer_core.errors import DeferInputError
 from defer_core.results import DEFAULT_SCORINGS, DTYPE_CHOICES, PROTOCOLS, SCORINGS, default_milestones, dtype_name, milestones_ending_at
-from defer_core.runtime import DEVICE_PATTERN, device_problem
+from defer_core.runtime import DEFAULT_THREADS, DEVICE_PATTERN, device_problem, threads_for
 
 from ..protocol import THRESHOLD_CURVE, metric_names
 from .fields import CHOICE, FIXED, RANGE, SPEC_ERROR, WORD, Count, Flag, Float, NonNegativeFloat, NonNegativeInt, PositiveFloat, Text
@@ -359,8 +359,13 @@ class EarlyStopping(Section):
 
 
 class Resources(Section):
-    cpu: PositiveFloat = 1.0
+    cpu: PositiveFloat = float(DEFAULT_THREADS)
     gpu: NonNegativeFloat = 0.0
+
+    @property
+    def threads(self) -> int:
+        """torch's intra-op thread count of each trial (recorded with it): whole CPUs, at least one."""
+        return threads_for(self.cpu)
 
 
 class OptunaSpec(Section):

@@ -6,18 +6,28 @@ finished trials stay finished, interrupted ones run again from scratch, and the 
 continues in its RDB storage. Running `defer-sweep run SPEC` again on the same output
 directory resumes too; a different spec in the same directory is refused.
 
+A sweep that stopped before Tune saved its state (e.g. Tuner() could not pickle what it saves
+in tuner.pkl, which it leaves empty) has nothing to restore (tune_saved): `run` starts it over
+and `resume` refuses in one line. Once the MLflow parent run is open, it never stays RUNNING:
+a driver that raises closes it FAILED (an interrupt that escapes Tune: KILLED, resumable).
+
 The library functions here log; only the *_command functions (the CLI layer) print.
 """
 
 from __future__ import annotations
 
+import enum
+import fnmatch
+import json
 import logging
 import os
+import pickletools
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator, Mapping
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
@@ -38,7 +48,7 @@ from ..sinks.progress import LiveOutput, ProgressCallback, Sink, console_session
 from ..sinks.records import TrialLog, bounds_text, threshold_mode
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
 from ..spec import SweepSpec, load_spec, spec_to_yaml
-from ..storage import Location
+from ..storage import Location, one_line, read_bytes
 from ..worker.trainable import TrialSettings, defer_trainable
 from ..sinks.stages import ConfirmPlan, confirm_stage, save_plan, search_stage, stage_of
 from .confirm import CONFIRM_EXPERIMENTS, ConfirmRequest, confirm_spec, resolve_plan
@@ -93,6 +103,7 @@ def _sweep_params(spec: SweepSpec) -> dict[str, object]:
         "model": spec.model.name,
         "dtype": spec.model.run_dtype,
         "strip": spec.data.strip,
+        "threads": spec.resources_per_trial.threads,
         "T": spec.T,
         "milestones": ",".join(map(str, spec.milestones)),
         "protocol": spec.protocol,
@@ -110,19 +121,86 @@ def _sweep_params(spec: SweepSpec) -> dict[str, object]:
     }
 
 
-def _reset_partial(layout: SweepLayout, state: SweepState, mlflow: MlflowSink) -> None:
-    """The directory has a sweep whose Tune state never got saved: start it over cleanly."""
-    if delete_study_if_exists(state.optuna_storage, state.optuna_study_name):
-        log.warning("%s: no restorable Tune state; restarting the sweep (old Optuna study deleted)", layout.root)
+def _reset_partial(layout: SweepLayout, state: SweepState, mlflow: MlflowSink, saved: "TuneSaved") -> None:
+    """The directory has a sweep whose Tune state never got saved: start it over cleanly (what
+    Tune left of the failed start, the Optuna study, the Parquet dataset, the trial runs)."""
+    stale_tune = saved is TuneSaved.UNSAVED and _delete_dir(layout.tune)
+    if delete_study_if_exists(state.optuna_storage, state.optuna_study_name) or stale_tune:
+        log.warning("%s: no restorable Tune state; restarting the sweep (what the failed start left of Tune and Optuna deleted)", layout.root)
     ParquetSink(layout.parquet).clear()
     if mlflow.find_parent() is not None:
         mlflow.delete_trial_runs()
 
 
-def _check_storage_unused(layout: SweepLayout, restorable: bool) -> None:
+def _check_storage_unused(layout: SweepLayout, tune_there: bool) -> None:
     """A new sweep must not adopt what another sweep left at the same storage_uri."""
-    if layout.storage_uri and (restorable or ParquetSink(layout.parquet).pack_ids()):
+    if layout.storage_uri and (tune_there or ParquetSink(layout.parquet).pack_ids()):
         raise DeferInputError(f"key 'storage_uri' = {layout.storage_uri!r} already holds another sweep's Tune experiment or Parquet files ({layout.results}); give each sweep its own prefix")
+
+
+# -- Tune's saved state ----------------------------------------------------------------------------------
+
+TUNER_PKL = "tuner.pkl"  # what Tuner() writes first and Tuner.restore unpickles (ray/tune/impl/tuner_internal.py)
+EXPERIMENT_STATE = "experiment_state-*.json"  # Tune's snapshots (TuneController.CKPT_FILE_TMPL); restore reads the newest
+
+
+class TuneSaved(enum.Enum):
+    """What a Tune experiment directory holds, as far as Tuner.restore is concerned."""
+
+    NOTHING = "nothing"  # no Tune experiment
+    UNSAVED = "unsaved"  # a start that stopped before Tune's first snapshot: an empty, cut-short or lone tuner.pkl
+    DAMAGED = "damaged"  # snapshots, but tuner.pkl or the newest snapshot cannot be read
+    RESTORABLE = "restorable"
+
+
+def tune_saved(at: Location) -> tuple[TuneSaved, str]:
+    """Whether Tuner.restore can restore the experiment in `at` (any pyarrow filesystem), and
+    if not, why. Tune's own can_restore only asks whether tuner.pkl exists, but Tuner() opens
+    that file before pickling into it, so a start that failed there (e.g. a searcher that
+    cannot be pickled) leaves it empty and Tuner.restore fails with EOFError; and one that
+    stopped before the first snapshot (experiment_state-*.json) has nothing for restore to read.
+    Restorable: can_restore, tuner.pkl a whole pickle (its opcodes read to the end, none run)
+    and the newest snapshot valid JSON."""
+    entries = at.filesystem.get_file_info(pafs.FileSelector(at.path, allow_not_found=True))
+    snapshots = sorted(fnmatch.filter((e.base_name for e in entries if e.type == pafs.FileType.File), EXPERIMENT_STATE))
+    pickled = tune.Tuner.can_restore(at.path, storage_filesystem=at.filesystem)
+    tuner_ok = pickled and _whole_pickle(read_bytes(at, TUNER_PKL))
+    if not snapshots:
+        if not entries:
+            return TuneSaved.NOTHING, "no Tune experiment"
+        return TuneSaved.UNSAVED, f"no Tune snapshot ({EXPERIMENT_STATE}) in {at}" + ("" if tuner_ok else f"; {TUNER_PKL} {'empty or cut short' if pickled else 'missing'}")
+    if not tuner_ok:
+        return TuneSaved.DAMAGED, f"{at.child(TUNER_PKL)}: {'not a whole pickle (empty or cut short)' if pickled else 'missing'}"
+    newest = at.child(snapshots[-1])
+    try:
+        json.loads(read_bytes(at, snapshots[-1]) or b"")
+    except ValueError as error:
+        return TuneSaved.DAMAGED, f"{newest}: not valid JSON ({one_line(error)})"
+    return TuneSaved.RESTORABLE, f"Tune state in {at}"
+
+
+def _whole_pickle(data: bytes | None) -> bool:
+    """The pickle's opcodes parse up to its STOP (pickletools reads them, runs none)."""
+    if not data:
+        return False
+    try:
+        for _ in pickletools.genops(data):
+            pass
+    except ValueError:  # what genops raises for a pickle that ends early or has an unknown opcode
+        return False
+    return True
+
+
+def _delete_dir(at: Location) -> bool:
+    """Remove directory `at` with everything in it; False when there is none."""
+    if at.filesystem.get_file_info(at.path).type == pafs.FileType.NotFound:
+        return False
+    at.filesystem.delete_dir(at.path)
+    return True
+
+
+def _damaged_message(at: Location, why: str) -> str:
+    return f"{why}: Ray Tune cannot restore the experiment in {at}; restore that file, or start the sweep over in a new output_dir"
 
 
 # -- Ray and Tune ----------------------------------------------------------------------------------------
@@ -233,52 +311,85 @@ def _search_finished(layout: SweepLayout, spec: SweepSpec) -> bool:
     return sum(counts[s] for s in FINAL_STATUSES) >= spec.num_trials
 
 
-def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False, live: LiveOutput | None = None) -> SweepOutcome:
-    """Start the sweep in `layout`, or continue it if the directory already holds it. One
+def execute(spec: SweepSpec, layout: SweepLayout, *, sink: Sink = _quiet_sink, verbose_ray: bool = False, live: LiveOutput | None = None,
+            resuming: bool = False) -> SweepOutcome:
+    """Start the sweep in `layout`, or continue it if the directory already holds it (with
+    `resuming`, only continue it: a sweep with no Tune state to restore is refused). One
     driver per sweep: the lock (lock.py) is taken before anything in the directory is touched
     and held to the end, and a second driver is refused in one line."""
     with sweep_lock(layout):
-        return _execute_locked(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live)
+        return _execute_locked(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live, resuming=resuming)
 
 
-def _execute_locked(spec: SweepSpec, layout: SweepLayout, *, sink: Sink, verbose_ray: bool, live: LiveOutput | None) -> SweepOutcome:
+def _execute_locked(spec: SweepSpec, layout: SweepLayout, *, sink: Sink, verbose_ray: bool, live: LiveOutput | None, resuming: bool) -> SweepOutcome:
     check_model(spec, str(layout.spec if layout.spec.is_file() else spec.name))
     records = load_spec_records(spec)
     tune_at = layout.tune  # opens the storage_uri, if any: an unreachable one fails here, before any write
-    restorable = tune.Tuner.can_restore(tune_at.path, storage_filesystem=tune_at.filesystem)
+    saved, why = tune_saved(tune_at)
+    if saved is TuneSaved.DAMAGED:
+        raise DeferInputError(_damaged_message(tune_at, why))
+    restorable = saved is TuneSaved.RESTORABLE
+    if resuming and not restorable:
+        raise DeferInputError(
+            f"{layout.root}: the sweep never saved its Tune state (it stopped before its first trial), so there is nothing to resume; "
+            f"start it again with `defer-sweep run {layout.spec}`"
+        )
     recorded = _recorded_for_resume(layout, spec) if restorable else {}
     state = load_state(layout)
     if state is None:
-        _check_storage_unused(layout, restorable)
+        _check_storage_unused(layout, saved is not TuneSaved.NOTHING)
         layout.root.mkdir(parents=True, exist_ok=True)
         state = new_state(spec, layout)
         atomic_write_text(layout.spec, spec_to_yaml(spec))
         save_state(layout, state)
     mlflow = sweep_mlflow(layout, state)
     if not restorable:
-        _reset_partial(layout, state, mlflow)
+        _reset_partial(layout, state, mlflow, saved)
     mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
-    _set_tune_env(verbose_ray)
-    # The console (trial lines, live edit counts) is attached here, not pickled with Tune's callbacks.
-    with ray_session(spec, verbose_ray), console_session(sink, live, state.sweep_id) as board:
-        if restorable:
-            log.info("resuming the Tune experiment in %s", tune_at)
-            trainable = _trainable(spec, records, recorded, board)
-            tuner = tune.Tuner.restore(
-                tune_at.path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False, storage_filesystem=tune_at.filesystem
-            )
-        else:
-            tuner = _new_tuner(spec, layout, state, records, mlflow, verbose_ray, board)
-        grid = tuner.fit()
-    # Trial directories are named by trial id (trial_dirname): what Tune knows after fit; the
-    # confirm stage's trials belong to its own Tune experiments.
-    known = {PurePosixPath(result.path).name for result in grid}
-    if known:
-        drop_unknown_trials(ParquetSink(layout.parquet), mlflow, known | _other_packs(layout.parquet, None))
-    outcome = finish(spec, layout, state, mlflow)
+    with _parent_closed_on_error(mlflow, lambda: status_counts(layout)):
+        _set_tune_env(verbose_ray)
+        # The console (trial lines, live edit counts) is attached here, not pickled with Tune's callbacks.
+        with ray_session(spec, verbose_ray), console_session(sink, live, state.sweep_id) as board:
+            if restorable:
+                log.info("resuming the Tune experiment in %s", tune_at)
+                trainable = _trainable(spec, records, recorded, board)
+                tuner = tune.Tuner.restore(
+                    tune_at.path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False, storage_filesystem=tune_at.filesystem
+                )
+            else:
+                tuner = _new_tuner(spec, layout, state, records, mlflow, verbose_ray, board)
+            grid = tuner.fit()
+        # Trial directories are named by trial id (trial_dirname): what Tune knows after fit; the
+        # confirm stage's trials belong to its own Tune experiments.
+        known = {PurePosixPath(result.path).name for result in grid}
+        if known:
+            drop_unknown_trials(ParquetSink(layout.parquet), mlflow, known | _other_packs(layout.parquet, None))
+        outcome = finish(spec, layout, state, mlflow)
     if outcome.finished and spec.confirm is not None and spec.confirm.auto:
         outcome = _auto_confirm(spec, layout, outcome, sink=sink, verbose_ray=verbose_ray, live=live)
     return outcome
+
+
+@contextmanager
+def _parent_closed_on_error(mlflow: MlflowSink, summary: Callable[[], Mapping[str, int]]) -> Iterator[None]:
+    """The sweep's parent run, once open, never stays RUNNING: when the driver raises, the
+    trial runs still running end interrupted (a resume runs them again) and the parent run
+    ends FAILED with the error, or KILLED for an interrupt that escaped Tune (a second
+    Ctrl-C: the sweep is resumable, as after one). Closing must not hide the error itself."""
+    try:
+        yield
+    except BaseException as error:
+        status = "FAILED" if isinstance(error, Exception) else "KILLED"
+        try:
+            try:
+                counts = dict(summary())
+            except Exception:  # noqa: BLE001 - the counts are a courtesy; the run must still close
+                counts = {}
+            mlflow.interrupt_running_trials()
+            mlflow.close_sweep(status, counts, error=f"{type(error).__name__}: {one_line(error)}" if status == "FAILED" else None)
+        except Exception as close_error:  # noqa: BLE001 - e.g. the tracking server is gone too
+            log.warning("MLflow parent run of sweep %s not closed (%s): %s", mlflow.sweep_id, status, one_line(close_error))
+        raise
 
 
 def _auto_confirm(spec: SweepSpec, layout: SweepLayout, outcome: SweepOutcome, *, sink: Sink, verbose_ray: bool, live: LiveOutput | None) -> SweepOutcome:
@@ -352,7 +463,7 @@ def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verb
     require_in_place(layout)  # a moved copy would write where Tune's saved state points
     require_writable_dir(layout.root, "the output directory")
     spec = load_spec(layout.spec)
-    return execute(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live)
+    return execute(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live, resuming=True)
 
 
 def prepare(spec: SweepSpec) -> SweepLayout:
@@ -434,27 +545,43 @@ def _confirm_locked(spec: SweepSpec, layout: SweepLayout, request: ConfirmReques
     if state is None or not _search_finished(layout, spec):
         raise DeferInputError(f"{layout.root}: the sweep has not finished; finish it with `defer-sweep resume {layout.root}` before confirming")
     plan = resolve_plan(layout, spec, request)
+    for protocol in plan.protocols:  # refused before anything is written
+        saved, why = tune_saved(_confirm_at(layout, protocol))
+        if saved is TuneSaved.DAMAGED:
+            raise DeferInputError(_damaged_message(_confirm_at(layout, protocol), why))
     save_plan(layout, plan)
     mlflow = sweep_mlflow(layout, state)
     mlflow.open_sweep(spec.name, _sweep_params(spec), layout.spec)
-    _set_tune_env(verbose_ray)
-    with ray_session(spec, verbose_ray), console_session(sink, live, state.sweep_id) as board:
-        for protocol in plan.protocols:
-            if not _fit_confirm(confirm_spec(spec, plan, protocol), layout, state.sweep_id, plan, mlflow, verbose_ray, board):
-                break  # interrupted: the next protocol waits for the resume
-    return _finish_confirm(spec, layout, plan, mlflow)
+    with _parent_closed_on_error(mlflow, lambda: {f"confirm.{s}": n for s, n in status_counts(layout, confirm=True).items()}):
+        _set_tune_env(verbose_ray)
+        with ray_session(spec, verbose_ray), console_session(sink, live, state.sweep_id) as board:
+            for protocol in plan.protocols:
+                if not _fit_confirm(confirm_spec(spec, plan, protocol), layout, state.sweep_id, plan, mlflow, verbose_ray, board):
+                    break  # interrupted: the next protocol waits for the resume
+        return _finish_confirm(spec, layout, plan, mlflow)
+
+
+def _confirm_at(layout: SweepLayout, protocol: str) -> Location:
+    """One protocol's confirm experiment (_confirm_tuner names it so)."""
+    return layout.results.child(CONFIRM_EXPERIMENTS, protocol)
 
 
 def _fit_confirm(cspec: SweepSpec, layout: SweepLayout, sweep_id: str, plan: ConfirmPlan, mlflow: MlflowSink, verbose_ray: bool, board: str | None) -> bool:
     """One protocol's confirm experiment, new or restored (the sweep's resume machinery: Tune's
     restore, and the recorded trials replayed); True when each of its trials ended."""
-    at = layout.results.child(CONFIRM_EXPERIMENTS, cspec.protocol)
+    at = _confirm_at(layout, cspec.protocol)
     records = load_spec_records(cspec)
-    if tune.Tuner.can_restore(at.path, storage_filesystem=at.filesystem):
+    saved, why = tune_saved(at)
+    if saved is TuneSaved.DAMAGED:
+        raise DeferInputError(_damaged_message(at, why))
+    if saved is TuneSaved.RESTORABLE:
         log.info("resuming the confirm experiment in %s", at)
         trainable = _trainable(cspec, records, _recorded_for_resume(layout, cspec), board)
         tuner = tune.Tuner.restore(at.path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False, storage_filesystem=at.filesystem)
     else:
+        if saved is TuneSaved.UNSAVED:  # a start that failed before Tune's first snapshot: it starts over
+            log.warning("%s; starting the confirm experiment over", why)
+            _delete_dir(at)
         tuner = _confirm_tuner(cspec, layout, sweep_id, plan, mlflow, records, verbose_ray, board)
     grid = tuner.fit()
     known = {PurePosixPath(result.path).name for result in grid}

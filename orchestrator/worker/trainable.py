@@ -144,10 +144,12 @@ def curve_report(spec: SweepSpec, milestone: MilestoneResult, edits: list[EditOu
 
 
 def training_plan(spec: SweepSpec) -> TrialPlan:
-    """Curve mode reads metrics from the gate rows and the grid, not at the adaptor's own threshold."""
+    """Curve mode reads metrics from the gate rows and the grid, not at the adaptor's own
+    threshold. The thread count is the spec's (resources_per_trial.threads), set by run_trials."""
+    threads = spec.resources_per_trial.threads
     if not spec.curve_mode:
-        return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings)
-    return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threshold_grid=generation_grid(spec), threshold_scores=False)
+        return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threads=threads)
+    return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threshold_grid=generation_grid(spec), threshold_scores=False, threads=threads)
 
 
 def _node_id() -> str | None:
@@ -155,14 +157,6 @@ def _node_id() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-
-
-def _set_threads(cpus: float) -> None:
-    import torch
-
-    threads = max(1, int(cpus))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 def replay(recorded: RecordedTrial) -> None:
@@ -211,7 +205,6 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         replay_reuse(config)
         return
     spec = settings.spec
-    _set_threads(spec.resources_per_trial.cpu)
     loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
     if len(spec.repeat_members) > 1:
         run_repeats(config, settings, trial_id, loaded, load_seconds)
