@@ -17,6 +17,12 @@ PIP_TOOLS := pip-tools==7.7.0
 # cluster, which another worker's Ray would disturb) run on their own afterwards.
 PYTEST_ARGS ?= -q --durations=20
 PARALLEL := -n auto --dist loadscope --no-loadscope-reorder -m "not serial"
+# Machines like this one set PYTHONDONTWRITEBYTECODE and the lock installs with --no-compile,
+# so without this every new process (each pytest worker, CLI run, Ray trial actor) would compile
+# torch and transformers from source again: 15 s of CPU before it does anything. Bytecode is
+# cached once, on first import, under .pycache/ (outside the source tree; `make clean` drops it).
+unexport PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX := $(CURDIR)/.pycache
 
 .PHONY: sweep test test-latest lint lock trial bench clean
 
@@ -68,4 +74,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(LOCK_VENV) .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(LOCK_VENV) .pytest_cache .pycache

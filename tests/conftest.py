@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# One intra-op thread in the test processes and the CLIs they start, as a sweep's trial actors
+# use: with `make test`, two workers share two cores with the Ray actors they start, and torch's
+# default (a thread per core) leaves OpenMP threads spinning at barriers that starve the others
+# (a module that takes 31 s alone took 478 s that way). Set before torch is imported; tests that
+# compare thread counts set them explicitly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from defer_core import DeferHParams, load_records, tiny_llama
 from defer_core.models import LoadedModel
@@ -11,10 +20,11 @@ from defer_core.models import LoadedModel
 # module-scoped sweeps stay on one worker) and hands them out in this order, the longest first
 # (seconds measured with --durations), so that no worker is left with a long module at the end.
 LONGEST_FIRST = (
-    "test_confirm.py", "test_output_folder_safety.py", "test_checks_and_exits.py", "test_progress_and_interrupts.py", "test_orchestrator_resume.py",
-    "test_table.py", "test_curve_search.py", "test_storage_uri.py", "test_relocatable_output.py", "test_report.py", "test_curve_sinks.py",
-    "test_repeats_sweep.py", "test_orchestrator_sweep.py", "test_compare.py", "test_crash_before_first_trial.py", "test_cluster_config.py",
-    "test_dtype_and_export.py", "test_repeats_groundwork.py", "test_orchestrator_packing.py", "test_scoring_batched.py",
+    "test_output_folder_safety.py", "test_confirm.py", "test_checks_and_exits.py", "test_progress_and_interrupts.py", "test_report.py",
+    "test_curve_sinks.py", "test_orchestrator_resume.py", "test_table.py", "test_storage_uri.py", "test_relocatable_output.py",
+    "test_repeats_sweep.py", "test_orchestrator_sweep.py", "test_compare.py", "test_repeats_groundwork.py", "test_scoring_batched.py",
+    "test_curve_search.py", "test_crash_before_first_trial.py", "test_threshold_curve.py", "test_orchestrator_packing.py", "test_trial_command.py",
+    "test_dtype_and_export.py", "test_cluster_config.py", "test_searcher_pickling.py", "test_protocols.py", "test_reference_equivalence.py",
 )
 
 
