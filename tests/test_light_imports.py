@@ -121,3 +121,15 @@ def test_curve_command_does_not_import_torch(tmp_path: Path) -> None:
     )
     assert heavy_imported(result) == []
     assert "curve,0.25,1.0,1.0,1.0" in result.stdout and "curve,1.0,0.0,0.0,1.0" in result.stdout
+
+
+def test_the_sweep_driver_does_not_import_torch_or_transformers() -> None:
+    """The driver only schedules: the trial actors load torch and the model (about 5 s of every
+    `run`, `resume` and `confirm` start otherwise); it still hands Tune the real trainable."""
+    result = run_fresh(
+        """
+        from orchestrator.sweep.driver import defer_trainable
+        assert defer_trainable.__module__ == "orchestrator.worker.trainable"
+        """
+    )
+    assert heavy_imported(result) == []

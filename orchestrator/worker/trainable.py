@@ -31,15 +31,13 @@ import os
 import time
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ray import tune
 
 from defer_core.data import EditRecord
-from defer_core.models import LoadedModel, cache_dir, load_model
 from defer_core.orders import ordered_records
 from defer_core.results import METRICS, EditOutcome, MilestoneResult, RecordScores, metric_key
-from defer_core.trial import TrialPlan, run_trials
 
 from ..protocol import (
     EDITS_KEY, EVAL_SECONDS, GATES_KEY, GRID_KEY, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY,
@@ -50,6 +48,10 @@ from ..search.packing import is_pack, member_configs, pack_report
 from ..search.space import hparams_for
 from ..spec import SweepSpec
 from .live import EditReporter
+
+if TYPE_CHECKING:  # torch and transformers load in the worker, not in the driver that imports this module
+    from defer_core.models import LoadedModel
+    from defer_core.trial import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class TrialSettings:
 def cached_model(name: str, dtype: str, device: str | None) -> tuple[LoadedModel, float]:
     """One model per worker process; a different spec's model replaces it. Returns the model
     and the seconds spent loading it now (0.0 when it was cached)."""
+    from defer_core.models import load_model
+
     key = (name, dtype, device)
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key], 0.0
@@ -146,6 +150,8 @@ def curve_report(spec: SweepSpec, milestone: MilestoneResult, edits: list[EditOu
 def training_plan(spec: SweepSpec) -> TrialPlan:
     """Curve mode reads metrics from the gate rows and the grid, not at the adaptor's own
     threshold. The thread count is the spec's (resources_per_trial.threads), set by run_trials."""
+    from defer_core.trial import TrialPlan
+
     threads = spec.resources_per_trial.threads
     if not spec.curve_mode:
         return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threads=threads)
@@ -204,6 +210,9 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     if config.get(REUSE_OF) is not None:
         replay_reuse(config)
         return
+    from defer_core.models import cache_dir
+    from defer_core.trial import run_trials
+
     spec = settings.spec
     loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
     if len(spec.repeat_members) > 1:
@@ -250,6 +259,9 @@ def run_repeats(config: Mapping[str, Any], settings: TrialSettings, trial_id: st
     """One config, every repeat member: per edit order one packed run_trials call over the
     seeds (the packed path feeds one record stream to all its rows, so orders cannot share a
     call), orders one after another; `tune.report` once all members reached a milestone."""
+    from defer_core.models import cache_dir
+    from defer_core.trial import run_trials
+
     spec = settings.spec
     plan = training_plan(spec)
     members = spec.repeat_members
