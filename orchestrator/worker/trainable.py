@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass
 from statistics import fmean
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ray import tune
 
@@ -50,6 +50,7 @@ from ..spec import SweepSpec
 from .live import EditReporter
 
 if TYPE_CHECKING:  # torch and transformers load in the worker, not in the driver that imports this module
+    from defer_core.hparams import DeferHParams
     from defer_core.models import LoadedModel
     from defer_core.trial import TrialPlan
 
@@ -190,6 +191,23 @@ def total_edits(plan: TrialPlan) -> int:
     return plan.total_records
 
 
+def run_on_worker(
+    loaded: LoadedModel,
+    records: Sequence[EditRecord],
+    hparams: Sequence[DeferHParams],
+    plan: TrialPlan,
+    seeds: Sequence[int],
+    on_edit: Callable[[int, EditOutcome], None],
+    on_milestone: Callable[[int, MilestoneResult], None],
+) -> None:
+    """defer_core's run_trials with the unedited-scores cache kept per node, so every trial of
+    the sweep on this machine shares it; imported here so the driver never loads torch."""
+    from defer_core.models import cache_dir
+    from defer_core.trial import run_trials
+
+    run_trials(loaded, records, hparams, plan, seeds=seeds, on_edit=on_edit, on_milestone=on_milestone, cache_dir=cache_dir() / "unedited")
+
+
 def _seeds_by_order(members: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:
     """The repeat members grouped by edit order (each group runs packed), orders ascending."""
     grouped: dict[int, list[int]] = {}
@@ -210,9 +228,6 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     if config.get(REUSE_OF) is not None:
         replay_reuse(config)
         return
-    from defer_core.models import cache_dir
-    from defer_core.trial import run_trials
-
     spec = settings.spec
     loaded, load_seconds = cached_model(spec.model.name, spec.model.dtype, spec.model.device)
     if len(spec.repeat_members) > 1:
@@ -243,7 +258,7 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         reports.clear()
         tune.report(report)
 
-    run_trials(
+    run_on_worker(
         loaded,
         ordered_records(settings.records, order, spec.T),
         [hparams_for(spec, member) for member in members],
@@ -251,7 +266,6 @@ def defer_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         seeds=[seed] * len(members),  # each member seeded as if it ran alone: same results
         on_edit=on_edit,
         on_milestone=on_milestone,
-        cache_dir=cache_dir() / "unedited",  # per node: every trial of the sweep on this machine shares it
     )
 
 
@@ -259,9 +273,6 @@ def run_repeats(config: Mapping[str, Any], settings: TrialSettings, trial_id: st
     """One config, every repeat member: per edit order one packed run_trials call over the
     seeds (the packed path feeds one record stream to all its rows, so orders cannot share a
     call), orders one after another; `tune.report` once all members reached a milestone."""
-    from defer_core.models import cache_dir
-    from defer_core.trial import run_trials
-
     spec = settings.spec
     plan = training_plan(spec)
     members = spec.repeat_members
@@ -284,7 +295,7 @@ def run_repeats(config: Mapping[str, Any], settings: TrialSettings, trial_id: st
                 tune.report(repeats_report(milestone.n_edits, [at[member] for member in members], spec.scorings, load_seconds))
                 del reached[int(milestone.n_edits)]
 
-        run_trials(
+        run_on_worker(
             loaded,
             ordered_records(settings.records, order, spec.T),
             [hparams] * len(seeds),
@@ -292,7 +303,6 @@ def run_repeats(config: Mapping[str, Any], settings: TrialSettings, trial_id: st
             seeds=seeds,
             on_edit=on_edit,
             on_milestone=on_milestone,
-            cache_dir=cache_dir() / "unedited",
         )
 
 
