@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -56,11 +57,23 @@ def tiny_hparams(layer: int = 2, **changes) -> DeferHParams:
     return base.replace(**changes)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A real local Ray for one test module's sweeps (shut down after the module)."""
+RAY_ARGS = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+
+
+@pytest.fixture(scope="session")
+def one_ray_per_worker() -> Iterator[None]:
+    """One real local Ray per test process (under `make test`, per xdist worker), started by
+    the first module that runs sweeps in-process and shared by the later ones; each `ray.init`
+    costs seconds. The CLIs the tests start run as a user's do: each starts its own Ray."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    ray.init(**RAY_ARGS)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray(one_ray_per_worker: None) -> None:
+    """A real local Ray for a test module's in-process sweeps: the worker's one (above)."""

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import yaml
 from optuna.trial import TrialState
 
@@ -291,7 +290,7 @@ def test_a_failed_original_is_trained_again_and_a_pruned_one_replays_pruned(tmp_
 
 
 @pytest.fixture(scope="module")
-def curve_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def curve_sweep(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 Tune trials, one at a time: P twice (the second reuses the first's training), then one
     proposed by TPE; rel_tf is the objective, loc_tf >= 0.9 the constraint."""
     tmp = tmp_path_factory.mktemp("curve")
@@ -300,11 +299,7 @@ def curve_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp, name="curve", T=3, milestones=[1, 3], search_space=search_space, initial_points=[P, P], num_trials=3, concurrency=1,
         early_stopping=None, constraints=LOC_MIN,
     ))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert execute(spec, prepare(spec)).finished
-    finally:
-        ray.shutdown()
+    assert execute(spec, prepare(spec)).finished
     return spec.output_dir
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-import ray
 import torch
 import yaml
 
@@ -73,21 +72,17 @@ OTHER = {"layer": 1, "edit_lr": 2.0e-2, "n_iter": 2, "threshold": 0.4}
 
 
 @pytest.fixture(scope="module")
-def bf16_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bf16_sweep(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two trials, bfloat16, stripped text, the immediate protocol, tf and genctx scorings."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        tmp = tmp_path_factory.mktemp("bf16")
-        path = tiny_spec(
-            tmp, name="bf16", model={"name": "tiny-llama", "device": "cpu", "dtype": "bfloat16"}, data={"strip": True},
-            T=2, milestones=[1, 2], protocol="immediate", scorings=["tf", "genctx"], early_stopping=False,
-            num_trials=2, concurrency=1, initial_points=[GOOD, OTHER], objectives=[{"metric": "rel_genctx", "direction": "maximize"}],
-        )
-        spec = load_spec(path)
-        assert execute(spec, prepare(spec), sink=lambda line: None).finished
-        return spec.output_dir
-    finally:
-        ray.shutdown()
+    tmp = tmp_path_factory.mktemp("bf16")
+    path = tiny_spec(
+        tmp, name="bf16", model={"name": "tiny-llama", "device": "cpu", "dtype": "bfloat16"}, data={"strip": True},
+        T=2, milestones=[1, 2], protocol="immediate", scorings=["tf", "genctx"], early_stopping=False,
+        num_trials=2, concurrency=1, initial_points=[GOOD, OTHER], objectives=[{"metric": "rel_genctx", "direction": "maximize"}],
+    )
+    spec = load_spec(path)
+    assert execute(spec, prepare(spec), sink=lambda line: None).finished
+    return spec.output_dir
 
 
 def test_parquet_and_mlflow_record_dtype_strip_protocol_and_genctx(bf16_sweep: Path) -> None:

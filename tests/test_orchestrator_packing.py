@@ -7,7 +7,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 from optuna.trial import TrialState
 
 from defer_core import TrialPlan, run_trial, tiny_llama
@@ -25,20 +24,16 @@ CONFIG_KEYS = ("layer", "edit_lr", "n_iter", "threshold")
 
 
 @pytest.fixture(scope="module")
-def packed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def packed_sweep(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """7 DEFER trials in packs of 3 (3 + 3 + 1), one pack at a time."""
     tmp = tmp_path_factory.mktemp("packed")
     spec = load_spec(tiny_spec(tmp, name="packed", num_trials=7, pack_size=3, concurrency=1, initial_points=[FIRST, SECOND]))
     lines: list[str] = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        outcome = execute(spec, prepare(spec), sink=lines.append)
-        assert outcome.finished
-        (tmp / "progress.txt").write_text("\n".join(lines))
-        # a second run of the finished sweep replays the packs: nothing may be recorded twice
-        assert execute(spec, prepare(spec)).finished
-    finally:
-        ray.shutdown()
+    outcome = execute(spec, prepare(spec), sink=lines.append)
+    assert outcome.finished
+    (tmp / "progress.txt").write_text("\n".join(lines))
+    # a second run of the finished sweep replays the packs: nothing may be recorded twice
+    assert execute(spec, prepare(spec)).finished
     return spec.output_dir
 
 

@@ -14,7 +14,6 @@ from statistics import fmean, stdev
 
 import numpy as np
 import pytest
-import ray
 import scipy.stats
 
 from defer_core import TrialPlan, run_trial, save_hparams, tiny_llama
@@ -43,20 +42,16 @@ T = SHORT["T"]
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sweeps(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A repeated sweep (3 trials, the third a reuse) and an unrepeated one (2 trials, seed 3)."""
     tmp = tmp_path_factory.mktemp("repeats")
     repeated = load_spec(tiny_spec(tmp, name="repeated", num_trials=3, search_space=SPACE, initial_points=[{"n_iter": 5}, {"n_iter": 2}],
                                    repeats={"seeds": SEEDS, "orders": ORDERS}, **SHORT))
     single = load_spec(tiny_spec(tmp, name="single", num_trials=2, seed=3, **SHORT))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        for spec in (repeated, single):
-            lines: list[str] = []
-            assert execute(spec, prepare(spec), sink=lines.append).finished
-            (spec.output_dir / "progress.txt").write_text("\n".join(lines))
-    finally:
-        ray.shutdown()
+    for spec in (repeated, single):
+        lines: list[str] = []
+        assert execute(spec, prepare(spec), sink=lines.append).finished
+        (spec.output_dir / "progress.txt").write_text("\n".join(lines))
     return {"repeated": repeated.output_dir, "single": single.output_dir}
 
 
