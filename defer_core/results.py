@@ -14,7 +14,7 @@ from .errors import DeferInputError
 
 SCORINGS = ("tf", "gen", "genctx")
 DEFAULT_SCORINGS = ("tf", "gen")  # EasyEdit's two; genctx is asked for by name
-# Which published numbers each scoring reproduces (README "Scoring and protocols").
+# Which published numbers each scoring reproduces (docs/scoring-and-protocols.md).
 SCORING_SOURCES = {
     "tf": "teacher-forced token accuracy: EasyEdit's test_prediction_acc, what EasyEdit scores DEFER with",
     "gen": "greedy generation vs tok.encode(target, add_special_tokens=False): EasyEdit's vanilla_generation, exact",

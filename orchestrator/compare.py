@@ -1,7 +1,7 @@
 """`defer-sweep compare`: one DEFER configuration under every protocol × scoring × dtype asked.
 
-DEFER's published numbers disagree because of evaluation choices (README "Scoring and
-protocols"): when each record is scored (protocol), which tokens a generation is compared with
+DEFER's published numbers disagree because of evaluation choices (docs/scoring-and-protocols.md):
+when each record is scored (protocol), which tokens a generation is compared with
 (scoring), and the model's dtype. This runs one configuration under each combination and gives
 a WISE-style table, rows = protocol × scoring × dtype, columns = Rel/Gen/Loc at each T (the mean
 over the repeat members, seeds × edit orders, when several; with `error_bars` also the Student t
@@ -46,7 +46,7 @@ TABLE_STEM = "compare"  # OUT/compare.md (.tex, .csv, .json): the table as print
 RECORDS_FILE = "records.parquet"  # OUT/records.parquet: one row per record behind every cell
 METRIC_LABELS = {"rel": "Rel", "gen": "Gen", "loc": "Loc"}
 CONFIDENCE = 0.95  # of the error bars over repeat members
-# The rows whose numbers published runs report (README "Scoring and protocols"): EasyEdit scores
+# The rows whose numbers published runs report (docs/scoring-and-protocols.md): EasyEdit scores
 # DEFER teacher-forced in float32; its sequential_edit=True loop changed in commit 3c21b20.
 REPRODUCES = {
     ("stream", "tf", "float32"): "EasyEdit before 3c21b20 (WISE paper)",
