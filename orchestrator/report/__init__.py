@@ -19,7 +19,8 @@ What the page shows:
 - the top trials (curve mode: points) with their metrics and the EasyEdit DEFER YAML
   `defer-sweep export` would write for them.
 
-The parts: data.py loads the sweep, importance.py asks Optuna, plots.py draws, html.py writes
+The parts: data.py loads the sweep, importance.py asks Optuna, plots.py picks the figures
+(figures.py draws them, drawing.py holds what they share), html.py writes
 the page; this module puts the files on disk and hands them to the MLflow sink.
 """
 

@@ -25,7 +25,8 @@ from ..sinks.records import bounds_text, threshold_mode
 from ..spec import SweepSpec
 from .data import Row, SweepData, row_key, scorings_with_data, top_trials, trial_yaml
 from .importance import Importance
-from .plots import HEIGHT_PX, SECTIONS, WIDTH_PX, Hotspot, Plot, trial_label
+from .drawing import HEIGHT_PX, WIDTH_PX, Hotspot, trial_label
+from .plots import SECTIONS, Plot
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1100px; color: #222; }
