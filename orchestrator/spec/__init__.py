@@ -1,9 +1,11 @@
-"""The sweep spec: nested pydantic models whose field names are the YAML keys (models.py), read
-into one line per problem (reader.py), with a JSON Schema for editors (schema.py)."""
+"""The sweep spec: nested pydantic models whose field names are the YAML keys (models.py: the
+spec; search_space.py and sections.py: its parts; fields.py: how one value is read), read into
+one line per problem (reader.py), with a JSON Schema for editors (schema.py)."""
 
-from .models import CURVE_TRAINING_THRESHOLD, LAYER_FIELD, SEARCHED, Choice, ConfirmSpec, Constraint, CurveSpec, DataSpec, EarlyStopping, FloatRange, IntRange
-from .models import MlflowSpec, ModelSpec, Objective, OptunaSpec, RaySpec, Repeats, Resources, SearchSpace, SweepSpec
+from .models import SweepSpec
 from .reader import load_spec, spec_from_dict, spec_to_yaml
+from .search_space import CURVE_TRAINING_THRESHOLD, LAYER_FIELD, SEARCHED, Choice, FloatRange, IntRange, SearchSpace
+from .sections import ConfirmSpec, Constraint, CurveSpec, DataSpec, EarlyStopping, MlflowSpec, ModelSpec, Objective, OptunaSpec, RaySpec, Repeats, Resources
 
 __all__ = [
     "CURVE_TRAINING_THRESHOLD", "LAYER_FIELD", "SEARCHED", "Choice", "ConfirmSpec", "Constraint", "CurveSpec", "DataSpec", "EarlyStopping", "FloatRange",

@@ -8,10 +8,10 @@ DeferInputError naming the file and the full key.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any, Callable, Iterable
 
 from annotated_types import Ge, Gt, MinLen
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -107,3 +107,46 @@ PositiveFloat = Annotated[float, Gt(0), BeforeValidator(number)]
 NonNegativeFloat = Annotated[float, Ge(0.0), BeforeValidator(number)]
 Count = Annotated[int, Ge(1), BeforeValidator(integer)]
 NonNegativeInt = Annotated[int, Ge(0), BeforeValidator(integer)]
+
+
+# -- what every section of the spec is built on -----------------------------------------------------
+
+
+def or_shorthand(shorthand: dict[str, Any] | None) -> Callable[[dict[str, Any]], None]:
+    """The schema also takes the YAML shorthand, e.g. `model: NAME` for `model: {name: NAME}`;
+    None: one item for a list of one."""
+
+    def widen(schema: dict[str, Any]) -> None:
+        full = {key: schema.pop(key) for key in list(schema) if key not in ("default", "description", "title")}
+        schema["anyOf"] = [shorthand or dict(full["items"]), full]
+
+    return widen
+
+
+def derived(description: str) -> Any:
+    """A default that follows from other keys: the field's validator works it out (the schema
+    describes it rather than showing null)."""
+
+    def no_default(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+
+    return Field(default=None, validate_default=True, description=description, json_schema_extra=no_default)
+
+
+class Section(BaseModel):
+    """One mapping of the YAML: frozen; unknown keys are refused, naming the allowed ones;
+    `key: null` counts as not given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        return mapping(data, cls.model_fields)
+
+
+class Positional(Section):
+    """Small values that code writes positionally: IntRange(1, 3), Objective("rel_tf", "maximize")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(**dict(zip(type(self).model_fields, args)), **kwargs)

@@ -34,7 +34,7 @@ from ..sinks.records import training_of
 from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
 from ..sinks.trial_curve import find_trial
 from ..spec import Repeats, SweepSpec
-from ..spec.models import UNIT_RANGE
+from ..spec.search_space import UNIT_RANGE
 
 CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
 # Without a `confirm:` section in the spec (ConfirmSpec holds the section's own defaults).
