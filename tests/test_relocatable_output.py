@@ -22,6 +22,7 @@ import pytest
 
 from defer_core import load_hparams
 from orchestrator.cli import main
+from orchestrator.sinks.layout import SWEEP_FORMAT
 
 from .orchestrator_support import mlflow_runs, state, tiny_spec
 
@@ -154,24 +155,32 @@ def test_run_or_resume_into_a_copied_folder_is_refused_in_one_line(swept: Path, 
     assert snapshot(swept) == before and snapshot(copy) == before_copy
 
 
-def test_a_folder_written_with_absolute_paths_is_read_where_it_is_now(swept: Path, tmp_path: Path) -> None:
-    """sweep.json as earlier versions wrote it: absolute paths into the folder it was made in."""
-    legacy = tmp_path / "legacy"
-    shutil.copytree(swept, legacy)
-    recorded = json.loads((legacy / "sweep.json").read_text())
-    recorded.update(mlflow_tracking_uri=f"sqlite:///{swept / 'mlflow.db'}", optuna_storage=f"sqlite:///{swept / 'optuna.db'}")
-    (legacy / "sweep.json").write_text(json.dumps(recorded, indent=2))
-    before = snapshot(swept)
+@pytest.mark.parametrize("written", ["before formats", "a later format"])
+def test_a_folder_of_another_format_is_refused_in_one_line_by_every_command(swept: Path, tmp_path: Path, written: str,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """sweep.json as earlier versions wrote it (no format, absolute paths into the folder it was
+    made in), or with a format this version does not know: refused, naming who wrote it."""
+    other = tmp_path / "other"
+    shutil.copytree(swept, other)
+    recorded = json.loads((other / "sweep.json").read_text())
+    assert recorded["format"] == SWEEP_FORMAT and recorded["written_by"].startswith("defer-sweep ")
+    if written == "before formats":
+        del recorded["format"], recorded["written_by"]
+        recorded.update(mlflow_tracking_uri=f"sqlite:///{swept / 'mlflow.db'}", optuna_storage=f"sqlite:///{swept / 'optuna.db'}")
+        expected = f"{other}: a sweep folder of format none, written by a defer-sweep from before sweep folders carried a format; "
+    else:
+        recorded.update(format=SWEEP_FORMAT + 1, written_by="defer-sweep 9.0")
+        expected = f"{other}: a sweep folder of format {SWEEP_FORMAT + 1}, written by defer-sweep 9.0; "
+    (other / "sweep.json").write_text(json.dumps(recorded, indent=2))
+    before, before_swept = snapshot(other), snapshot(swept)
 
-    assert state(legacy)["mlflow_tracking_uri"] == f"sqlite:///{legacy / 'mlflow.db'}"
-    assert state(legacy)["optuna_storage"] == f"sqlite:///{legacy / 'optuna.db'}"
-    assert main(["export", str(legacy), "--objective", "mean_tf", "-o", str(legacy / "chosen.yaml")]) == 0
-    assert main(["report", str(legacy)]) == 0
-
-    assert snapshot(swept) == before
-    parent, _, _ = mlflow_runs(legacy)
-    assert parent.data.tags["best.reason"].startswith("best mean_tf")
-    assert report_pngs(legacy) == report_pngs(swept)
+    for argv in (["export", str(other), "-o", str(tmp_path / "chosen.yaml")], ["report", str(other)], ["resume", str(other)],
+                 ["table", str(other)], ["confirm", str(other)]):
+        assert main(argv) == 2, argv
+        line = one_error_line(capsys.readouterr().err)
+        assert expected in line and f"reads format {SWEEP_FORMAT} only" in line, line
+    assert snapshot(other) == before and snapshot(swept) == before_swept
+    assert not (tmp_path / "chosen.yaml").exists()
 
 
 # -- output paths that cannot be written ---------------------------------------------------------------

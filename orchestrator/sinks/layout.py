@@ -14,10 +14,12 @@ sweep.json records the URI.
 
 A folder can be copied or moved (`ray rsync-down` off a cluster) and still read: every path
 is taken from the folder's current location. sweep.json writes the default stores in OUT as
-null, and a folder written before that (absolute paths) has its stores under the output_dir
-it was created in read from the same place under its current location. A user-given MLflow
-URI, Optuna URL or storage_uri is kept as given. Only `resume` needs the folder where it was
-created (require_in_place): Tune's saved experiment holds absolute paths.
+null; a user-given MLflow URI, Optuna URL or storage_uri is kept as given. Only `resume` needs
+the folder where it was created (require_in_place): Tune's saved experiment holds absolute paths.
+
+sweep.json carries the folder's `format` (SWEEP_FORMAT) and the defer-sweep version that wrote
+it. Only this format is read: a folder of another one (or of none, written before the field
+existed) is refused in one line naming its writer, rather than half-read by guesswork.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,6 +38,8 @@ from ..spec import SweepSpec, load_spec
 from ..storage import Location, local_location, open_storage
 
 TUNE_EXPERIMENT = "tune"
+SWEEP_FORMAT = 1  # sweep.json's "format": raised whenever a sweep folder's files change shape
+_FORMAT_KEY, _WRITER_KEY = "format", "written_by"
 
 
 SQLITE = "sqlite:///"
@@ -116,7 +121,15 @@ def save_state(layout: SweepLayout, state: SweepState) -> None:
     for key, default in layout.default_stores.items():
         if data[key] == default:
             data[key] = None
-    atomic_write_text(layout.state, json.dumps(data, indent=2) + "\n")
+    written = {_FORMAT_KEY: SWEEP_FORMAT, _WRITER_KEY: f"defer-sweep {_this_version()}", **data}
+    atomic_write_text(layout.state, json.dumps(written, indent=2) + "\n")
+
+
+def _this_version() -> str:
+    try:
+        return version("defer-sweep")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def load_state(layout: SweepLayout) -> SweepState | None:
@@ -124,20 +137,29 @@ def load_state(layout: SweepLayout) -> SweepState | None:
     if not layout.state.is_file():
         return None
     try:
-        state = SweepState(**json.loads(layout.state.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as error:
+        data = json.loads(layout.state.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    except (OSError, ValueError) as error:
         raise DeferInputError(f"{layout.state}: unreadable sweep state ({error})") from None
-    return _in_place(layout, state)
-
-
-def _in_place(layout: SweepLayout, state: SweepState) -> SweepState:
-    """null -> the store in OUT; an absolute default path under the output_dir the sweep was
-    created in (how sweep.json was written before) -> the same file under OUT."""
+    _require_format(layout, data)
+    try:
+        state = SweepState(**{key: value for key, value in data.items() if key not in (_FORMAT_KEY, _WRITER_KEY)})
+    except TypeError as error:
+        raise DeferInputError(f"{layout.state}: unreadable sweep state ({error})") from None
     current = layout.default_stores
-    recorded: dict[str, str | None] = {key: getattr(state, key) for key in current}
-    elsewhere = any(value and value != current[key] and value.startswith(SQLITE) for key, value in recorded.items())
-    original = SweepLayout(created_in(layout)).default_stores if elsewhere else {}
-    return replace(state, **{key: current[key] for key, value in recorded.items() if value is None or value == original.get(key)})
+    return replace(state, **{key: current[key] for key in current if getattr(state, key) is None})
+
+
+def _require_format(layout: SweepLayout, data: dict) -> None:
+    found = data.get(_FORMAT_KEY)
+    if found == SWEEP_FORMAT:
+        return
+    writer = data.get(_WRITER_KEY) or "a defer-sweep from before sweep folders carried a format"
+    raise DeferInputError(
+        f"{layout.root}: a sweep folder of format {found if found is not None else 'none'}, written by {writer}; "
+        f"defer-sweep {_this_version()} reads format {SWEEP_FORMAT} only: open it with the version that wrote it, or run the sweep again"
+    )
 
 
 def created_in(layout: SweepLayout) -> Path:
@@ -171,10 +193,14 @@ def require_sweep_dir(path: str | os.PathLike[str]) -> SweepLayout:
 
 
 def _recorded_storage_uri(layout: SweepLayout) -> str | None:
-    """sweep.json's storage_uri; None when absent (an unreadable file fails in load_state)."""
+    """sweep.json's storage_uri, once its format is checked (before any command looks further);
+    None when absent (an unreadable file fails in load_state)."""
     try:
         data = json.loads(layout.state.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    uri = data.get("storage_uri") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    _require_format(layout, data)
+    uri = data.get("storage_uri")
     return uri if isinstance(uri, str) and uri else None
