@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Iterable, Sequence
 
-from .results import METRICS, GateRow, dtype_name, metric_key
-
-TF = "tf"
+from .results import METRICS, TF, GateRow, dtype_name, metric_key
 
 
 def in_dtype(threshold: float, dtype: str) -> float:

@@ -28,7 +28,7 @@ from .adaptor import DeferAdaptor
 from .data import EditRecord
 from .files import atomic_write_text
 from .models import LoadedModel
-from .results import METRICS, GateRow, metric_key
+from .results import GENERATION_SCORINGS, METRICS, TF, GateRow, metric_key
 from .scoring import (
     generated_sequences,
     generated_sequences_at,
@@ -41,10 +41,6 @@ from .scoring import (
     window,
 )
 from .tokens import GenerationProbe, PromptTarget, eos_token_ids, generation_probe, in_context, prompt_target
-
-TEACHER_FORCED = "tf"
-GENERATED = ("gen", "genctx")  # scorings answered by greedy generation
-
 
 @dataclass
 class RecordProbes:
@@ -98,7 +94,7 @@ class Scorer:
 
     def predict(self, adaptor: DeferAdaptor | None, scoring: str, probes: Sequence[PromptTarget | GenerationProbe]) -> list[list[int]]:
         model = self.loaded.model
-        if scoring == TEACHER_FORCED:
+        if scoring == TF:
             return teacher_forced_predictions(model, adaptor, probes, self.pad_id, self.batch_size)  # type: ignore[arg-type]
         return generation_predictions(model, adaptor, probes, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)  # type: ignore[arg-type]
 
@@ -106,14 +102,14 @@ class Scorer:
         """Predictions of the same prompts under several scorings, each equal to `predict` alone:
         the generation scorings share one generation of the longest budget (`window` reads each
         off it), and tf shares the frozen layers' pass with it."""
-        generated = {scoring: rows for scoring, rows in probes.items() if scoring in GENERATED}
+        generated = {scoring: rows for scoring, rows in probes.items() if scoring in GENERATION_SCORINGS}
         if not generated:
             return {scoring: self.predict(adaptor, scoring, rows) for scoring, rows in probes.items()}
         longest = _longest_budgets(generated)
         model, out = self.loaded.model, {}
-        if TEACHER_FORCED in probes:
-            out[TEACHER_FORCED], sequences = teacher_forced_and_sequences(
-                model, adaptor, probes[TEACHER_FORCED], longest, self.pad_id, self._eos, self.batch_size, self.reuse_prefix  # type: ignore[arg-type]
+        if TF in probes:
+            out[TF], sequences = teacher_forced_and_sequences(
+                model, adaptor, probes[TF], longest, self.pad_id, self._eos, self.batch_size, self.reuse_prefix  # type: ignore[arg-type]
             )
         else:
             sequences = generated_sequences(model, adaptor, longest, self.pad_id, self._eos, self.batch_size, self.reuse_prefix)
@@ -125,8 +121,8 @@ class Scorer:
         """The tf predictions of `probes["tf"]` with the value head forced on, and each row's
         gate, batched as `predict_scorings(probes)` batches its tf rows: the gates are those an
         evaluation at any threshold computes. Nothing is generated."""
-        generated = {scoring: rows for scoring, rows in probes.items() if scoring in GENERATED}
-        model, rows = self.loaded.model, probes[TEACHER_FORCED]
+        generated = {scoring: rows for scoring, rows in probes.items() if scoring in GENERATION_SCORINGS}
+        model, rows = self.loaded.model, probes[TF]
         with adaptor.forced_on():
             if not generated:
                 return teacher_forced_predictions_gated(model, adaptor, rows, self.pad_id, self.batch_size)  # type: ignore[arg-type]
@@ -263,7 +259,7 @@ def ensure_unedited_tf(scorer: Scorer, adaptor: DeferAdaptor, records: Sequence[
     """The unedited tf predictions of the rel and gen probes (`off` of their gate rows and of
     an edit's success); loc's are stored as the tf scoring's locality predictions."""
     for kind in ("rel", "gen"):
-        unedited.ensure(scorer, adaptor, records, probes, TEACHER_FORCED, kind)
+        unedited.ensure(scorer, adaptor, records, probes, TF, kind)
 
 
 def gate_rows(
@@ -278,20 +274,20 @@ def gate_rows(
     """Each record's rel, gen and loc tf probe as a GateRow (record by record): one forced-on
     pass batched as `score_records(..., scorings + tf)` batches its tf rows, so a row's accuracy
     at threshold t, `on if gate >= t else off`, is what that evaluation at t scores."""
-    unedited.ensure(scorer, adaptor, records, probes, TEACHER_FORCED)
+    unedited.ensure(scorer, adaptor, records, probes, TF)
     ensure_unedited_tf(scorer, adaptor, records, probes, unedited)
-    with_tf = (*scorings, TEACHER_FORCED) if TEACHER_FORCED not in scorings else tuple(scorings)
+    with_tf = (*scorings, TF) if TF not in scorings else tuple(scorings)
     predictions, gates = scorer.forced_on_tf(adaptor, {s: [p.probe(s, kind) for kind in METRICS for p in probes] for s in with_tf})
     n = len(probes)
     rows = []
     for index, (record, probe) in enumerate(zip(records, probes)):
         for offset, kind in enumerate(METRICS):
             at = offset * n + index
-            unedited_tokens = unedited.of(TEACHER_FORCED, kind, record.record_id)
+            unedited_tokens = unedited.of(TF, kind, record.record_id)
             if kind == "loc":
                 on, off = token_accuracy(predictions[at], unedited_tokens), 1.0
             else:
-                target = probe.probe(TEACHER_FORCED, kind).target_ids
+                target = probe.probe(TF, kind).target_ids
                 on, off = token_accuracy(predictions[at], target), token_accuracy(unedited_tokens, target)
             rows.append(GateRow(record_id=record.record_id, probe=kind, gate=gates[at], on=on, off=off, chunk=chunk))
     return rows
@@ -300,9 +296,9 @@ def gate_rows(
 def edit_gate(scorer: Scorer, adaptor: DeferAdaptor, record: EditRecord, probe: RecordProbes, unedited: UneditedLocality) -> GateRow:
     """The edit prompt alone (as an edit's success is scored) as a rel GateRow."""
     ensure_unedited_tf(scorer, adaptor, [record], [probe], unedited)
-    (prediction,), (gate,) = scorer.forced_on_tf(adaptor, {TEACHER_FORCED: [probe.edit]})
+    (prediction,), (gate,) = scorer.forced_on_tf(adaptor, {TF: [probe.edit]})
     target = probe.edit.target_ids
-    off = token_accuracy(unedited.of(TEACHER_FORCED, "rel", record.record_id), target)
+    off = token_accuracy(unedited.of(TF, "rel", record.record_id), target)
     return GateRow(record_id=record.record_id, probe="rel", gate=gate, on=token_accuracy(prediction, target), off=off)
 
 
@@ -317,7 +313,7 @@ def score_grid(
 ) -> list[list[dict[str, float]]]:
     """Per threshold, each record's generation scores (`score_records` of the generation
     scorings among `scorings`, with the adaptor at that threshold), from one batched pass."""
-    generated = [s for s in scorings if s in GENERATED]
+    generated = [s for s in scorings if s in GENERATION_SCORINGS]
     for scoring in generated:
         unedited.ensure(scorer, adaptor, records, probes, scoring)
     per_threshold = scorer.predict_generated_at(

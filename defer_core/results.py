@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from .errors import DeferInputError
 
-SCORINGS = ("tf", "gen", "genctx")
-DEFAULT_SCORINGS = ("tf", "gen")  # EasyEdit's two; genctx is asked for by name
+TF = "tf"  # teacher-forced: the only scoring whose gates give exact threshold curves (curve.py)
+GENERATION_SCORINGS = ("gen", "genctx")  # the threshold is read at every generated token
+SCORINGS = (TF, *GENERATION_SCORINGS)
+DEFAULT_SCORINGS = (TF, "gen")  # EasyEdit's two; genctx is asked for by name
 # Which published numbers each scoring reproduces (docs/scoring-and-protocols.md).
 SCORING_SOURCES = {
-    "tf": "teacher-forced token accuracy: EasyEdit's test_prediction_acc, what EasyEdit scores DEFER with",
+    TF: "teacher-forced token accuracy: EasyEdit's test_prediction_acc, what EasyEdit scores DEFER with",
     "gen": "greedy generation vs tok.encode(target, add_special_tokens=False): EasyEdit's vanilla_generation, exact",
     "genctx": "greedy generation vs the target's tokens in context (those tf scores); not an EasyEdit metric",
 }

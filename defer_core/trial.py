@@ -33,7 +33,6 @@ from .data import EditRecord
 from .editor import EDIT_PATHS, DeferEditor, EditStats
 from .errors import DeferInputError
 from .evaluation import (
-    GENERATED,
     RecordProbes,
     Scorer,
     UneditedLocality,
@@ -51,9 +50,11 @@ from .models import LoadedModel
 from .runtime import DEFAULT_THREADS, torch_threads
 from .results import (
     DEFAULT_SCORINGS,
+    GENERATION_SCORINGS,
     PROTOCOLS,
     SCORINGS,
     SHARED_STREAM,
+    TF,
     EditOutcome,
     GateRow,
     GridPoint,
@@ -120,7 +121,7 @@ class TrialPlan:
     @property
     def grid_scorings(self) -> tuple[str, ...]:
         """The generation scorings scored at the grid thresholds (none without a grid)."""
-        return tuple(s for s in self.scorings if s in GENERATED) if self.threshold_grid else ()
+        return tuple(s for s in self.scorings if s in GENERATION_SCORINGS) if self.threshold_grid else ()
 
 
 def model_dtype(loaded: LoadedModel) -> str:
@@ -364,7 +365,7 @@ class _Run:
         right after its edit (its rel row is then the edit's gate row when tf is scored) and the
         seconds it took."""
         scored, seconds = [], 0.0
-        shares_rel = immediate and "tf" in self.plan.scorings
+        shares_rel = immediate and TF in self.plan.scorings
         for k, stats in enumerate(self.editor.edit(probe.edit)):
             with self.editor.member(k) as adaptor:
                 if immediate:
@@ -375,9 +376,9 @@ class _Run:
                 if not self.plan.threshold_scores:
                     success = accuracy_at(edit_row.gate, edit_row.on, edit_row.off, self.editor.thresholds[k], self.dtype)
                 elif shares_rel:
-                    success = scored[-1].rows[0][metric_key("rel", "tf")]
+                    success = scored[-1].rows[0][metric_key("rel", TF)]
                 else:
-                    (predicted,) = self.scorer.predict(adaptor, "tf", [probe.edit])
+                    (predicted,) = self.scorer.predict(adaptor, TF, [probe.edit])
                     success = token_accuracy(predicted, probe.edit.target_ids)
             self.on_edit(k, EditOutcome(
                 index=index,

@@ -16,8 +16,8 @@ import torch
 
 from defer_core import DeferEditor, DeferInputError, TrialPlan, run_trial, run_trials, tiny_llama
 from defer_core.curve import edit_success_at, fires, in_dtype, tf_metrics_at
-from defer_core.evaluation import GENERATED, Scorer, build_probes
-from defer_core.results import METRICS, PROTOCOLS, TrialResult, metric_key
+from defer_core.evaluation import Scorer, build_probes
+from defer_core.results import GENERATION_SCORINGS, METRICS, PROTOCOLS, TrialResult, metric_key
 
 from .conftest import tiny_hparams
 
@@ -29,7 +29,7 @@ HPARAMS = tiny_hparams(layer=3, edit_lr=2e-1, n_iter=10, threshold=0.5)  # gates
 SEED = 3
 DTYPE = "float32"  # the tiny model's
 TF_KEYS = [metric_key(metric, "tf") for metric in METRICS]
-GEN_KEYS = [metric_key(metric, scoring) for scoring in SCORINGS if scoring in GENERATED for metric in METRICS]
+GEN_KEYS = [metric_key(metric, scoring) for scoring in GENERATION_SCORINGS for metric in METRICS]
 
 
 @pytest.fixture(scope="module", autouse=True)

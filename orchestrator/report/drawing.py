@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from defer_core.results import TF
 
 from ..intervals import Interval
 from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label as label_of
@@ -33,7 +34,7 @@ TRAINING_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8b
 LABELLED_CURVES = 5  # curves named at their end: best.yaml's trial and the top trials (the page's order)
 Row = Mapping[str, Any]
 METRIC_LABELS = {"rel": "Rel (edit prompts)", "gen": "Gen (rephrased prompts)", "loc": "Loc (unrelated prompts)"}
-SCORING_LABELS = {"tf": "teacher-forced", "gen": "generation", "genctx": "generation, in-context target"}
+SCORING_LABELS = {TF: "teacher-forced", "gen": "generation", "genctx": "generation, in-context target"}
 
 
 def new_figure() -> Figure:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 
-from defer_core.results import metric_key
+from defer_core.results import TF, metric_key
 
 from ..protocol import STAGE, STAGE_CONFIRM, THRESHOLD
 from ..sinks.records import bounds_text
@@ -74,7 +74,7 @@ def _pareto_plot(data: SweepData, scoring: str) -> Plot:
 def threshold_series(data: SweepData, scoring: str) -> tuple[dict[str, list[tuple[float, dict[str, float]]]], bool]:
     """Per complete trial, its (threshold, metrics) at T under one scoring, and whether they
     are exact: tf from the gate rows (every breakpoint), generation scorings from the grid."""
-    if scoring == "tf":
+    if scoring == TF:
         curves = tf_curves(data.spec, data.completed, data.gates, data.spec.T)
         return {trial_id: [(p.threshold, p.metrics) for p in points] for trial_id, points in curves.items()}, True
     grid: dict[str, list[tuple[float, dict[str, float]]]] = {}
