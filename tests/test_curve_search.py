@@ -18,7 +18,8 @@ from defer_core.curve import curve_thresholds, thin, tf_metrics_at
 from defer_core.results import GateRow, GridPoint, MilestoneResult
 from orchestrator.protocol import GATES_KEY, INTERMEDIATE_KEY, MEMBERS, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD
 from orchestrator.search.curve_points import MilestoneCurve, best_point, curve_points
-from orchestrator.search.optuna_search import CURVE_TRAINING_ATTR, SOURCE_TRIAL_ATTR, TUNE_TRIAL_ATTR, make_searcher
+from orchestrator.search.curve_trials import CURVE_TRAINING_ATTR, SOURCE_TRIAL_ATTR, TUNE_TRIAL_ATTR
+from orchestrator.search.optuna_search import make_searcher
 from orchestrator.search.packing import pack_report
 from orchestrator.spec import SweepSpec, load_spec, spec_from_dict
 from orchestrator.sweep.driver import execute, prepare
@@ -351,13 +352,13 @@ def test_optuna_gets_each_trainings_curve_points_and_marks_the_infeasible(curve_
 # -- what the searcher relies on in the installed Optuna (pyproject: optuna>=5,<6) ---------------
 
 OPTUNA = f"optuna {optuna.__version__}"
-SEARCHER_FILE = "orchestrator/search/optuna_search.py"
+SEARCHER_FILE = "orchestrator/search/curve_trials.py"
 
 
 def test_optuna_keeps_the_public_constraint_api_the_searcher_uses(tmp_path: Path) -> None:
     """Trial.set_constraint and create_trial(constraints=...) (Optuna 5), which samplers and
     best_trial read as trial.constraints without any constraints_func."""
-    assert callable(getattr(optuna.trial.Trial, "set_constraint", None)), f"{OPTUNA}: Trial.set_constraint is gone; {SEARCHER_FILE} (_describe) sets constraints with it"
+    assert callable(getattr(optuna.trial.Trial, "set_constraint", None)), f"{OPTUNA}: Trial.set_constraint is gone; {SEARCHER_FILE} (describe) sets constraints with it"
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", direction="maximize")
     x = optuna.distributions.FloatDistribution(0, 1)
     asked = study.ask({"x": x})
@@ -369,7 +370,7 @@ def test_optuna_keeps_the_public_constraint_api_the_searcher_uses(tmp_path: Path
 
 
 def test_optuna_keeps_the_generation_attr_that_puts_added_points_in_nsga2s_population(tmp_path: Path) -> None:
-    """The one private name the searcher uses (optuna_search.ga_generation_attrs); NSGA-II
+    """The one private name the searcher uses (curve_trials.ga_generation_attrs); NSGA-II
     ranks the feasible added trial first, though the infeasible one dominates it."""
     key_of = getattr(optuna.samplers.NSGAIISampler, "_get_generation_key", None)
     assert callable(key_of), f"{OPTUNA}: NSGAIISampler._get_generation_key is gone; {SEARCHER_FILE} ga_generation_attrs needs the new way to set a trial's generation"

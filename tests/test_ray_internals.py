@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+import yaml
 from optuna.trial import TrialState
 from ray.tune.callback import CallbackList
 from ray.tune.experiment import Trial
@@ -27,11 +28,12 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.protocol import N_EDITS, OPTUNA_TRIAL
-from orchestrator.search.optuna_search import DeferOptunaSearch, SamplerSettings
+from orchestrator.search.optuna_search import DeferOptunaSearch
 from orchestrator.search.scheduler import MilestoneASHA, RungStateCallback, make_scheduler
-from orchestrator.spec import load_spec
+from orchestrator.search.study import SamplerSettings
+from orchestrator.spec import load_spec, spec_from_dict
 
-from .orchestrator_support import tiny_spec
+from .orchestrator_support import SPECS, tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = f"ray {ray.__version__}"
@@ -130,6 +132,9 @@ SPACE = {
     "edit_lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
 }
 FIRST = {"layer": 2, "edit_lr": 5e-2}
+SPEC = yaml.safe_load((SPECS / "tiny.yaml").read_text())  # T=6; searching SPACE, n_iter and threshold fixed
+SPEC["search_space"].update(n_iter=5, threshold=0.5)
+SPEC["initial_points"] = []
 
 
 def searcher(storage_url: str, points: list[dict] | None = None) -> DeferOptunaSearch:
@@ -142,6 +147,7 @@ def searcher(storage_url: str, points: list[dict] | None = None) -> DeferOptunaS
         study_name="internals",
         storage_url=storage_url,
         total_edits=6,
+        spec=spec_from_dict(SPEC),
     )
 
 

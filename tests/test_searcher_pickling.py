@@ -22,7 +22,8 @@ import yaml
 from optuna.trial import TrialState
 
 from orchestrator.protocol import MEMBERS, N_EDITS, OPTUNA_TRIAL
-from orchestrator.search.optuna_search import DeferOptunaSearch, make_searcher, sampler_settings
+from orchestrator.search.optuna_search import DeferOptunaSearch, make_searcher
+from orchestrator.search.study import sampler_settings
 from orchestrator.spec import SweepSpec, spec_from_dict
 
 from .orchestrator_support import SPECS

@@ -11,7 +11,7 @@ from them). In curve mode a trial is planned without an evaluation at its own th
 (threshold_scores=False), with the generation grid, and reports its curve's points, its grid,
 and at the top level its best point's metrics and threshold (search/curve_points.py). A trial
 whose config names REUSE_OF trains nothing: it replays the reports the searcher copied from
-the training it reuses (search/optuna_search.py), without loading a model.
+the training it reuses (search/reuse.py), without loading a model.
 
 Every milestone report carries its per-record scores (RECORDS_KEY) and the seed and edit
 order it ran with. With repeats (spec `repeats`, more than one member) a trial runs every
