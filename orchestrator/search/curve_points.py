@@ -22,14 +22,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from defer_core.curve import TF, SafeThreshold, curve_thresholds, thin, tf_metrics_at, threshold_margin
-from defer_core.results import METRICS, SCORINGS, GateRow, GridPoint, MilestoneResult, metric_key
+from defer_core.results import GENERATION_SCORINGS, METRICS, GateRow, GridPoint, MilestoneResult, metric_key
 
 from ..protocol import DERIVED_METRICS, FEASIBLE, INTERMEDIATE_KEY, THRESHOLD
 from ..spec import Objective, SweepSpec
 from .ranking import is_feasible
 
 Point = dict[str, Any]
-GENERATION_SCORINGS = tuple(s for s in SCORINGS if s != TF)  # threshold read at every generated token: grid only
 MEAN = DERIVED_METRICS[0]
 
 
