@@ -1,5 +1,5 @@
 """`defer-sweep` command line: the argument parser and the entry point. The handlers live in
-commands.py; a library error becomes one line on stderr and exit 2."""
+commands/ (one module per subcommand); a library error becomes one line on stderr and exit 2."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from . import commands
 from .compare import FORMATS as COMPARE_FORMATS
 from .table import FORMATS as TABLE_FORMATS, INTERVAL_KINDS as TABLE_INTERVALS
 from .commands import ExitCode
+from .commands.args import thread_count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--seeds", default=None, help="comma-separated adaptor seeds, instead of --seed; with several runs (seeds x orders) each milestone shows mean ± Student t 95%% half-width")
     trial.add_argument("--orders", type=int, default=1, help="edit orders 0..N-1 (0: file order; k: a fixed shuffle of the same records), each run with every seed (default 1)")
     trial.add_argument("--edit-path", choices=("fast", "plain"), default="fast", help="fast: suffix-only edit steps; plain: the reference's full forward")
-    trial.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=_THREADS_HELP)
+    trial.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS, help=_THREADS_HELP)
     trial.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     trial.set_defaults(handler=commands.trial)
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--model", default=None, help="smollm2-135m (default), tiny-llama, a Hugging Face id or a local directory")
     compare.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
     compare.add_argument("--strip", action="store_true", help=_STRIP_HELP)
-    compare.add_argument("--threads", type=_threads, default=DEFAULT_THREADS, help=_THREADS_HELP)
+    compare.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS, help=_THREADS_HELP)
     compare.add_argument("--format", choices=COMPARE_FORMATS, default="md", help="table format on stdout and in OUTPUT (default md)")
     compare.add_argument("--output", default=None, help="directory for the table and records.parquet (default runs/compare-DATE-TIME)")
     compare.set_defaults(handler=commands.compare)
@@ -130,14 +131,6 @@ _SCORING_HELP = "tf (teacher-forced, EasyEdit's DEFER metric), gen (generation v
 _DTYPE_HELP = f"auto: {DEFAULT_DTYPE}, as EasyEdit runs DEFER; bfloat16 is faster on a GPU and changes the numbers"
 _STRIP_HELP = "strip surrounding whitespace from every text field (default: as written, as EasyEdit reads it)"
 _THREADS_HELP = f"torch's intra-op thread count (default {DEFAULT_THREADS}, what a sweep worker with resources_per_trial.cpu 1 uses; it can move a gate by one ulp)"
-
-
-def _threads(text: str) -> int:
-    """--threads: a whole number >= 1 (argparse turns the ValueError into a one-line error)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

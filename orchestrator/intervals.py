@@ -18,9 +18,12 @@ import math
 from dataclasses import dataclass
 from statistics import fmean, stdev
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from defer_core.errors import DeferInputError
+
+if TYPE_CHECKING:
+    from defer_core.results import MilestoneResult, TrialResult
 
 # MLflow metric names of a repeated trial's spread per milestone: `{metric}{suffix}`.
 STD_SUFFIX = "_std"  # sample standard deviation over the repeat members
@@ -86,6 +89,15 @@ def bootstrap_interval(record_values: Sequence[float], confidence: float = 0.95,
     alpha = 1 - confidence
     low, high = (float(q) for q in np.quantile(means, [alpha / 2, 1 - alpha / 2]))
     return Interval(fmean(checked), low, high, (high - low) / 2, n, "bootstrap", confidence)
+
+
+def member_intervals(results: Sequence["TrialResult"], confidence: float = 0.95) -> list[tuple["MilestoneResult", dict[str, Interval]]]:
+    """Each milestone (as the first member reports it) with every metric's `repeat_interval`
+    over the members' results, which share the plan and so report the same milestones in the
+    same order."""
+    first = results[0].milestones
+    return [(milestone, {key: repeat_interval([r.milestones[i].metrics[key] for r in results], confidence) for key in milestone.metrics})
+            for i, milestone in enumerate(first)]
 
 
 def format_interval(interval: Interval, digits: int = 2) -> str:

@@ -20,6 +20,9 @@ HEAVY = ("torch", "transformers")
 
 EXPORT_MODULES = (
     "orchestrator.commands",
+    "orchestrator.commands.export",
+    "orchestrator.commands.curve",
+    "orchestrator.commands.table",
     "orchestrator.export",
     "orchestrator.spec",
     "orchestrator.sinks.layout",
