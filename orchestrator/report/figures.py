@@ -94,9 +94,7 @@ def thresholds_figure(scoring: str, trainings: Sequence[Row], series: Mapping[st
             ax.scatter([best[THRESHOLD]], [best[key]], s=220, marker="*", color=BEST_COLOR, edgecolor="black", linewidth=0.8, zorder=5,
                        label=f"best.yaml ({trial_label(best)}, threshold {best[THRESHOLD]:.3f})")
         constraint_lines(ax, constraints, None, key)
-        ax.set_xlim(-0.03, 1.03)
-        ax.set_ylim(-0.03, 1.03)
-        ax.grid(True, alpha=0.3)
+        unit_axes(ax)
         ax.set_title(METRIC_LABELS[metric])
         ax.set_xlabel("threshold")
     axes[0].set_ylabel(f"accuracy at T={T} ({scoring})")
