@@ -17,6 +17,9 @@ from .compare import FORMATS as COMPARE_FORMATS
 from .table import FORMATS as TABLE_FORMATS, INTERVAL_KINDS as TABLE_INTERVALS
 from .commands import ExitCode
 from .commands.args import thread_count
+from .spec.sections import ConfirmSpec
+
+CONFIRM_DEFAULTS = ConfirmSpec()  # what `confirm` runs without a `confirm:` section (written once, on the spec model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     confirm = sub.add_parser("confirm", help="run the sweep's best configurations again at full T, without early stopping, with more seeds and edit orders")
     confirm.add_argument("output_dir")
     picks = confirm.add_mutually_exclusive_group()
-    picks.add_argument("--top", type=int, default=None, help="the K best by the first objective (default: the spec's confirm.top, else 3)")
+    picks.add_argument("--top", type=int, default=None, help=f"the K best by the first objective (default: the spec's confirm.top, else {CONFIRM_DEFAULTS.top})")
     picks.add_argument("--pareto", action="store_true", help="every point of the Pareto front")
     picks.add_argument("--trials", default=None, help="comma-separated trial ids or Optuna numbers (#007 or 7)")
-    confirm.add_argument("--seeds", default=None, help="comma-separated adaptor seeds (default: the spec's confirm.seeds, else 0,1,2)")
-    confirm.add_argument("--orders", type=int, default=None, help="edit orders 0..N-1 per seed (default: the spec's confirm.orders, else 1)")
+    confirm.add_argument("--seeds", default=None, help=f"comma-separated adaptor seeds (default: the spec's confirm.seeds, else {','.join(map(str, CONFIRM_DEFAULTS.seeds))})")
+    confirm.add_argument("--orders", type=int, default=None, help=f"edit orders 0..N-1 per seed (default: the spec's confirm.orders, else {CONFIRM_DEFAULTS.orders})")
     confirm.add_argument("--T", type=int, default=None, dest="T", help="edits per confirm run (default: the spec's confirm.T, else its T)")
     confirm.add_argument("--protocols", default=None, help=f"comma-separated, each its own confirm run (default: the spec's confirm.protocols, else its protocol): {_PROTOCOL_HELP}")
     confirm.add_argument("--verbose-ray", action="store_true", help="show Ray Tune's own progress tables")

@@ -63,7 +63,7 @@ def test_a_confirm_killed_mid_run_resumes_and_records_each_confirm_trial_once(tm
 
     log = (tmp_path / "confirm.log").open("w")
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "600"}  # Tune's state stays the one of its first step
-    first = subprocess.Popen(cli("confirm", str(out), "--top", "3", "--seeds", "0,1", "--T", "8", "--quiet"), cwd=ROOT, env=env,
+    first = subprocess.Popen(cli("confirm", str(out), "--top", "3", "--seeds", "0,1", "--orders", "1", "--T", "8", "--quiet"), cwd=ROOT, env=env,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     try:

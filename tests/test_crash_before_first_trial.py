@@ -26,7 +26,8 @@ from orchestrator.sinks.mlflow_sink import TAG_ERROR, sweep_mlflow
 from orchestrator.spec import load_spec, spec_to_yaml
 from orchestrator.storage import local_location
 from orchestrator.sweep import driver
-from orchestrator.sweep.driver import TuneSaved, new_state, tune_saved
+from orchestrator.sweep.driver import new_state
+from orchestrator.sweep.tune_state import TuneSaved, tune_saved
 
 from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, state, tiny_spec
 
@@ -149,7 +150,7 @@ def test_the_reported_folder_is_refused_by_resume_and_started_over_by_run(local_
 
     parent_id = mlflow_runs(layout.root)[0].info.run_id
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(driver, "_confirm_tuner", crash)
+        patch.setattr(driver, "run_stage", crash)
         with pytest.raises(RuntimeError, match="the driver crashed here"):
             main(["confirm", str(layout.root), "--top", "1", "--seeds", "0"])
     parent = MlflowClient(tracking_uri=state(layout.root)["mlflow_tracking_uri"]).get_run(parent_id)

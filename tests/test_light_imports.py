@@ -131,7 +131,8 @@ def test_the_sweep_driver_does_not_import_torch_or_transformers() -> None:
     `run`, `resume` and `confirm` start otherwise); it still hands Tune the real trainable."""
     result = run_fresh(
         """
-        from orchestrator.sweep.driver import defer_trainable
+        import orchestrator.sweep.driver
+        from orchestrator.sweep.stage import defer_trainable
         assert defer_trainable.__module__ == "orchestrator.worker.trainable"
         """
     )

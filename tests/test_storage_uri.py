@@ -209,7 +209,7 @@ def test_tune_state_is_restorable_only_when_tuner_pkl_and_a_snapshot_read_back(w
     import ray.cloudpickle as cloudpickle
 
     from orchestrator.storage import write_bytes
-    from orchestrator.sweep.driver import TuneSaved, _delete_dir, tune_saved
+    from orchestrator.sweep.tune_state import TuneSaved, delete_dir, tune_saved
 
     at: Location = local_location(tmp_path / "tune") if where == "local" else Location(s3(s3_endpoint), f"{BUCKET}/state-test/tune")
     whole = cloudpickle.dumps({"_tune_config": list(range(100)), "name": "tune"})
@@ -229,4 +229,4 @@ def test_tune_state_is_restorable_only_when_tuner_pkl_and_a_snapshot_read_back(w
     write_bytes(at, "tuner.pkl", whole[: len(whole) // 2])
     saved, why = tune_saved(at)
     assert saved is TuneSaved.DAMAGED and "tuner.pkl: not a whole pickle" in why
-    assert _delete_dir(at) and tune_saved(at)[0] is TuneSaved.NOTHING and not _delete_dir(at)
+    assert delete_dir(at) and tune_saved(at)[0] is TuneSaved.NOTHING and not delete_dir(at)

@@ -365,7 +365,7 @@ def test_a_curve_mode_sweep_is_refused_in_one_line(tmp_path: Path, capsys: pytes
 
 
 def test_after_a_confirm_stage_the_default_rows_are_its_trials(single: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["confirm", str(single), "--top", "1", "--seeds", "0,1", "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["confirm", str(single), "--top", "1", "--seeds", "0,1", "--orders", "1", "--quiet"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     trials = parquet_rows(single, "trials")
     (confirm,) = [t for t in trials if t["stage"] == "confirm"]

@@ -3,8 +3,10 @@ summary and export. Ties break by Optuna trial number, so the choice is determin
 
 With constraints (spec `constraints: [{metric: loc_tf, min: 0.9}]`) a row is feasible when
 every constrained metric lies within its bounds; feasible rows rank before infeasible ones,
-and the Pareto front holds feasible rows only. `violations` is what Optuna's samplers get
-through their `constraints_func` (<= 0 means satisfied), so both read one rule.
+and the Pareto front holds feasible rows only. `violations` are also the constraint values
+Optuna's samplers read (<= 0 means satisfied): optuna_search.py stores them on each trial
+(`constraint_values` through Trial.set_constraint / create_trial(constraints=...)), so both
+read one rule.
 """
 
 from __future__ import annotations

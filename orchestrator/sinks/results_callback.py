@@ -33,6 +33,7 @@ from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
 from .parquet_sink import ParquetSink, finished_packs, read_tables
 from .records import TrialLog, config_text, feasible_or_none, short_error, threshold_mode, trial_error_text
+from .stages import other_experiments_packs
 from ..storage import Location
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class ResultsCallback(Callback):
     trial runs one DEFER trial, or a pack of them (packing.py): each gets its own TrialLog,
     Parquet rows (in the Tune trial's files) and MLflow run."""
 
+    confirm_protocol: str | None = None  # the Tune experiment it records: the search's (None), or this protocol's confirm experiment
+
     def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ParquetSink, mlflow: MlflowSink) -> None:
         self.spec = spec
         self.sweep_id = sweep_id
@@ -106,10 +109,9 @@ class ResultsCallback(Callback):
         drop_unknown_trials(self.parquet, self.mlflow, {t.trial_id for t in trials} | self.other_experiments_packs())
 
     def other_experiments_packs(self) -> set[str]:
-        """Tune trials another Tune experiment of this folder recorded (the confirm stage's,
-        sweep/driver.py), which this one never knows and must not drop as leftovers."""
-        rows = read_tables(self.parquet.root, ("trials",))["trials"].select(["pack_id", STAGE]).to_pylist()
-        return {str(row["pack_id"]) for row in rows if row[STAGE] == STAGE_CONFIRM}
+        """Tune trials another Tune experiment of this folder recorded (for the search the
+        confirm stage's), which this one never knows and must not drop as leftovers."""
+        return other_experiments_packs(self.parquet.root, self.confirm_protocol)
 
     def _start(self, trial: Trial) -> list[TrialLog]:
         entries = [
@@ -190,6 +192,30 @@ class ResultsCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, errored=True)
+
+
+class ConfirmResultsCallback(ResultsCallback):
+    """The ResultsCallback of one protocol's confirm experiment. That Tune experiment knows only
+    its own trials, so the search's and the other protocols' recorded trials are no killed
+    driver's leftovers; its runs are tagged with their stage and the trial they confirm (MLflow
+    tags `stage` confirm, `confirms` <trial id>). Tune pickles it into the confirm experiment's
+    tuner.pkl: sweep/driver.py keeps the name importable where experiments saved before it
+    moved here look for it."""
+
+    def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ParquetSink, mlflow: MlflowSink) -> None:
+        super().__init__(spec, sweep_id, parquet, mlflow)
+        self._confirms: dict[str, str] = {}  # Tune trial id -> the DEFER trial it confirms
+
+    @property
+    def confirm_protocol(self) -> str | None:
+        return self.spec.protocol
+
+    def _start(self, trial: Trial) -> list[TrialLog]:
+        self._confirms[trial.trial_id] = str(trial.config.get(CONFIRMS))
+        return super()._start(trial)
+
+    def _finish_tags(self, entry: TrialLog) -> dict[str, str]:
+        return {**super()._finish_tags(entry), STAGE: STAGE_CONFIRM, CONFIRMS: self._confirms.get(entry.pack_id, "")}
 
 
 def metric_points(row: dict[str, Any], result: dict[str, Any], curve: bool = False) -> list[tuple[str, float, int]]:

@@ -16,7 +16,9 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
 from ..protocol import CONFIRMS, STAGE, STAGE_CONFIRM, STAGE_SEARCH, Status
+from ..storage import Location
 from .layout import SweepLayout
+from .parquet_sink import read_table
 
 if TYPE_CHECKING:
     from ..spec import SweepSpec
@@ -34,6 +36,16 @@ def search_stage(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def confirm_stage(rows: Sequence[Mapping[str, Any]], protocol: str | None = None) -> list[dict[str, Any]]:
     return [dict(row) for row in rows if stage_of(row) == STAGE_CONFIRM and (protocol is None or row.get("protocol") == protocol)]
+
+
+def other_experiments_packs(parquet: Location, protocol: str | None) -> set[str]:
+    """The Tune trials (pack ids) that the folder's other Tune experiments recorded, which one
+    experiment never knows and must not drop as a killed driver's leftovers: for the search's
+    experiment (protocol None) the confirm stage's; for one protocol's confirm experiment every
+    other trial."""
+    rows = read_table(parquet, "trials").select(["pack_id", STAGE, "protocol"]).to_pylist()
+    mine = search_stage(rows) if protocol is None else confirm_stage(rows, protocol)
+    return {str(row["pack_id"]) for row in rows} - {str(row["pack_id"]) for row in mine}
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,8 @@ class ConfirmSpec(Section):
     best trials run again at full T without early stopping, with more repeats, so the numbers
     a paper reports carry error bars."""
 
+    # The only place these defaults are written: `defer-sweep confirm` without a `confirm:`
+    # section takes them from ConfirmSpec() too (sweep/confirm.py new_plan).
     top: Count = Field(3, description="how many of the sweep's best trials (or Pareto points) to confirm")
     seeds: Seeds = Field((0, 1, 2, 3, 4), description="adaptor seeds of each confirm run")
     orders: Count = Field(2, description="edit orders of each confirm run")

@@ -6,8 +6,8 @@ get to; the confirm stage runs the chosen configurations again at the full T, wi
 stopping, with more repeats (seeds x edit orders), so the numbers a paper reports carry error
 bars. The plan is written to OUT/confirm.json when the stage starts: re-running `defer-sweep
 confirm OUT` (with the same options, or none) resumes it, and export reads the seeds, orders
-and T it ran with from there. Running the stage (Ray Tune) is in driver.py; this module stays
-light (no Ray, no torch), so `export` can read confirmed results.
+and T it ran with from there. Running the stage (Ray Tune) is in driver.py and stage.py; this
+module stays light (no Ray, no torch), so `export` can read confirmed results.
 
 Decisions: a curve-mode sweep's pick is a (training, threshold) point, confirmed in sampled
 mode at that threshold (the confirm spec's threshold is no longer `curve`; each config carries
@@ -35,15 +35,16 @@ from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
 from ..sinks.trial_curve import find_trial
 from ..spec import Repeats, SweepSpec
 from ..spec.search_space import UNIT_RANGE
+from ..spec.sections import ConfirmSpec
 
 CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
-# Without a `confirm:` section in the spec (ConfirmSpec holds the section's own defaults).
-DEFAULT_TOP, DEFAULT_SEEDS, DEFAULT_ORDERS = 3, (0, 1, 2), 1
 
 
 @dataclass(frozen=True)
 class ConfirmRequest:
-    """`defer-sweep confirm` options; None: not given (the recorded plan's, else the defaults)."""
+    """`defer-sweep confirm` options; None: not given (the recorded plan's, else the spec's
+    `confirm:` section's, else that section's defaults). The command layer checks them
+    (orchestrator/commands.py `confirm_request`); the spec model checks the section."""
 
     top: int | None = None
     pareto: bool = False
@@ -77,22 +78,17 @@ def resolve_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) 
 
 
 def new_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) -> ConfirmPlan:
-    """Options over the spec's `confirm:` section over the defaults; the picks from the search stage."""
-    section = spec.confirm
-    T = request.T if request.T is not None else (section.T if section and section.T else spec.T)
-    if T < 1:
-        raise DeferInputError(f"--T: expected a number of edits >= 1, got {T}")
-    orders = request.orders if request.orders is not None else (section.orders if section else DEFAULT_ORDERS)
-    if orders < 1:
-        raise DeferInputError(f"--orders: expected a number of edit orders >= 1, got {orders}")
-    seeds = request.seeds or (section.seeds if section else DEFAULT_SEEDS)
-    protocols = request.protocols or (section.protocols if section and section.protocols else (spec.protocol,))
+    """Options over the spec's `confirm:` section (without one, ConfirmSpec's defaults: the one
+    place they are written); the picks from the search stage."""
+    section = spec.confirm or ConfirmSpec()
+    T = request.T if request.T is not None else (section.T or spec.T)
+    orders = request.orders if request.orders is not None else section.orders
+    seeds = request.seeds or section.seeds
+    protocols = request.protocols or section.protocols or (spec.protocol,)
     if request.trials:
         picks = picks_by_name(layout, spec, request.trials)
     else:
-        top = request.top if request.top is not None else (section.top if section else DEFAULT_TOP)
-        if top < 1:
-            raise DeferInputError(f"--top: expected a number of configurations >= 1, got {top}")
+        top = request.top if request.top is not None else section.top
         picks = best_picks(spec, candidate_rows(layout, spec), None if request.pareto else top)
     return ConfirmPlan(tuple(picks), tuple(seeds), orders, T, tuple(protocols))
 
