@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from defer_core.errors import DeferInputError
 from orchestrator.cli import main
+from orchestrator.sinks.layout import SWEEP_FORMAT
 from orchestrator.sweep.preflight import check_model
 from orchestrator.search.space import hparams_for, optuna_distributions
 from orchestrator.spec import CURVE_TRAINING_THRESHOLD, Choice, ConfirmSpec, Constraint, CurveSpec, FloatRange, IntRange, Repeats, load_spec, spec_from_dict, spec_to_yaml
@@ -174,7 +176,7 @@ def test_resume_of_a_moved_sweep_dir_is_refused(tmp_path: Path, capsys: pytest.C
     moved = tmp_path / "moved"
     moved.mkdir()
     (moved / "spec.yaml").write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "original")}))
-    (moved / "sweep.json").write_text("{}")
+    (moved / "sweep.json").write_text(json.dumps({"format": SWEEP_FORMAT}))  # this version's folder, otherwise empty
     assert main(["resume", str(moved)]) == 2
     assert f"this sweep was created in {tmp_path / 'original'}; resume it there" in capsys.readouterr().err
 
