@@ -119,7 +119,7 @@ def points_by_training(output_dir: Path, mode: str, total: int) -> list[list[tup
     """For each training in Optuna order, its (rel_tf, loc_tf) points at T: one per complete
     trial in sampled mode, its curve's points in curve mode; none for a pruned training."""
     from orchestrator.sinks.layout import require_sweep_dir
-    from orchestrator.sinks.parquet_sink import read_table
+    from orchestrator.results.store import read_table
 
     layout = require_sweep_dir(output_dir)
     trials = [r for r in read_table(layout.parquet, "trials").to_pylist() if not r.get("reuse_of")]

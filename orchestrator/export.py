@@ -37,13 +37,14 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, dump_hparams, save_hparams
 from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 
-from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, Status, trial_label
+from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, trial_label
+from .results.rows import Status
 from .search.curve_points import point_margin
 from .search.ranking import is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
-from .sinks.parquet_sink import read_tables
+from .results.store import read_tables
 from .sinks.records import bounds_text, candidates, closest_text, training_of, trial_dtype
 from .sinks.stages import confirmed_results, search_stage
 from .sinks.trial_curve import gate_rows

@@ -1,14 +1,13 @@
-"""The words the orchestrator's parts share: result keys, trial statuses, metric columns.
+"""The words the orchestrator's parts share: the keys of a worker's reports, metric columns.
 
 A worker's `tune.report` dict, the searcher, the scheduler, the sinks, the report and the
-export all read the same keys; each key and status is spelled here once. Imports nothing
+export all read the same keys; each key is spelled here once (the result tables' columns and
+the trial statuses: results/rows.py). Imports nothing
 heavy (no torch, Ray, Optuna or MLflow), so every module can import it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Mapping
 
 from defer_core.results import METRICS, SCORINGS, metric_key
@@ -54,32 +53,6 @@ def metric_names(scorings: tuple[str, ...] = SCORINGS) -> tuple[str, ...]:
 METRIC_COLUMNS = metric_names()  # Parquet and MLflow carry every column, null where not scored
 
 
-# -- trial statuses -------------------------------------------------------------------------------
-class Status(str, Enum):
-    """How a DEFER trial stands. `complete`: its last milestone reached T; `pruned`: the
-    scheduler stopped it earlier; `failed`: it raised; `running` until it ends."""
-
-
-    PENDING = "pending"  # on the console only: Tune has not started it yet
-    RUNNING = "running"
-    COMPLETE = "complete"
-    PRUNED = "pruned"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"  # MLflow only: the driver stopped (Ctrl-C) before it ended; resume reruns it
-
-    def __str__(self) -> str:
-        return self.value
-
-
-FINAL_STATUSES = (Status.COMPLETE, Status.PRUNED, Status.FAILED)
-
-
-def final_status(reached: int | None, total: int, errored: bool) -> Status:
-    if errored:
-        return Status.FAILED
-    return Status.COMPLETE if reached is not None and reached >= total else Status.PRUNED
-
-
 # -- ordering -------------------------------------------------------------------------------------
 _UNNUMBERED = 1 << 30  # trials without an Optuna number sort after every numbered one
 
@@ -101,15 +74,3 @@ def trial_named(row: Mapping[str, Any]) -> str:
     Optuna number (a confirm run)."""
     label = trial_label(row.get(OPTUNA_TRIAL), row["trial_id"])
     return row["trial_id"] if label == row["trial_id"] else f"{row['trial_id']} ({label})"
-
-
-# -- what the driver had recorded when a killed sweep was resumed ---------------------------------
-@dataclass(frozen=True)
-class RecordedTrial:
-    """A Tune trial (pack) the driver had persisted as finished. Tune may still consider it
-    running (the driver died between its write and Tune's next state snapshot); the worker
-    replays this record instead of computing the trial again."""
-
-    status: Status
-    last_report: Mapping[str, Any] | None
-    error: str | None = None

@@ -28,7 +28,8 @@ from defer_core.errors import DeferInputError
 from defer_core.results import METRICS, metric_key
 
 from .intervals import BOOTSTRAP, T_INTERVAL, Interval, format_interval
-from .protocol import CONFIRMS, MEMBER_COUNT, N_EDITS, OPTUNA_TRIAL, ORDER, SEED, STAGE, STAGE_CONFIRM, Status, trial_label, trial_order_key
+from .protocol import CONFIRMS, MEMBER_COUNT, N_EDITS, OPTUNA_TRIAL, ORDER, SEED, STAGE, STAGE_CONFIRM, trial_label, trial_order_key
+from .results.rows import Status
 
 if TYPE_CHECKING:  # pyarrow and the spec's models load where the table is built, so the CLI's --help stays light
     from .sinks.layout import SweepLayout
@@ -73,7 +74,7 @@ def stored_rows(parquet: Location, trial_ids: Iterable[str], n_edits: int | None
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .sinks.parquet_sink import read_tables
+    from .results.store import read_tables
 
     wanted = sorted(set(trial_ids))
     tables = read_tables(parquet, ("member_milestones", "record_scores"), skip_unreadable=True)
@@ -226,7 +227,7 @@ def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None,
     """Read the Parquet dataset and assemble the table (no formatting)."""
     if interval not in INTERVAL_KINDS:
         raise DeferInputError(f"--interval: expected one of {', '.join(INTERVAL_KINDS)}, got {interval!r}")
-    from .sinks.parquet_sink import read_tables
+    from .results.store import read_tables
 
     require_sampled(spec)
     tables = read_tables(layout.parquet, ("trials", "milestones"), skip_unreadable=True)

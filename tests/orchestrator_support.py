@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from orchestrator.sinks.layout import SweepLayout, load_state, require_sweep_dir
 from orchestrator.sinks.mlflow_sink import TAG_ROLE, TAG_SWEEP, TAG_TRIAL
-from orchestrator.sinks.parquet_sink import read_table
+from orchestrator.results.store import read_table
 
 SPECS = Path(__file__).parent / "specs"
 

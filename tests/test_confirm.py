@@ -19,7 +19,7 @@ from orchestrator.cli import main
 from orchestrator.export import candidate_rows
 from orchestrator.search.ranking import rank_by
 from orchestrator.sinks.layout import read_spec, require_sweep_dir
-from orchestrator.sinks.parquet_sink import read_table
+from orchestrator.results.store import read_table
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute, prepare
 

@@ -33,14 +33,16 @@ from defer_core.hparams import load_hparams
 from defer_core.results import EditOutcome, GateRow, GridPoint, MilestoneResult
 from orchestrator.cli import main
 from orchestrator.export import candidate_rows
-from orchestrator.protocol import EDITS_KEY, FEASIBLE, GATES_KEY, METRIC_COLUMNS, OPTUNA_TRIAL, POINTS_KEY, REUSE_OF, THRESHOLD, Status
+from orchestrator.protocol import EDITS_KEY, FEASIBLE, GATES_KEY, METRIC_COLUMNS, OPTUNA_TRIAL, POINTS_KEY, REUSE_OF, THRESHOLD
+from orchestrator.results.rows import Status
 from orchestrator.report import write_report_files
 from orchestrator.report.data import best_yaml_notes, load_sweep, top_trials, trial_yaml
 from orchestrator.search.curve_points import MilestoneCurve, point_margin
 from orchestrator.search.ranking import is_feasible, rank_by
 from orchestrator.sinks.layout import SweepLayout, SweepState, load_state, require_sweep_dir, save_state
 from orchestrator.sinks.mlflow_sink import MlflowSink, sweep_mlflow
-from orchestrator.sinks.parquet_sink import SCHEMAS, ParquetSink, read_table
+from orchestrator.results.rows import SCHEMAS
+from orchestrator.results.store import ResultStore, UnreadableParquetError, read_table
 from orchestrator.sinks.progress import console_session, summary_line, trial_line
 from orchestrator.sinks.records import candidates, training_of
 from orchestrator.sinks.results_callback import CURVE_ARTIFACT, ResultsCallback
@@ -104,7 +106,7 @@ def recorder(tmp_path: Path, name: str, **changes: Any) -> Recorder:
     save_state(layout, state)
     mlflow = sweep_mlflow(layout, state)
     mlflow.open_sweep(name, {}, layout.spec)
-    return Recorder(spec, layout, ResultsCallback(spec, state.sweep_id, ParquetSink(layout.parquet), mlflow), mlflow)
+    return Recorder(spec, layout, ResultsCallback(spec, state.sweep_id, ResultStore(layout.parquet), mlflow), mlflow)
 
 
 def probe_rows(rel: Sequence[tuple[float, float]], gen: Sequence[tuple[float, float]], loc: Sequence[tuple[float, float]], chunk: int = 0) -> tuple[GateRow, ...]:
@@ -237,21 +239,22 @@ def test_trial_rows_carry_reuse_feasibility_and_the_best_points_threshold(curve_
     assert by_trial(parquet_rows(curve_sweep.layout.root, "gates"), "t3") == []  # a reuse trial trains nothing: no gate rows of its own
 
 
-def test_older_files_read_with_the_new_columns_null(tmp_path: Path) -> None:
-    """A trials file written before reuse_of/feasible/threshold_mode existed, and a sweep with no
-    gates/grid/points tables at all, still read (and rank as sampled trials)."""
+def test_a_file_without_a_column_of_its_table_is_named_and_tables_never_written_read_empty(tmp_path: Path) -> None:
+    """A trials file without reuse_of/feasible/threshold_mode was not written by this version:
+    a strict read names it and the first missing column in one line, a skipping read leaves it
+    out; a table no trial wrote (gates, grid, points) reads empty in its schema."""
     new_columns = {"reuse_of", "feasible", "threshold_mode"}
     old_schema = pa.schema([f for f in SCHEMAS["trials"] if f.name not in new_columns])
     row = {"trial_id": "old", "pack_id": "old", "status": "complete", "layer": 2, "edit_lr": 0.05, "n_iter": 5, "threshold": 0.5, "n_edits": 6, "rel_tf": 0.75}
     root = tmp_path / "parquet"
     (root / "trials").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), root / "trials" / "old.parquet")
-    (read,) = read_table(root, "trials").to_pylist()
-    assert (read["reuse_of"], read["feasible"], read["threshold_mode"], read["rel_tf"]) == (None, None, None, 0.75)
+    with pytest.raises(UnreadableParquetError) as refused:
+        read_table(root, "trials")
+    assert str(refused.value) == f"{root / 'trials' / 'old.parquet'}: not a readable Parquet file (no column 'reuse_of')"
+    assert read_table(root, "trials", skip_unreadable=True).num_rows == 0
     for table in ("gates", "grid", "points"):
         assert read_table(root, table).num_rows == 0 and read_table(root, table).schema == SCHEMAS[table]
-    spec = load_spec(tiny_spec(tmp_path))
-    assert [r["trial_id"] for r in candidates(spec, [read])] == ["old"]
 
 
 # -- candidates, export ----------------------------------------------------------------------------------

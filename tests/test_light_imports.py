@@ -26,7 +26,7 @@ EXPORT_MODULES = (
     "orchestrator.export",
     "orchestrator.spec",
     "orchestrator.sinks.layout",
-    "orchestrator.sinks.parquet_sink",
+    "orchestrator.results.store",
     "orchestrator.sinks.mlflow_sink",
     "orchestrator.search.space",
     "orchestrator.search.ranking",
@@ -71,10 +71,11 @@ def test_export_modules_do_not_import_torch() -> None:
 def test_export_command_does_not_import_torch(tmp_path: Path) -> None:
     """The whole `defer-sweep export OUT` on a minimal sweep directory: spec, state, MLflow
     parent run and one completed trial row."""
-    from orchestrator.protocol import METRIC_COLUMNS, Status
+    from orchestrator.protocol import METRIC_COLUMNS
+    from orchestrator.results.rows import Status
     from orchestrator.sinks.layout import SweepLayout, SweepState, save_state
     from orchestrator.sinks.mlflow_sink import MlflowSink
-    from orchestrator.sinks.parquet_sink import ParquetSink
+    from orchestrator.results.store import ResultStore
 
     layout = SweepLayout(tmp_path / "sweep")
     layout.root.mkdir()
@@ -87,7 +88,7 @@ def test_export_command_does_not_import_torch(tmp_path: Path) -> None:
     row = {"sweep_id": "light", "sweep_name": "tiny", "trial_id": "t0", "pack_id": "p0", "optuna_trial": 0, "status": Status.COMPLETE.value,
            "layer": 2, "module": "model.layers[2].mlp.down_proj", "edit_lr": 0.05, "n_iter": 5, "threshold": 0.5, "model": "tiny-llama",
            "protocol": "stream", "T": 6, "n_edits": 6, **{metric: 0.5 for metric in METRIC_COLUMNS}}
-    ParquetSink(layout.parquet).write("trials", "p0", [row])
+    ResultStore(layout.parquet).write("trials", "p0", [row])
     target = tmp_path / "best.yaml"
 
     result = run_fresh(
@@ -104,14 +105,14 @@ def test_curve_command_does_not_import_torch(tmp_path: Path) -> None:
     """`defer-sweep curve OUT #000` on a minimal sweep directory: spec, state, one trial row and
     its gate rows; it reads Parquet only."""
     from orchestrator.sinks.layout import SweepLayout, SweepState, save_state
-    from orchestrator.sinks.parquet_sink import ParquetSink
+    from orchestrator.results.store import ResultStore
 
     layout = SweepLayout(tmp_path / "sweep")
     layout.root.mkdir()
     shutil.copy(ROOT / "tests" / "specs" / "tiny.yaml", layout.spec)
     save_state(layout, SweepState(sweep_id="light", mlflow_tracking_uri=layout.default_stores["mlflow_tracking_uri"], mlflow_experiment="tiny",
                                   optuna_storage="", optuna_study_name="tiny"))
-    sink = ParquetSink(layout.parquet)
+    sink = ResultStore(layout.parquet)
     sink.write("trials", "p0", [{"sweep_id": "light", "trial_id": "t0", "pack_id": "p0", "optuna_trial": 0, "status": "complete", "n_edits": 6, "dtype": "float32"}])
     sink.write("gates", "p0", [{"sweep_id": "light", "trial_id": "t0", "n_edits": 6, "protocol": "stream", "chunk": 0, "record_id": "r0", "probe": probe,
                                 "gate": 0.25, "on": 1.0, "off": 1.0 if probe == "loc" else 0.0} for probe in ("rel", "gen", "loc")])

@@ -14,7 +14,7 @@ from defer_core import load_hparams
 from orchestrator.cli import main
 from orchestrator.sinks.layout import SweepLayout
 from orchestrator.sinks.mlflow_sink import MlflowSink
-from orchestrator.sinks.parquet_sink import ParquetSink
+from orchestrator.results.store import ResultStore
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute, prepare
 
@@ -172,7 +172,7 @@ def test_results_of_a_trial_tune_never_saved_are_dropped_on_resume(finished_swee
     layout = SweepLayout(finished_sweep)
     info = state(finished_sweep)
     row = {**parquet_rows(finished_sweep, "trials")[0], "trial_id": "lost0001", "pack_id": "lost0001", "status": "running", "finished_at": None}
-    ParquetSink(layout.parquet).write("trials", "lost0001", [row])
+    ResultStore(layout.parquet).write("trials", "lost0001", [row])
     sink = MlflowSink(info["mlflow_tracking_uri"], info["mlflow_experiment"], info["sweep_id"])
     sink.start_trial("lost0001", "lost", {"layer": 1})
     assert "lost0001" in children_by_trial(mlflow_runs(finished_sweep)[1])

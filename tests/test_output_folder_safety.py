@@ -20,7 +20,7 @@ import pytest
 from defer_core.errors import DeferInputError
 from orchestrator.cli import main
 from orchestrator.sinks.layout import SweepLayout
-from orchestrator.sinks.parquet_sink import ParquetSink
+from orchestrator.results.store import ResultStore
 from orchestrator.spec import load_spec
 from orchestrator.storage import local_location
 from orchestrator.sweep.driver import execute
@@ -188,7 +188,7 @@ def test_a_stale_lease_left_by_a_dead_driver_is_taken_over(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{storage / LEASE_FILE}: taking over the lease of a driver that is gone" in done.stderr
     assert not (storage / LEASE_FILE).exists()  # released at the end
-    assert len(ParquetSink(local_location(storage / "parquet")).pack_ids()) == 2
+    assert len(ResultStore(local_location(storage / "parquet")).pack_ids()) == 2
 
 
 def test_a_live_lease_refuses_the_run_in_one_line_and_changes_nothing(tmp_path: Path) -> None:

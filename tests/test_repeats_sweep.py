@@ -23,7 +23,7 @@ from orchestrator.intervals import BOOTSTRAP, T_INTERVAL, bootstrap_interval, mi
 from orchestrator.protocol import METRIC_COLUMNS
 from orchestrator.search.curve_points import with_mean_metrics
 from orchestrator.search.space import hparams_for
-from orchestrator.sinks.parquet_sink import TABLES, ParquetSink, read_table
+from orchestrator.results.store import TABLES, ResultStore, read_table
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute, prepare
 from orchestrator.sweep.preflight import load_spec_records
@@ -247,7 +247,7 @@ def test_an_unrepeated_sweep_keeps_its_numbers_and_writes_its_record_scores(swee
 
 def test_removing_a_pack_drops_its_rows_from_every_table(tmp_path: Path) -> None:
     """A trial that runs again from scratch (resume) loses every old row, new tables included."""
-    sink = ParquetSink(tmp_path)
+    sink = ResultStore(tmp_path)
     assert {"member_milestones", "record_scores"} <= set(TABLES)
     sink.write("member_milestones", "p0", [{"sweep_id": "s", "trial_id": "p0", "seed": 0, "order": 1, "n_edits": 2, "rel_tf": 0.5}])
     sink.write("record_scores", "p0", [{"sweep_id": "s", "trial_id": "p0", "seed": 0, "order": 1, "n_edits": 2, "chunk": 0, "record_id": "r", "rel_tf": 1.0}])

@@ -24,7 +24,7 @@ import pytest
 from defer_core import load_hparams
 from defer_core.errors import DeferInputError
 from orchestrator.cli import main
-from orchestrator.sinks.parquet_sink import ParquetSink, read_table
+from orchestrator.results.store import ResultStore, read_table
 from orchestrator.spec import load_spec
 from orchestrator.storage import Location, local_location
 from orchestrator.sweep.driver import execute, prepare
@@ -184,7 +184,7 @@ def test_a_missing_bucket_fails_in_one_line_naming_the_key(s3_endpoint: str, tmp
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_parquet_sink_replaces_removes_and_reads_back(where: str, s3_endpoint: str, tmp_path: Path) -> None:
     root: Location = local_location(tmp_path / "parquet") if where == "local" else Location(s3(s3_endpoint), f"{BUCKET}/sink-test")
-    sink = ParquetSink(root)
+    sink = ResultStore(root)
     row = {"sweep_id": "s", "trial_id": "t1", "edit_index": 1, "chunk": 0, "record_id": "r", "final_loss": 0.5, "edit_seconds": 1.0, "success": 1.0}
     sink.write("edits", "t1", [row])
     sink.write("edits", "t1", [row, {**row, "edit_index": 2}])  # replaces, never appends

@@ -41,7 +41,7 @@ def _confirm_hint(root: Path) -> str:
 
 
 def _print_confirm(outcome: "ConfirmOutcome") -> ExitCode:
-    from ..protocol import Status
+    from ..results.rows import Status
 
     plan, counts = outcome.plan, outcome.counts
     print(f"confirm: {', '.join(f'{p.label} ({p.confirms})' for p in plan.picks)} with {plan.repeats_text}, protocols {', '.join(plan.protocols)}")

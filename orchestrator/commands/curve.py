@@ -49,7 +49,7 @@ def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") 
 
     from ..protocol import N_EDITS, THRESHOLD
     from ..search.curve_points import kept_text, point_margin
-    from ..sinks.parquet_sink import read_tables
+    from ..results.store import read_tables
     from ..sinks.trial_curve import read_at
 
     if not spec.curve_mode:

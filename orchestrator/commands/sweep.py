@@ -72,8 +72,8 @@ def _failure_reasons(parquet: "Location") -> list[tuple[str, int]]:
     frequent first, so a sweep in which every trial failed says why once, not N times."""
     from collections import Counter
 
-    from ..protocol import Status
-    from ..sinks.parquet_sink import read_table
+    from ..results.rows import Status
+    from ..results.store import read_table
 
     rows = read_table(parquet, "trials").select(["status", "error"]).to_pylist()
     reasons = Counter(row["error"] or "no error text recorded" for row in rows if row["status"] == Status.FAILED)
@@ -111,7 +111,7 @@ def _mlflow_ui_lines(outcome: "SweepOutcome") -> list[str]:
 
 
 def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
-    from ..protocol import Status
+    from ..results.rows import Status
 
     layout, state, counts = outcome.layout, outcome.state, outcome.counts
     unfinished = f", {counts[Status.RUNNING]} unfinished" if counts[Status.RUNNING] else ""
@@ -132,7 +132,7 @@ def _print_outcome(outcome: "SweepOutcome") -> ExitCode:
     elif outcome.confirm_problem:
         print(f"confirm stage:   not run ({outcome.confirm_problem})")
     print(f"MLflow store:    {state.mlflow_tracking_uri} (experiment '{state.mlflow_experiment}')")
-    from ..sinks.parquet_sink import TABLES
+    from ..results.rows import TABLES
 
     print(f"Parquet dataset: {layout.parquet}  (tables: {', '.join(f'{table}/' for table in TABLES)})")
     print_exported(outcome)

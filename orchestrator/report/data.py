@@ -29,11 +29,12 @@ from defer_core.results import metric_key
 from ..export import ChosenTrial, choose_for_export, with_margin
 from ..sinks.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
-from ..protocol import FINAL_STATUSES, N_EDITS, THRESHOLD, Status, trial_order_key
+from ..protocol import N_EDITS, THRESHOLD, trial_order_key
+from ..results.rows import Status
 from ..search.ranking import pareto_front, rank_by
 from ..search.space import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
-from ..sinks.parquet_sink import read_tables
+from ..results.store import read_tables
 from ..sinks.records import candidates, training_of, trial_dtype
 from ..sinks.trial_curve import gate_rows
 from ..spec import Objective, SweepSpec
@@ -104,7 +105,7 @@ class SweepData:
 
     def counts(self) -> dict[str, int]:
         statuses = [t["status"] for t in self.trials]
-        return {s: statuses.count(s) for s in (*FINAL_STATUSES, Status.RUNNING)}
+        return {s: statuses.count(s) for s in (*Status.final(), Status.RUNNING)}
 
 
 def load_sweep(layout: SweepLayout) -> SweepData:

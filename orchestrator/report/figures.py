@@ -14,7 +14,8 @@ from matplotlib.lines import Line2D
 from defer_core.results import METRICS, metric_key
 
 from ..intervals import T_INTERVAL, Interval
-from ..protocol import THRESHOLD, Status
+from ..protocol import THRESHOLD
+from ..results.rows import Status
 from ..search.ranking import Bound, is_feasible
 from ..search.space import describe_config
 from .data import row_key

@@ -18,7 +18,7 @@ import jinja2
 
 from defer_core.results import METRICS, metric_key
 
-from ..protocol import Status
+from ..results.rows import Status
 from ..search.ranking import is_feasible
 from ..search.space import describe_config
 from ..sinks.records import bounds_text, threshold_mode

@@ -9,7 +9,7 @@ sweep.json records the URI.
     OUT/optuna.db        Optuna RDB storage (default)
     OUT/mlflow.db        MLflow tracking store (default), artifacts under OUT/mlartifacts
     OUT/tune/            Ray Tune experiment (what Tuner.restore reads)
-    OUT/parquet/{trials,milestones,edits,gates,grid,points}/<pack_id>.parquet
+    OUT/parquet/<table>/<pack_id>.parquet     the results (tables: results/rows.py TABLES)
     OUT/best.yaml        the exported EasyEdit DEFER hparams
 
 A folder can be copied or moved (`ray rsync-down` off a cluster) and still read: every path

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from ..protocol import Status
+from ..results.rows import Status
 from .layout import SweepLayout, SweepState
 
 log = logging.getLogger(__name__)

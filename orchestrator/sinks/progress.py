@@ -28,13 +28,14 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from ..intervals import Interval, format_interval, repeat_interval
-from ..protocol import FINAL_STATUSES, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPEATS_KEY, REUSE_OF, THRESHOLD, Status, final_status, trial_label
+from ..protocol import N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPEATS_KEY, REUSE_OF, THRESHOLD, trial_label
+from ..results.rows import Status
 from ..search.packing import member_configs, member_results, member_trial_id, num_packs
 from ..search.ranking import is_feasible, pareto_front, rank_by
 from ..search.space import full_config
 from ..spec import SweepSpec
 from ..worker.live import EditProgress, board_name, open_board
-from .parquet_sink import finished_packs
+from ..results.store import finished_packs
 from .records import bounds_text, candidates, config_text, short_error, trial_error_text
 from ..storage import Location
 
@@ -79,7 +80,7 @@ def trial_status(trial: Trial, total_edits: int) -> str:
     if trial.status == Trial.ERROR:
         return Status.FAILED
     if trial.status == Trial.TERMINATED:
-        return final_status((trial.last_result or {}).get(N_EDITS), total_edits, errored=False)
+        return Status.after((trial.last_result or {}).get(N_EDITS), total_edits, errored=False)
     return Status.RUNNING if trial.status == Trial.RUNNING else Status.PENDING
 
 
@@ -102,7 +103,7 @@ def status_counts(trials: Sequence[Trial], statuses: Mapping[str, str]) -> Count
 
 def summary_line(spec: SweepSpec, trials: Sequence[Trial], statuses: Mapping[str, str]) -> str:
     counts = status_counts(trials, statuses)
-    done = sum(counts[status] for status in FINAL_STATUSES)
+    done = sum(counts[status] for status in Status.final())
     text = (
         f"  sweep: {done}/{spec.num_trials} done · {counts[Status.RUNNING]} running · "
         f"{counts[Status.COMPLETE]} complete · {counts[Status.PRUNED]} pruned · {counts[Status.FAILED]} failed"
@@ -193,7 +194,7 @@ def sweep_eta(spec: SweepSpec, trials: Sequence[Trial], statuses: Mapping[str, s
     packs not started yet at the mean duration of the finished ones (or, before any finished,
     of the running ones' projected durations), shared among `concurrency` slots."""
     running = [t for t in trials if statuses.get(t.trial_id) == Status.RUNNING]
-    finished = [t for t in trials if statuses.get(t.trial_id) in FINAL_STATUSES]
+    finished = [t for t in trials if statuses.get(t.trial_id) in Status.final()]
     left: dict[str, float] = {}
     projected: list[float] = []
     for note in notes:
@@ -214,7 +215,7 @@ def live_block(spec: SweepSpec, trials: Sequence[Trial], notes: Sequence[EditPro
     statuses = trial_statuses(spec, trials)
     numbered = sorted(notes, key=lambda n: (n.optuna_trial if n.optuna_trial is not None else math.inf, n.trial_id, n.member))
     counts = status_counts(trials, statuses)
-    done = sum(counts[status] for status in FINAL_STATUSES)
+    done = sum(counts[status] for status in Status.final())
     eta = sweep_eta(spec, trials, statuses, notes)
     sweep = f"{LIVE_PREFIX}sweep {done}/{spec.num_trials} done · {counts[Status.RUNNING]} running · ETA ≈ {duration_text(eta)}"
     return [*(live_trial_line(n) for n in numbered), sweep]
@@ -348,7 +349,7 @@ class ProgressCallback(Callback):
             return
         statuses = trial_statuses(self.spec, trials, (trial, status))
         members = member_configs(trial.config)
-        done_before = sum(len(member_configs(t.config)) for t in trials if t is not trial and statuses.get(t.trial_id) in FINAL_STATUSES)
+        done_before = sum(len(member_configs(t.config)) for t in trials if t is not trial and statuses.get(t.trial_id) in Status.final())
         seconds = (trial.last_result or {}).get("time_total_s")
         milestones = self._milestones.pop(trial.trial_id, {})
         labels = trial_labels(self.spec, trials)
@@ -363,7 +364,7 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         reached = (trial.last_result or {}).get(N_EDITS)
-        self._emit(trials, trial, final_status(reached, self.spec.T, errored=False), None)
+        self._emit(trials, trial, Status.after(reached, self.spec.T, errored=False), None)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._emit(trials, trial, Status.FAILED, short_error(trial_error_text(trial)))

@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..protocol import (
     CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, GATES_KEY, GRID_KEY, MEMBER_COUNT, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL,
     ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, REUSE_OF, SEED, STAGE, STAGE_CONFIRM, STAGE_SEARCH, THRESHOLD, THRESHOLD_CURVE, THRESHOLD_SAMPLED,
-    WORKER_PID, Status, final_status, trial_order_key,
+    WORKER_PID, trial_order_key,
 )
+from ..results.rows import EditRow, GridRow, MemberMilestoneRow, MilestoneRow, PointRow, RecordScoreRow, Row, Status, TrialGateRow, TrialRow, metrics_of
 from ..search.ranking import Bound, is_feasible
 from ..search.space import describe_config, full_config, module_for
 from ..spec import SweepSpec
@@ -76,11 +77,6 @@ def short_error(text: str | None) -> str | None:
         if not line.startswith(("Failure #", "File ", "^", "~")):
             return line[:500]
     return lines[-1][:500]
-
-
-def metric_values(report: Mapping[str, Any]) -> dict[str, float]:
-    """The metric columns a report (or a repeat member, or a record) has, as floats."""
-    return {key: float(report[key]) for key in METRIC_COLUMNS if report.get(key) is not None}
 
 
 def report_members(result: Mapping[str, Any], default: tuple[int, int]) -> list[tuple[int, int, Mapping[str, Any]]]:
@@ -158,13 +154,13 @@ class TrialLog:
         for seed, order, member in members:
             for edit in member.get(EDITS_KEY) or []:
                 self.edits[(order, seed, int(edit["index"]))] = {**edit, SEED: seed, ORDER: order}
-        self.member_metrics[n_edits] = [{SEED: seed, ORDER: order, **metric_values(member)} for seed, order, member in members]
+        self.member_metrics[n_edits] = [{SEED: seed, ORDER: order, **metrics_of(member)} for seed, order, member in members]
         self.records[n_edits] = [
-            {SEED: seed, ORDER: order, "record_id": str(record["record_id"]), "chunk": int(record.get("chunk", 0)), **metric_values(record)}
+            {SEED: seed, ORDER: order, "record_id": str(record["record_id"]), "chunk": int(record.get("chunk", 0)), **metrics_of(record)}
             for seed, order, member in members
             for record in member.get(RECORDS_KEY) or []
         ]
-        row = metric_values(result)
+        row = metrics_of(result)
         row.update(n_edits=n_edits, eval_seconds=float(result.get(EVAL_SECONDS, 0.0)), elapsed_seconds=float(result.get("time_total_s", 0.0)))
         row[MEMBER_COUNT] = self.members
         threshold = result.get(THRESHOLD, self.config.get(THRESHOLD))  # curve mode: the milestone's best point's
@@ -181,7 +177,7 @@ class TrialLog:
         return row
 
     def finish(self, spec: SweepSpec, errored: bool, error_text: str | None = None) -> None:
-        self.status = final_status(self.reached, spec.T, errored)
+        self.status = Status.after(self.reached, spec.T, errored)
         self.error = error_text
         self.finished_at = utcnow()
 
@@ -192,110 +188,129 @@ class TrialLog:
             return self.config.get(THRESHOLD)
         return (self.last_milestone or {}).get(THRESHOLD)
 
-    def trial_row(self, spec: SweepSpec, sweep_id: str) -> dict[str, Any]:
-        last = self.last_milestone or {}
+    def rows(self, spec: SweepSpec, sweep_id: str) -> dict[str, list[Row]]:
+        """Its rows of every table, as the store writes them."""
         return {
-            "sweep_id": sweep_id,
-            "sweep_name": spec.name,
-            "trial_id": self.trial_id,
-            "pack_id": self.pack_id,
-            "optuna_trial": self.optuna_trial,
-            "status": self.status.value,
-            "layer": self.config["layer"],
-            "module": module_for(spec, self.config["layer"]),
-            "edit_lr": self.config["edit_lr"],
-            "n_iter": self.config["n_iter"],
-            "threshold": self.threshold(spec),
-            "model": spec.model.name,
-            "dtype": spec.model.run_dtype,
-            "protocol": spec.protocol,
-            "T": spec.T,
-            "strip": spec.data.strip,
-            "threads": spec.resources_per_trial.threads,
-            "n_edits": self.reached,
-            **{key: last.get(key) for key in METRIC_COLUMNS},
-            "seconds": self.seconds,
-            "worker_pid": self.worker_pid,
-            "node_id": self.node_id,
-            "model_load_seconds": self.model_load_seconds,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "error": self.error,
-            "reuse_of": self.reuse_of,
-            FEASIBLE: feasible_or_none(self.last_milestone, spec.constraints),
-            "threshold_mode": threshold_mode(spec),
-            MEMBER_COUNT: self.members,
-            STAGE: self.stage,
-            CONFIRMS: self.confirms,
+            "trials": [self.trial_row(spec, sweep_id)],
+            "milestones": self.milestone_rows(spec, sweep_id),
+            "edits": self.edit_rows(sweep_id),
+            "gates": self.gate_rows(spec, sweep_id),
+            "grid": self.grid_rows(sweep_id),
+            "points": self.point_rows(sweep_id),
+            "member_milestones": self.member_milestone_rows(sweep_id),
+            "record_scores": self.record_rows(sweep_id),
         }
 
-    def milestone_rows(self, spec: SweepSpec, sweep_id: str) -> list[dict[str, Any]]:
+    def trial_row(self, spec: SweepSpec, sweep_id: str) -> TrialRow:
+        return TrialRow(
+            sweep_id=sweep_id,
+            sweep_name=spec.name,
+            trial_id=self.trial_id,
+            pack_id=self.pack_id,
+            optuna_trial=self.optuna_trial,
+            status=self.status.value,
+            layer=self.config["layer"],
+            module=module_for(spec, self.config["layer"]),
+            edit_lr=self.config["edit_lr"],
+            n_iter=self.config["n_iter"],
+            threshold=self.threshold(spec),
+            model=spec.model.name,
+            dtype=spec.model.run_dtype,
+            protocol=spec.protocol,
+            T=spec.T,
+            strip=spec.data.strip,
+            threads=spec.resources_per_trial.threads,
+            n_edits=self.reached,
+            metrics=metrics_of(self.last_milestone or {}),
+            seconds=self.seconds,
+            worker_pid=self.worker_pid,
+            node_id=self.node_id,
+            model_load_seconds=self.model_load_seconds,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error=self.error,
+            reuse_of=self.reuse_of,
+            feasible=feasible_or_none(self.last_milestone, spec.constraints),
+            threshold_mode=threshold_mode(spec),
+            members=self.members,
+            stage=self.stage,
+            confirms=self.confirms,
+        )
+
+    def milestone_rows(self, spec: SweepSpec, sweep_id: str) -> list[MilestoneRow]:
         return [
-            {"sweep_id": sweep_id, "trial_id": self.trial_id, "protocol": spec.protocol, **{k: row.get(k) for k in METRIC_COLUMNS}, **_timing(row),
-             THRESHOLD: row.get(THRESHOLD), MEMBER_COUNT: row.get(MEMBER_COUNT)}
+            MilestoneRow(
+                sweep_id=sweep_id, trial_id=self.trial_id, protocol=spec.protocol, metrics=metrics_of(row), n_edits=row[N_EDITS],
+                eval_seconds=row[EVAL_SECONDS], elapsed_seconds=row["elapsed_seconds"], threshold=row.get(THRESHOLD), members=row.get(MEMBER_COUNT),
+            )
             for _, row in sorted(self.milestones.items())
         ]
 
-    def member_milestone_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+    def member_milestone_rows(self, sweep_id: str) -> list[MemberMilestoneRow]:
         """Each repeat member's metrics per milestone (one member when unrepeated)."""
         return [
-            {"sweep_id": sweep_id, "trial_id": self.trial_id, N_EDITS: n_edits, **member}
+            MemberMilestoneRow(sweep_id=sweep_id, trial_id=self.trial_id, seed=member[SEED], order=member[ORDER], n_edits=n_edits, metrics=metrics_of(member))
             for n_edits, members in sorted(self.member_metrics.items())
             for member in sorted(members, key=lambda member: (member[ORDER], member[SEED]))
         ]
 
-    def record_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+    def record_rows(self, sweep_id: str) -> list[RecordScoreRow]:
         """Each record's scores per member and milestone (what bootstrap intervals resample)."""
         return [
-            {"sweep_id": sweep_id, "trial_id": self.trial_id, N_EDITS: n_edits, **record}
+            RecordScoreRow(
+                sweep_id=sweep_id, trial_id=self.trial_id, seed=record[SEED], order=record[ORDER], n_edits=n_edits, chunk=record["chunk"],
+                record_id=record["record_id"], metrics=metrics_of(record),
+            )
             for n_edits, records in sorted(self.records.items())
             for record in records
         ]
 
-    def gate_rows(self, spec: SweepSpec, sweep_id: str) -> list[dict[str, Any]]:
+    def gate_rows(self, spec: SweepSpec, sweep_id: str) -> list[TrialGateRow]:
         return [
-            {"sweep_id": sweep_id, "trial_id": self.trial_id, N_EDITS: n_edits, "protocol": spec.protocol, **gate, "record_id": str(gate["record_id"])}
+            TrialGateRow(
+                sweep_id=sweep_id, trial_id=self.trial_id, n_edits=n_edits, protocol=spec.protocol, chunk=gate["chunk"], record_id=str(gate["record_id"]),
+                probe=gate["probe"], gate=gate["gate"], on=gate["on"], off=gate["off"], seed=gate[SEED], order=gate[ORDER],
+            )
             for n_edits, gates in sorted(self.gates.items())
             for gate in gates
         ]
 
-    def grid_rows(self, sweep_id: str) -> list[dict[str, Any]]:
-        return _per_milestone(sweep_id, self.trial_id, self.grid)
-
-    def point_rows(self, sweep_id: str) -> list[dict[str, Any]]:
-        return _per_milestone(sweep_id, self.trial_id, self.points)
-
-    def edit_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+    def grid_rows(self, sweep_id: str) -> list[GridRow]:
         return [
-            {
-                "sweep_id": sweep_id,
-                "trial_id": self.trial_id,
-                "edit_index": edit["index"],
-                "chunk": edit.get("chunk", 0),
-                "record_id": str(edit["record_id"]),
-                "final_loss": edit["final_loss"],
-                "edit_seconds": edit["seconds"],
-                "success": edit["success"],
-                "gate": edit.get("gate"),
-                "success_on": edit.get("success_on"),
-                "success_off": edit.get("success_off"),
-                SEED: edit[SEED],
-                ORDER: edit[ORDER],
-            }
+            GridRow(sweep_id=sweep_id, trial_id=self.trial_id, n_edits=n_edits, threshold=point[THRESHOLD], metrics=metrics_of(point))
+            for n_edits, point in _by_threshold(self.grid)
+        ]
+
+    def point_rows(self, sweep_id: str) -> list[PointRow]:
+        return [
+            PointRow(sweep_id=sweep_id, trial_id=self.trial_id, n_edits=n_edits, threshold=point[THRESHOLD], metrics=metrics_of(point), feasible=point.get(FEASIBLE))
+            for n_edits, point in _by_threshold(self.points)
+        ]
+
+    def edit_rows(self, sweep_id: str) -> list[EditRow]:
+        return [
+            EditRow(
+                sweep_id=sweep_id,
+                trial_id=self.trial_id,
+                edit_index=edit["index"],
+                chunk=edit.get("chunk", 0),
+                record_id=str(edit["record_id"]),
+                final_loss=edit["final_loss"],
+                edit_seconds=edit["seconds"],
+                success=edit["success"],
+                gate=edit.get("gate"),
+                success_on=edit.get("success_on"),
+                success_off=edit.get("success_off"),
+                seed=edit[SEED],
+                order=edit[ORDER],
+            )
             for _, edit in sorted(self.edits.items())
         ]
 
 
-def _timing(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"n_edits": row["n_edits"], "eval_seconds": row["eval_seconds"], "elapsed_seconds": row["elapsed_seconds"]}
-
-
-def _per_milestone(sweep_id: str, trial_id: str, by_milestone: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    return [
-        {"sweep_id": sweep_id, "trial_id": trial_id, N_EDITS: n_edits, **item}
-        for n_edits, items in sorted(by_milestone.items())
-        for item in sorted(items, key=lambda item: item[THRESHOLD])
-    ]
+def _by_threshold(by_milestone: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[tuple[int, Mapping[str, Any]]]:
+    """(milestone, item) pairs, milestones ascending, each milestone's items by threshold."""
+    return [(n_edits, item) for n_edits, items in sorted(by_milestone.items()) for item in sorted(items, key=lambda item: item[THRESHOLD])]
 
 
 # -- what ranks -------------------------------------------------------------------------------------

@@ -24,14 +24,14 @@ from ray.tune.experiment import Trial
 
 from ..intervals import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, STD_SUFFIX, repeat_interval
 from ..protocol import (
-    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, MEMBER_COUNT, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REPEATS_KEY, REUSE_OF, STAGE, STAGE_CONFIRM, THRESHOLD,
-    THRESHOLD_CURVE, RecordedTrial, Status, trial_label,
+    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, MEMBER_COUNT, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REPEATS_KEY, REUSE_OF, STAGE, STAGE_CONFIRM, THRESHOLD, THRESHOLD_CURVE, trial_label,
 )
+from ..results.rows import MilestoneRow, PointRow, RecordedTrial, Row, Status
 from ..search.packing import member_configs, member_results, member_trial_id, pack_report
 from ..search.space import module_for
 from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
-from .parquet_sink import ParquetSink, finished_packs, read_tables
+from ..results.store import ResultStore, finished_packs, read_rows
 from .records import TrialLog, config_text, feasible_or_none, short_error, threshold_mode, trial_error_text
 from .stages import other_experiments_packs
 from ..storage import Location
@@ -39,8 +39,6 @@ from ..storage import Location
 log = logging.getLogger(__name__)
 
 
-# The tables a trial's milestones write, trials last: a trial row never claims rows not on disk yet.
-TRIAL_TABLES = ("milestones", "member_milestones", "record_scores", "edits", "gates", "grid", "points", "trials")
 CURVE_ARTIFACT = "curve.csv"  # a curve-mode trial run's points at its last milestone
 TAG_FEASIBLE = FEASIBLE  # a trial run's tag: its metrics meet the spec's constraints (only with constraints)
 
@@ -84,7 +82,7 @@ class ResultsCallback(Callback):
 
     confirm_protocol: str | None = None  # the Tune experiment it records: the search's (None), or this protocol's confirm experiment
 
-    def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ParquetSink, mlflow: MlflowSink) -> None:
+    def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ResultStore, mlflow: MlflowSink) -> None:
         self.spec = spec
         self.sweep_id = sweep_id
         self.parquet = parquet
@@ -125,21 +123,16 @@ class ResultsCallback(Callback):
             self.mlflow.start_trial(entry.trial_id, run_name(self.spec, entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
         return entries
 
-    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] = TRIAL_TABLES) -> None:
-        """The Tune trial's file per table, with the rows of all its DEFER trials; trials last,
-        so a trial row never claims milestones that are not on disk yet."""
-        rows = {
-            "milestones": lambda e: e.milestone_rows(self.spec, self.sweep_id),
-            "edits": lambda e: e.edit_rows(self.sweep_id),
-            "gates": lambda e: e.gate_rows(self.spec, self.sweep_id),
-            "grid": lambda e: e.grid_rows(self.sweep_id),
-            "points": lambda e: e.point_rows(self.sweep_id),
-            "member_milestones": lambda e: e.member_milestone_rows(self.sweep_id),
-            "record_scores": lambda e: e.record_rows(self.sweep_id),
-            "trials": lambda e: [e.trial_row(self.spec, self.sweep_id)],
-        }
-        for table in tables:
-            self.parquet.write(table, pack_id, [row for entry in entries for row in rows[table](entry)])
+    def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] | None = None) -> None:
+        """The Tune trial's file per table (all tables unless named), with the rows of all its
+        DEFER trials; the store writes trials last, so a trial row never claims milestones that
+        are not on disk yet."""
+        rows: dict[str, list[Row]] = {}
+        for entry in entries:
+            for table, entry_rows in entry.rows(self.spec, self.sweep_id).items():
+                if tables is None or table in tables:
+                    rows.setdefault(table, []).extend(entry_rows)
+        self.parquet.write_trial(pack_id, rows)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         if not self._skip(trial):
@@ -202,7 +195,7 @@ class ConfirmResultsCallback(ResultsCallback):
     tuner.pkl: sweep/driver.py keeps the name importable where experiments saved before it
     moved here look for it."""
 
-    def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ParquetSink, mlflow: MlflowSink) -> None:
+    def __init__(self, spec: SweepSpec, sweep_id: str, parquet: ResultStore, mlflow: MlflowSink) -> None:
         super().__init__(spec, sweep_id, parquet, mlflow)
         self._confirms: dict[str, str] = {}  # Tune trial id -> the DEFER trial it confirms
 
@@ -267,49 +260,46 @@ def points_csv(points: list[dict[str, Any]]) -> str:
 def recorded_trials(parquet_root: Location, spec: SweepSpec) -> dict[str, RecordedTrial]:
     """Finished Tune trials as persisted, keyed by Tune trial id, with the report a replay
     sends: their last milestone (a pack's, with every member's; in curve mode with its points)."""
-    tables = read_tables(parquet_root, ("milestones", "points"))
-    milestones = {(m["trial_id"], m["n_edits"]): m for m in tables["milestones"].to_pylist()}
-    points: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for point in tables["points"].to_pylist():
-        points.setdefault((point["trial_id"], point["n_edits"]), []).append(point)
+    milestones = {(m.trial_id, m.n_edits): m for m in read_rows(parquet_root, MilestoneRow)}
+    points: dict[tuple[str, int], list[PointRow]] = {}
+    for point in read_rows(parquet_root, PointRow):
+        points.setdefault((point.trial_id, point.n_edits), []).append(point)
     recorded: dict[str, RecordedTrial] = {}
     for pack_id, rows in finished_packs(parquet_root).items():
-        reports = [_last_report(milestones.get((row["trial_id"], row["n_edits"])), points.get((row["trial_id"], row["n_edits"]), []), spec.curve_mode) for row in rows]
+        reports = [_last_report(milestones.get((row.trial_id, row.n_edits)), points.get((row.trial_id, row.n_edits), []), spec.curve_mode) for row in rows]
         if spec.pack_size == 1:
             report = reports[0]
         elif any(member is None for member in reports):
             report = None  # a member that never reached a milestone: nothing to replay
         else:
             report = pack_report(spec, reports, {N_EDITS: reports[0][N_EDITS]})
-        failed = next((row for row in rows if row["status"] == Status.FAILED), None)
-        status = Status.FAILED if failed else Status(rows[0]["status"])
-        recorded[pack_id] = RecordedTrial(status=status, last_report=report, error=failed["error"] if failed else None)
+        failed = next((row for row in rows if row.status == Status.FAILED), None)
+        status = Status.FAILED if failed else Status(rows[0].status)
+        recorded[pack_id] = RecordedTrial(status=status, last_report=report, error=failed.error if failed else None)
     return recorded
 
 
-def _last_report(last: dict[str, Any] | None, points: list[dict[str, Any]], curve: bool) -> dict[str, Any] | None:
+def _last_report(last: MilestoneRow | None, points: list[PointRow], curve: bool) -> dict[str, Any] | None:
     """A recorded milestone as the worker reported it; in curve mode with its threshold and points."""
     if last is None:
         return None
-    report = {key: last[key] for key in METRIC_COLUMNS if last.get(key) is not None}
-    report.update({N_EDITS: last["n_edits"], EVAL_SECONDS: last["eval_seconds"]})
-    if curve and last.get(THRESHOLD) is not None:
-        report[THRESHOLD] = last[THRESHOLD]
+    report: dict[str, Any] = {**last.metrics, N_EDITS: last.n_edits, EVAL_SECONDS: last.eval_seconds}
+    if curve and last.threshold is not None:
+        report[THRESHOLD] = last.threshold
     if points:
-        report[POINTS_KEY] = [_point_report(point) for point in sorted(points, key=lambda p: p[THRESHOLD])]
+        report[POINTS_KEY] = [_point_report(point) for point in sorted(points, key=lambda p: p.threshold)]
     return report
 
 
-def _point_report(row: dict[str, Any]) -> dict[str, Any]:
+def _point_report(row: PointRow) -> dict[str, Any]:
     """A points-table row as the worker reported the point (metrics it has, threshold, feasible)."""
-    point = {key: row[key] for key in METRIC_COLUMNS if row.get(key) is not None}
-    point[THRESHOLD] = row[THRESHOLD]
-    if row.get(FEASIBLE) is not None:
-        point[FEASIBLE] = row[FEASIBLE]
+    point: dict[str, Any] = {**row.metrics, THRESHOLD: row.threshold}
+    if row.feasible is not None:
+        point[FEASIBLE] = row.feasible
     return point
 
 
-def drop_unknown_trials(parquet: ParquetSink, mlflow: MlflowSink, known: set[str]) -> list[str]:
+def drop_unknown_trials(parquet: ResultStore, mlflow: MlflowSink, known: set[str]) -> list[str]:
     """Removes the Parquet files and MLflow runs of Tune trials Tune does not know: trials a
     killed driver started after its last saved experiment state, which Tune will never resume."""
     dropped = sorted((parquet.pack_ids() | mlflow.pack_ids()) - known)

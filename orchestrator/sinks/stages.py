@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
-from ..protocol import CONFIRMS, STAGE, STAGE_CONFIRM, STAGE_SEARCH, Status
+from ..protocol import CONFIRMS, STAGE, STAGE_CONFIRM, STAGE_SEARCH
+from ..results.rows import Status
 from ..storage import Location
 from .layout import SweepLayout
-from .parquet_sink import read_table
+from ..results.store import read_table
 
 if TYPE_CHECKING:
     from ..spec import SweepSpec

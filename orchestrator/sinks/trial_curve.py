@@ -24,7 +24,7 @@ from defer_core.results import GateRow
 from ..protocol import METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, REUSE_OF, THRESHOLD, trial_label, trial_order_key
 from ..spec import SweepSpec
 from .layout import SweepLayout
-from .parquet_sink import read_tables
+from ..results.store import read_tables
 from .records import trial_dtype
 
 LISTED_TRIALS = 8  # trials an unknown-trial error names as examples

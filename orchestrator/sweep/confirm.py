@@ -29,7 +29,7 @@ from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label
 from ..search.ranking import is_feasible, pareto_front, rank_by
 from ..search.space import full_config
 from ..sinks.layout import SweepLayout
-from ..sinks.parquet_sink import read_table
+from ..results.store import read_table
 from ..sinks.records import training_of
 from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
 from ..sinks.trial_curve import find_trial

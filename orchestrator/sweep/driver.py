@@ -33,13 +33,14 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text, require_writable_dir
 
 from ..export import export_best
-from ..protocol import RecordedTrial, Status, trial_named
+from ..protocol import trial_named
+from ..results.rows import RecordedTrial, Status
 from ..search.optuna_search import delete_study_if_exists, fail_orphaned_trials, make_searcher
 from ..search.packing import num_packs
 from ..search.scheduler import make_scheduler
 from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_in_place, require_sweep_dir, save_state
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
-from ..sinks.parquet_sink import ParquetSink
+from ..results.store import ResultStore
 from ..sinks.progress import LiveOutput, Sink, console_session
 from ..sinks.records import bounds_text, threshold_mode
 from ..sinks.results_callback import ConfirmResultsCallback, ResultsCallback
@@ -136,14 +137,14 @@ def _reset_partial(layout: SweepLayout, state: SweepState, mlflow: MlflowSink, s
     stale_tune = saved is TuneSaved.UNSAVED and delete_dir(layout.tune)
     if delete_study_if_exists(state.optuna_storage, state.optuna_study_name) or stale_tune:
         log.warning("%s: no restorable Tune state; restarting the sweep (what the failed start left of Tune and Optuna deleted)", layout.root)
-    ParquetSink(layout.parquet).clear()
+    ResultStore(layout.parquet).clear()
     if mlflow.find_parent() is not None:
         mlflow.delete_trial_runs()
 
 
 def _check_storage_unused(layout: SweepLayout, tune_there: bool) -> None:
     """A new sweep must not adopt what another sweep left at the same storage_uri."""
-    if layout.storage_uri and (tune_there or ParquetSink(layout.parquet).pack_ids()):
+    if layout.storage_uri and (tune_there or ResultStore(layout.parquet).pack_ids()):
         raise DeferInputError(f"key 'storage_uri' = {layout.storage_uri!r} already holds another sweep's Tune experiment or Parquet files ({layout.results}); give each sweep its own prefix")
 
 

@@ -33,10 +33,11 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from defer_core.errors import DeferInputError
 from defer_core.runtime import hub_env
 
-from ..protocol import FINAL_STATUSES, STAGE, RecordedTrial, Status
+from ..protocol import STAGE
+from ..results.rows import RecordedTrial, Status
 from ..sinks.layout import SweepLayout
 from ..sinks.mlflow_sink import MlflowSink
-from ..sinks.parquet_sink import TABLES, ParquetSink, UnreadableParquetError, read_table, read_tables
+from ..results.store import TABLES, ResultStore, UnreadableParquetError, read_table, read_tables
 from ..sinks.progress import ProgressCallback
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
 from ..sinks.stages import confirm_stage, other_experiments_packs, search_stage
@@ -206,14 +207,14 @@ def run_stage(stage: Stage, layout: SweepLayout, mlflow: MlflowSink, sweep_id: s
     # folder's other experiments' trials are not this one's to drop.
     known = {PurePosixPath(result.path).name for result in grid}
     if known:
-        drop_unknown_trials(ParquetSink(layout.parquet), mlflow, known | other_experiments_packs(layout.parquet, stage.protocol))
+        drop_unknown_trials(ResultStore(layout.parquet), mlflow, known | other_experiments_packs(layout.parquet, stage.protocol))
     return count(layout, stage.spec.num_trials, confirm=stage.protocol is not None, protocol=stage.protocol)
 
 
 def _new_tuner(stage: Stage, layout: SweepLayout, mlflow: MlflowSink, sweep_id: str, verbose_ray: bool, board: str | None) -> tune.Tuner:
     proposals = stage.proposals()
     callbacks = [
-        stage.results(stage.spec, sweep_id, ParquetSink(layout.parquet), mlflow),
+        stage.results(stage.spec, sweep_id, ResultStore(layout.parquet), mlflow),
         ProgressCallback(stage.spec, layout.parquet),  # prints through the console attached by the caller
         *proposals.callbacks,
         JsonLoggerCallback(),  # Tune's own result.json per trial, which its ExperimentAnalysis reads
@@ -258,7 +259,7 @@ class Counts:
     @property
     def final(self) -> dict[str, int]:
         """The ended trials per status: complete, pruned, failed."""
-        return {status: self.by_status[status] for status in FINAL_STATUSES}
+        return {status: self.by_status[status] for status in Status.final()}
 
     @property
     def ended(self) -> int:
@@ -275,4 +276,4 @@ def count(layout: SweepLayout, planned: int, *, confirm: bool = False, protocol:
     rows = read_table(layout.parquet, "trials").select(["status", STAGE, "protocol"]).to_pylist()
     rows = confirm_stage(rows, protocol) if confirm else search_stage(rows)
     statuses = [row["status"] for row in rows]
-    return Counts({status: statuses.count(status) for status in (*FINAL_STATUSES, Status.RUNNING)}, planned)
+    return Counts({status: statuses.count(status) for status in (*Status.final(), Status.RUNNING)}, planned)

@@ -40,9 +40,9 @@ from defer_core.orders import ordered_records
 from defer_core.results import METRICS, EditOutcome, MilestoneResult, RecordScores, metric_key
 
 from ..protocol import (
-    EDITS_KEY, EVAL_SECONDS, GATES_KEY, GRID_KEY, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY,
-    REPLAY_KEY, REUSE_OF, SEED, THRESHOLD, WORKER_PID, RecordedTrial, Status,
+    EDITS_KEY, EVAL_SECONDS, GATES_KEY, GRID_KEY, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, REPLAY_KEY, REUSE_OF, SEED, THRESHOLD, WORKER_PID,
 )
+from ..results.rows import RecordedTrial, Status
 from ..search.curve_points import MilestoneCurve, best_point, curve_points, gate_dicts, generation_grid, grid_dicts, point_metrics, with_mean_metrics
 from ..search.packing import is_pack, member_configs, pack_report
 from ..search.space import hparams_for
