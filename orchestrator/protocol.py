@@ -20,7 +20,7 @@ WORKER_PID = "worker_pid"
 NODE_ID = "node_id"  # the Ray node that ran the trial
 MODEL_LOAD_SECONDS = "model_load_seconds"  # 0.0 when the worker had the model cached
 OPTUNA_TRIAL = "optuna_trial"  # in a trial's config: the Optuna trial number behind it
-MEMBERS = "members"  # in a pack's config and reports: one entry per DEFER trial (search/packing.py)
+PACK_KEY = "pack"  # in a pack's config and reports: one entry per DEFER trial (search/packing.py)
 GATES_KEY = "gates"  # the milestone's tf gate rows (defer_core.results.GateRow as dicts): any threshold's tf metrics
 GRID_KEY = "grid"  # curve mode: generation scorings at each threshold of the spec's grid (GridPoint as dicts)
 POINTS_KEY = "points"  # curve mode: the (threshold, metrics) points of this milestone's curve (search/curve_points.py)
@@ -35,7 +35,7 @@ REPEATS_KEY = "repeats"  # a repeated trial's report: one dict per member (seed 
 RECORDS_KEY = "records"  # a report's (or a member's) per-record scores: [{"record_id", "chunk", <metric keys>}]
 SEED = "seed"  # a repeat member's adaptor seed (member dicts, Parquet columns)
 ORDER = "order"  # a repeat member's edit order (defer_core.orders; 0 = file order)
-MEMBER_COUNT = "members"  # Parquet column: how many repeat members a row's metrics are the mean of
+MEMBER_COUNT = "members"  # a milestone's: how many repeat members its metrics are the mean of (results/rows.py `members`)
 STAGE = "stage"  # the trials table's: which stage ran the trial (STAGE_SEARCH or STAGE_CONFIRM)
 STAGE_SEARCH = "search"
 STAGE_CONFIRM = "confirm"

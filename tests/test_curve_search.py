@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from defer_core.curve import curve_thresholds, thin, tf_metrics_at
 from defer_core.results import GateRow, GridPoint, MilestoneResult
-from orchestrator.protocol import GATES_KEY, INTERMEDIATE_KEY, MEMBERS, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD
+from orchestrator.protocol import GATES_KEY, INTERMEDIATE_KEY, PACK_KEY, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD
 from orchestrator.search.curve_points import MilestoneCurve, best_point, curve_points
 from orchestrator.search.curve_trials import CURVE_TRAINING_ATTR, SOURCE_TRIAL_ATTR, TUNE_TRIAL_ATTR
 from orchestrator.search.optuna_search import make_searcher
@@ -192,7 +192,7 @@ def test_a_pack_in_curve_mode_gives_optuna_each_members_curve(tmp_path: Path) ->
     spec = spec_of(num_trials=2, pack_size=2)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = make_searcher(spec, url, "pack")
-    members = searcher.suggest("t1")[MEMBERS]
+    members = searcher.suggest("t1")[PACK_KEY]
     assert [m[OPTUNA_TRIAL] for m in members] == [0, 1] and all(THRESHOLD not in m for m in members)
     finals = [curve_reports(spec, [gates] * 3)[-1] for gates in (GATES, EARLIER)]
     report = pack_report(spec, finals, {N_EDITS: 6})

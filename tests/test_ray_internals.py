@@ -117,14 +117,6 @@ def test_asha_rungs_survive_tunes_callback_checkpoint(tmp_path: Path) -> None:
     assert decisions["fresh"] != decisions["before"], "the probes must depend on the recorded rungs"
 
 
-def test_an_older_rung_checkpoint_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    scheduler, callbacks = make_scheduler(load_spec(tiny_spec(tmp_path, name="old")))
-    callbacks[0].set_state({"rungs": [[{"a": 0.5}, {}]]})
-    assert "older format" in caplog.text
-    scheduler.on_trial_add(None, trial("a"))
-    assert report(scheduler, "a", 2, 0.1, callbacks[0].scheduler.metric) == TrialScheduler.CONTINUE
-
-
 # -- the searcher: its own Optuna study through Tune's searcher checkpoint ----------------------
 
 SPACE = {

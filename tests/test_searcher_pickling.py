@@ -21,7 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from orchestrator.protocol import MEMBERS, N_EDITS, OPTUNA_TRIAL
+from orchestrator.protocol import PACK_KEY, N_EDITS, OPTUNA_TRIAL
 from orchestrator.search.optuna_search import DeferOptunaSearch, make_searcher
 from orchestrator.search.study import sampler_settings
 from orchestrator.spec import SweepSpec, spec_from_dict
@@ -57,13 +57,13 @@ def metrics_of(config: dict[str, Any], n_edits: int = TINY["T"]) -> dict[str, fl
 
 
 def result_of(config: dict[str, Any], n_edits: int = TINY["T"]) -> dict[str, Any]:
-    if MEMBERS in config:
-        return {MEMBERS: [metrics_of(member, n_edits) for member in config[MEMBERS]], N_EDITS: n_edits}
+    if PACK_KEY in config:
+        return {PACK_KEY: [metrics_of(member, n_edits) for member in config[PACK_KEY]], N_EDITS: n_edits}
     return metrics_of(config, n_edits)
 
 
 def params_of(config: dict[str, Any]) -> tuple:
-    first = config[MEMBERS][0] if MEMBERS in config else config
+    first = config[PACK_KEY][0] if PACK_KEY in config else config
     return tuple(first[name] for name in PARAMS)
 
 
@@ -120,7 +120,7 @@ def test_the_pickled_searcher_names_no_optuna_class_and_round_trips(case: str, t
     trials = optuna.load_study(study_name="pickling", storage=url).get_trials(deepcopy=False)
     members = spec.pack_size
     assert [t.state for t in trials] == [TrialState.COMPLETE] * members + [TrialState.PRUNED] * members
-    assert trials[0].values[0] == metrics_of(first[MEMBERS][0] if MEMBERS in first else first)["rel_tf"]
+    assert trials[0].values[0] == metrics_of(first[PACK_KEY][0] if PACK_KEY in first else first)["rel_tf"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -131,7 +131,7 @@ def test_a_resumed_seeded_searcher_proposes_what_an_uninterrupted_one_does(case:
     assert resumed == uninterrupted
     again = run(spec, f"sqlite:///{tmp_path / 'c.db'}", resume_every=3)
     assert again == uninterrupted
-    numbers = [config[OPTUNA_TRIAL] for config in uninterrupted] if MEMBERS not in uninterrupted[0] else [m[OPTUNA_TRIAL] for c in uninterrupted for m in c[MEMBERS]]
+    numbers = [config[OPTUNA_TRIAL] for config in uninterrupted] if PACK_KEY not in uninterrupted[0] else [m[OPTUNA_TRIAL] for c in uninterrupted for m in c[PACK_KEY]]
     assert numbers == list(range(TRIALS))
     distinct = {params_of(config) for config in uninterrupted}
     assert len(distinct) > 2, "the sampler explores (the comparison is not between constant proposals)"

@@ -65,30 +65,39 @@ class RecordedTrial:
     error: str | None = None
 
 
+_IS_PARAM = "mlflow_param"
+
+
+def _param() -> Any:
+    """Marks a trial column that is also its MLflow run's param."""
+    return dataclasses.field(metadata={_IS_PARAM: True})
+
+
 # -- the tables ------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialRow:
-    """trials/: one DEFER trial, its config, where and how it ran, its last milestone's metrics."""
+    """trials/: one DEFER trial, its config, where and how it ran, its last milestone's metrics.
+    The columns marked _param() are known when it starts and are its MLflow run's params."""
 
     sweep_id: str
     sweep_name: str
-    trial_id: str
-    pack_id: str  # the Tune trial that ran it (its own id unless the sweep packs trials)
-    optuna_trial: int | None
+    trial_id: str = _param()
+    pack_id: str = _param()  # the Tune trial that ran it (its own id unless the sweep packs trials)
+    optuna_trial: int | None = _param()
     status: str  # a Status value
-    layer: int
-    module: str
-    edit_lr: float
-    n_iter: int
-    threshold: float | None  # curve mode: the threshold of the best point at the last milestone
-    model: str
-    dtype: str  # the dtype the trial ran in (auto resolved)
-    protocol: str
-    T: int
-    strip: bool  # text fields stripped of surrounding whitespace (data.strip)
-    threads: int  # torch's intra-op thread count the trial ran with (resources_per_trial.cpu)
+    layer: int = _param()
+    module: str = _param()
+    edit_lr: float = _param()
+    n_iter: int = _param()
+    threshold: float | None = _param()  # curve mode: the threshold of the best point at the last milestone
+    model: str = _param()
+    dtype: str = _param()  # the dtype the trial ran in (auto resolved)
+    protocol: str = _param()
+    T: int = _param()
+    strip: bool = _param()  # text fields stripped of surrounding whitespace (data.strip)
+    threads: int = _param()  # torch's intra-op thread count the trial ran with (resources_per_trial.cpu)
     n_edits: int | None
     metrics: Metrics
     seconds: float | None
@@ -98,12 +107,16 @@ class TrialRow:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     error: str | None
-    reuse_of: str | None  # the DEFER trial whose training this one replayed (null: it trained)
+    reuse_of: str | None = _param()  # the DEFER trial whose training this one replayed (null: it trained)
     feasible: bool | None  # its last milestone's metrics meet the spec's constraints (null: none)
-    threshold_mode: str  # "sampled" (threshold searched) or "curve" (read at every threshold)
-    members: int  # repeat members (seed x order) its metrics are the mean of; 1 unrepeated
-    stage: str  # "search" (a sweep trial) or "confirm" (a re-check with more repeats)
-    confirms: str | None  # a confirm run: the DEFER trial id it re-checks (null otherwise)
+    threshold_mode: str = _param()  # "sampled" (threshold searched) or "curve" (read at every threshold)
+    members: int = _param()  # repeat members (seed x order) its metrics are the mean of; 1 unrepeated
+    stage: str = _param()  # "search" (a sweep trial) or "confirm" (a re-check with more repeats)
+    confirms: str | None = _param()  # a confirm run: the DEFER trial id it re-checks (null otherwise)
+
+    def params(self) -> dict[str, Any]:
+        """Its MLflow run's params: the columns known when it starts."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.metadata.get(_IS_PARAM)}
 
 
 @dataclasses.dataclass(frozen=True)

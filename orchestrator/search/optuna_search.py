@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from ..protocol import MEMBERS, N_EDITS, OPTUNA_TRIAL, REPLAY_KEY, REUSE_OF
+from ..protocol import PACK_KEY, N_EDITS, OPTUNA_TRIAL, REPLAY_KEY, REUSE_OF
 from ..spec import SweepSpec
 from .curve_trials import TUNE_TRIAL_ATTR, curve_trials, describe
 from .packing import is_pack, member_results
@@ -154,7 +154,7 @@ class DeferOptunaSearch(Searcher):
                 member.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
             self._packs[trial_id] = members
             self._trials[trial_id] = members[0]
-        return {MEMBERS: [{**member.params, OPTUNA_TRIAL: member.number} for member in self._packs[trial_id]]}
+        return {PACK_KEY: [{**member.params, OPTUNA_TRIAL: member.number} for member in self._packs[trial_id]]}
 
     def _ask(self, fixed: Mapping[str, Any] | None = None) -> optuna.trial.Trial:
         """Ask with a sampler built for this point of the study (SamplerSettings.build); with

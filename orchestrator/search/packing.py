@@ -2,8 +2,8 @@
 edited in one batched forward pass (defer_core.run_trials). Optuna still sees K trials, and
 Parquet and MLflow record K trials; Tune and its scheduler see one trial, the pack.
 
-A pack's config is `{"members": [config, ...]}` and each milestone report carries
-`{"members": [report, ...]}` plus, at the top, the best member's value of every objective and
+A pack's config is `{"pack": [config, ...]}` (protocol.PACK_KEY) and each milestone report carries
+`{"pack": [report, ...]}` plus, at the top, the best member's value of every objective and
 of the early-stopping metric: the scheduler stops a pack only when even its best member trails.
 With K = 1 configs and reports stay flat and a trial's id is its Tune trial id.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from ..protocol import MEMBERS
+from ..protocol import PACK_KEY
 from ..spec import SweepSpec
 
 PACK_TIMING = ("time_total_s", "training_iteration")
@@ -25,12 +25,12 @@ def num_packs(spec: SweepSpec) -> int:
 
 
 def is_pack(config_or_result: Mapping[str, Any]) -> bool:
-    return MEMBERS in config_or_result
+    return PACK_KEY in config_or_result
 
 
 def member_configs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The DEFER trial configs a Tune trial runs: its members, or itself."""
-    return [dict(member) for member in config[MEMBERS]] if is_pack(config) else [dict(config)]
+    return [dict(member) for member in config[PACK_KEY]] if is_pack(config) else [dict(config)]
 
 
 def member_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def member_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not is_pack(result):
         return [dict(result)]
     timing = {key: result[key] for key in PACK_TIMING if key in result}
-    return [{**member, **timing} for member in result[MEMBERS]]
+    return [{**member, **timing} for member in result[PACK_KEY]]
 
 
 def member_trial_id(tune_trial_id: str, index: int, pack_size: int) -> str:
@@ -62,5 +62,5 @@ def pack_report(spec: SweepSpec, members: Sequence[Mapping[str, Any]], shared: M
         values = [float(m[metric]) for m in members if m.get(metric) is not None and not math.isnan(float(m[metric]))]
         if values:
             report[metric] = max(values) if mode == "max" else min(values)
-    report[MEMBERS] = [dict(member) for member in members]
+    report[PACK_KEY] = [dict(member) for member in members]
     return report

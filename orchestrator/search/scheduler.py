@@ -14,7 +14,6 @@ place. tests/test_ray_internals.py checks that this round trip keeps ASHA's deci
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ..protocol import N_EDITS
 from ..spec import SweepSpec
 
-log = logging.getLogger(__name__)
 
 
 class MilestoneASHA(AsyncHyperBandScheduler):
@@ -56,9 +54,6 @@ class RungStateCallback(Callback):
         return {"scheduler": self.scheduler.state_bytes()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if "scheduler" not in state:  # {"rungs": ...}, written by versions that read ASHA's private rungs
-            log.warning("the Tune checkpoint holds ASHA rungs in an older format; early stopping restarts with empty rungs")
-            return
         self.scheduler.load_state_bytes(state["scheduler"])
 
 

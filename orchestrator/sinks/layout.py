@@ -38,7 +38,7 @@ from ..spec import SweepSpec, load_spec
 from ..storage import Location, local_location, open_storage
 
 TUNE_EXPERIMENT = "tune"
-SWEEP_FORMAT = 1  # sweep.json's "format": raised whenever a sweep folder's files change shape
+SWEEP_FORMAT = 2  # sweep.json's "format": raised whenever a sweep folder's files change shape (2: a pack's Tune config lists its members under "pack")
 _FORMAT_KEY, _WRITER_KEY = "format", "written_by"
 
 

@@ -107,7 +107,7 @@ class MlflowSink:
                 )
             else:
                 self._experiment_id = found.experiment_id
-                if TAG_EXPERIMENT_KIND not in found.tags:  # an older sweep's experiment; a kind chosen in the UI stays
+                if TAG_EXPERIMENT_KIND not in found.tags:  # made outside defer-sweep (the UI, a shared server); a kind chosen in the UI stays
                     self.client.set_experiment_tag(self._experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return self._experiment_id
 

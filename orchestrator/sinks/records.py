@@ -29,6 +29,20 @@ def threshold_mode(spec: SweepSpec) -> str:
     return THRESHOLD_CURVE if spec.curve_mode else THRESHOLD_SAMPLED
 
 
+def spec_columns(spec: SweepSpec) -> dict[str, Any]:
+    """The trial columns every trial of a sweep shares: what the sweep's MLflow parent run also
+    records as its params."""
+    return {
+        "model": spec.model.name,
+        "dtype": spec.model.run_dtype,
+        "protocol": spec.protocol,
+        "T": spec.T,
+        "strip": spec.data.strip,
+        "threads": spec.resources_per_trial.threads,
+        "threshold_mode": threshold_mode(spec),
+    }
+
+
 def trial_dtype(spec: SweepSpec, row: Mapping[str, Any]) -> str:
     """The dtype a trial ran in (what its gates are exact in): its row's, or the spec's for rows
     written before it was recorded."""
@@ -214,12 +228,6 @@ class TrialLog:
             edit_lr=self.config["edit_lr"],
             n_iter=self.config["n_iter"],
             threshold=self.threshold(spec),
-            model=spec.model.name,
-            dtype=spec.model.run_dtype,
-            protocol=spec.protocol,
-            T=spec.T,
-            strip=spec.data.strip,
-            threads=spec.resources_per_trial.threads,
             n_edits=self.reached,
             metrics=metrics_of(self.last_milestone or {}),
             seconds=self.seconds,
@@ -231,10 +239,10 @@ class TrialLog:
             error=self.error,
             reuse_of=self.reuse_of,
             feasible=feasible_or_none(self.last_milestone, spec.constraints),
-            threshold_mode=threshold_mode(spec),
             members=self.members,
             stage=self.stage,
             confirms=self.confirms,
+            **spec_columns(spec),
         )
 
     def milestone_rows(self, spec: SweepSpec, sweep_id: str) -> list[MilestoneRow]:

@@ -24,15 +24,14 @@ from ray.tune.experiment import Trial
 
 from ..intervals import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, STD_SUFFIX, repeat_interval
 from ..protocol import (
-    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, MEMBER_COUNT, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REPEATS_KEY, REUSE_OF, STAGE, STAGE_CONFIRM, THRESHOLD, THRESHOLD_CURVE, trial_label,
+    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REPEATS_KEY, STAGE, STAGE_CONFIRM, THRESHOLD, THRESHOLD_CURVE, trial_label,
 )
 from ..results.rows import MilestoneRow, PointRow, RecordedTrial, Row, Status
 from ..search.packing import member_configs, member_results, member_trial_id, pack_report
-from ..search.space import module_for
 from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
 from ..results.store import ResultStore, finished_packs, read_rows
-from .records import TrialLog, config_text, feasible_or_none, short_error, threshold_mode, trial_error_text
+from .records import TrialLog, config_text, feasible_or_none, short_error, trial_error_text
 from .stages import other_experiments_packs
 from ..storage import Location
 
@@ -49,29 +48,15 @@ def run_name(spec: SweepSpec, log_: TrialLog) -> str:
     return f"{trial_label(log_.optuna_trial, log_.trial_id)} {config_text(spec, log_.config)}"
 
 
-def trial_params(spec: SweepSpec, log_: TrialLog) -> dict[str, Any]:
-    """The run's MLflow params. In curve mode `threshold` is `curve`: the chosen threshold
-    differs per milestone and is logged as a metric (an MLflow param cannot change)."""
+def trial_params(spec: SweepSpec, log_: TrialLog, sweep_id: str) -> dict[str, Any]:
+    """The run's MLflow params: its trial row's start columns, and the repeat plan. In curve
+    mode `threshold` is `curve`: the chosen threshold differs per milestone and is logged as a
+    metric (an MLflow param cannot change)."""
     return {
-        **log_.config,
+        **log_.trial_row(spec, sweep_id).params(),
         **({THRESHOLD: THRESHOLD_CURVE} if spec.curve_mode else {}),
-        "threshold_mode": threshold_mode(spec),
-        REUSE_OF: log_.reuse_of,
-        "module": module_for(spec, log_.config["layer"]),
-        "trial_id": log_.trial_id,
-        "pack_id": log_.pack_id,
-        "optuna_trial": log_.optuna_trial,
-        "model": spec.model.name,
-        "dtype": spec.model.run_dtype,
-        "protocol": spec.protocol,
-        "T": spec.T,
-        "strip": spec.data.strip,
-        "threads": spec.resources_per_trial.threads,
-        MEMBER_COUNT: log_.members,
         "repeat_seeds": ",".join(str(seed) for seed in spec.repeats.seeds),
         "repeat_orders": spec.repeats.orders,
-        STAGE: log_.stage,
-        CONFIRMS: log_.confirms,
     }
 
 
@@ -120,7 +105,7 @@ class ResultsCallback(Callback):
         self.parquet.remove_pack(trial.trial_id)
         self._write(trial.trial_id, entries, tables=("trials",))
         for entry in entries:
-            self.mlflow.start_trial(entry.trial_id, run_name(self.spec, entry), trial_params(self.spec, entry), pack_id=trial.trial_id)
+            self.mlflow.start_trial(entry.trial_id, run_name(self.spec, entry), trial_params(self.spec, entry, self.sweep_id), pack_id=trial.trial_id)
         return entries
 
     def _write(self, pack_id: str, entries: list[TrialLog], tables: tuple[str, ...] | None = None) -> None:

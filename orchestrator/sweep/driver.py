@@ -42,7 +42,7 @@ from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state,
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from ..results.store import ResultStore
 from ..sinks.progress import LiveOutput, Sink, console_session
-from ..sinks.records import bounds_text, threshold_mode
+from ..sinks.records import bounds_text, spec_columns
 from ..sinks.results_callback import ConfirmResultsCallback, ResultsCallback
 from ..sinks.stages import ConfirmPlan, save_plan
 from ..spec import SweepSpec, load_spec, spec_to_yaml
@@ -110,13 +110,8 @@ def new_state(spec: SweepSpec, layout: SweepLayout) -> SweepState:
 
 def _sweep_params(spec: SweepSpec) -> dict[str, object]:
     return {
-        "model": spec.model.name,
-        "dtype": spec.model.run_dtype,
-        "strip": spec.data.strip,
-        "threads": spec.resources_per_trial.threads,
-        "T": spec.T,
+        **spec_columns(spec),
         "milestones": ",".join(map(str, spec.milestones)),
-        "protocol": spec.protocol,
         "scorings": ",".join(spec.scorings),
         "objectives": ",".join(f"{o.direction} {o.metric}" for o in spec.objectives),
         "num_trials": spec.num_trials,
@@ -125,7 +120,6 @@ def _sweep_params(spec: SweepSpec) -> dict[str, object]:
         "module_template": spec.search_space.module_template,
         "early_stopping": "off" if spec.early_stopping is None else f"{spec.early_stopping.metric} grace={spec.early_stopping.grace_edits} rf={spec.early_stopping.reduction_factor:g}",
         "seed": spec.seed,
-        "threshold_mode": threshold_mode(spec),
         "constraints": bounds_text(spec.constraints) or "none",
         **({"curve": f"resolution={spec.curve.resolution:g} gen_grid={','.join(f'{t:g}' for t in spec.curve.gen_grid)}"} if spec.curve_mode else {}),
     }
