@@ -12,7 +12,7 @@ than EasyEdit's float32 is exported with a warning (its optimum may not carry ov
 
 Off the knife edge: a curve-mode point's threshold is a tf breakpoint, a gate value, and a gate
 can move by one rounding step between thread counts, flipping the records at it. So the YAML
-gets `point_margin`'s threshold (search/curve_points.py): the middle of the interval of
+gets `point_margin`'s threshold (results/curve_points.py): the middle of the interval of
 thresholds with the point's metrics, (gate below, breakpoint], in the trial's dtype; comment
 lines after the dtype line say so (or that the dtype leaves no margin there), and so does the
 reason. The chosen row keeps the breakpoint (it names the candidate). Generation-grid points and
@@ -39,9 +39,9 @@ from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 
 from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, trial_label
 from .results.rows import Status
-from .search.curve_points import point_margin
+from .results.curve_points import point_margin
 from .search.ranking import is_feasible, pareto_front, rank_by
-from .search.space import hparams_for
+from .spec.trial_config import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .results.store import read_tables

@@ -1,5 +1,5 @@
 """Curve mode, constraints and never-train-twice on the search side: a milestone's curve points
-(search/curve_points.py), what the searcher tells a real Optuna study (curve points as trials,
+(results/curve_points.py), what the searcher tells a real Optuna study (curve points as trials,
 constraint values, NSGA-II generations, reuse of a training instead of a second one), and a
 real curve-mode sweep of the tiny Llama on a local Ray."""
 
@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from defer_core.curve import curve_thresholds, thin, tf_metrics_at
 from defer_core.results import GateRow, GridPoint, MilestoneResult
 from orchestrator.protocol import GATES_KEY, INTERMEDIATE_KEY, PACK_KEY, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD
-from orchestrator.search.curve_points import MilestoneCurve, best_point, curve_points
+from orchestrator.results.curve_points import MilestoneCurve, best_point, curve_points
 from orchestrator.search.curve_trials import CURVE_TRAINING_ATTR, SOURCE_TRIAL_ATTR, TUNE_TRIAL_ATTR
 from orchestrator.search.optuna_search import make_searcher
-from orchestrator.search.packing import pack_report
+from orchestrator.results.packing import pack_report
 from orchestrator.spec import SweepSpec, load_spec, spec_from_dict
 from orchestrator.sweep.driver import execute, prepare
 from orchestrator.worker.trainable import curve_report, milestone_report

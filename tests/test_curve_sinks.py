@@ -37,7 +37,7 @@ from orchestrator.protocol import EDITS_KEY, FEASIBLE, GATES_KEY, METRIC_COLUMNS
 from orchestrator.results.rows import Status
 from orchestrator.report import write_report_files
 from orchestrator.report.data import best_yaml_notes, load_sweep, top_trials, trial_yaml
-from orchestrator.search.curve_points import MilestoneCurve, point_margin
+from orchestrator.results.curve_points import MilestoneCurve, point_margin
 from orchestrator.search.ranking import is_feasible, rank_by
 from orchestrator.sinks.layout import SweepLayout, SweepState, load_state, require_sweep_dir, save_state
 from orchestrator.sinks.mlflow_sink import MlflowSink, sweep_mlflow

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from defer_core import TrialPlan, run_trial, tiny_llama
 from orchestrator.sweep.preflight import load_spec_records
 from orchestrator.sinks.mlflow_sink import TAG_PACK
-from orchestrator.search.space import hparams_for
+from orchestrator.spec.trial_config import hparams_for
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute, prepare
 

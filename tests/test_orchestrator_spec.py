@@ -13,7 +13,8 @@ from defer_core.errors import DeferInputError
 from orchestrator.cli import main
 from orchestrator.sinks.layout import SWEEP_FORMAT
 from orchestrator.sweep.preflight import check_model
-from orchestrator.search.space import hparams_for, optuna_distributions
+from orchestrator.search.space import optuna_distributions
+from orchestrator.spec.trial_config import hparams_for
 from orchestrator.spec import CURVE_TRAINING_THRESHOLD, Choice, ConfirmSpec, Constraint, CurveSpec, FloatRange, IntRange, Repeats, load_spec, spec_from_dict, spec_to_yaml
 
 from .orchestrator_support import SPECS

@@ -21,8 +21,8 @@ from defer_core.runtime import DEFAULT_THREADS
 from defer_core.orders import ordered_records
 from orchestrator.intervals import BOOTSTRAP, T_INTERVAL, bootstrap_interval, milestone_intervals
 from orchestrator.protocol import METRIC_COLUMNS
-from orchestrator.search.curve_points import with_mean_metrics
-from orchestrator.search.space import hparams_for
+from orchestrator.results.curve_points import with_mean_metrics
+from orchestrator.spec.trial_config import hparams_for
 from orchestrator.results.store import TABLES, ResultStore, read_table
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute, prepare

@@ -43,12 +43,12 @@ def curve(args: argparse.Namespace) -> ExitCode:
 def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") -> "ChosenPoint | None":
     """Curve mode: the point the trial reported as its best at the curve's milestone (the
     milestones table's threshold), read at the threshold `defer-sweep export` would write for it
-    (search/curve_points.point_margin: a tf breakpoint moved to the middle of the thresholds with
+    (results/curve_points.point_margin: a tf breakpoint moved to the middle of the thresholds with
     its metrics). None outside curve mode or when the milestone recorded no threshold."""
     import pyarrow.compute as pc
 
     from ..protocol import N_EDITS, THRESHOLD
-    from ..search.curve_points import kept_text, point_margin
+    from ..results.curve_points import kept_text, point_margin
     from ..results.store import read_tables
     from ..sinks.trial_curve import read_at
 

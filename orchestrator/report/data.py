@@ -32,7 +32,7 @@ from ..intervals import T_INTERVAL, Interval
 from ..protocol import N_EDITS, THRESHOLD, trial_order_key
 from ..results.rows import Status
 from ..search.ranking import pareto_front, rank_by
-from ..search.space import hparams_for
+from ..spec.trial_config import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..results.store import read_tables
 from ..sinks.records import candidates, training_of, trial_dtype

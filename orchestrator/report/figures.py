@@ -17,7 +17,7 @@ from ..intervals import T_INTERVAL, Interval
 from ..protocol import THRESHOLD
 from ..results.rows import Status
 from ..search.ranking import Bound, is_feasible
-from ..search.space import describe_config
+from ..spec.trial_config import describe_config
 from .data import row_key
 
 from .drawing import BEST_COLOR, COMPLETE_COLOR, ErrorBars, FAILED_COLOR, FRONT_COLOR, Hotspot, INFEASIBLE_COLOR, METRIC_LABELS, Mark, PRUNED_COLOR, Row, TRAINING_COLORS, constraint_lines, error_bars, hotspots, new_figure, point_label, scoring_title, shared_label, trial_label, unit_axes

@@ -20,7 +20,7 @@ from defer_core.results import METRICS, metric_key
 
 from ..results.rows import Status
 from ..search.ranking import is_feasible
-from ..search.space import describe_config
+from ..spec.trial_config import describe_config
 from ..sinks.records import bounds_text, threshold_mode
 from ..spec import SweepSpec
 from .data import Row, SweepData, row_key, scorings_with_data, top_trials, trial_yaml

@@ -3,7 +3,7 @@
 
 The dataset lives on a pyarrow filesystem (storage.Location): OUT/parquet on local disk, or
 <storage_uri>/parquet on shared storage such as S3. A file is named by the Tune trial id (it
-holds the rows of every DEFER trial of a pack, see search/packing.py) and appears whole or not
+holds the rows of every DEFER trial of a pack, see results/packing.py) and appears whole or not
 at all, so a reader never sees half a file, a crash never leaves one, and writing a trial again
 (a resumed sweep re-running an interrupted trial) replaces its rows instead of duplicating
 them. A table no trial wrote yet reads empty, in its schema.

@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 from ..protocol import PACK_KEY, N_EDITS, OPTUNA_TRIAL, REPLAY_KEY, REUSE_OF
 from ..spec import SweepSpec
 from .curve_trials import TUNE_TRIAL_ATTR, curve_trials, describe
-from .packing import is_pack, member_results
+from ..results.packing import is_pack, member_results
 from .reuse import Reuse
 from .space import optuna_distributions
 from .study import SamplerSettings, delete_study_if_exists, fail_orphaned_trials, make_storage, sampler_settings

@@ -25,8 +25,8 @@ from defer_core.results import GateRow
 
 from ..protocol import EDITS_KEY, GATES_KEY, GRID_KEY, METRIC_COLUMNS, N_EDITS, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, THRESHOLD
 from ..spec import SweepSpec
-from .curve_points import with_mean_metrics
-from .space import full_config, module_for
+from ..results.curve_points import with_mean_metrics
+from ..spec.trial_config import full_config, module_for
 
 # What a replayed report keeps of the original's (the worker adds its own pid, node, no edits).
 REPLAYED_KEYS = (N_EDITS, THRESHOLD, GRID_KEY, POINTS_KEY, *METRIC_COLUMNS)

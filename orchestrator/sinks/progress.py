@@ -30,9 +30,9 @@ from ray.tune.experiment import Trial
 from ..intervals import Interval, format_interval, repeat_interval
 from ..protocol import N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPEATS_KEY, REUSE_OF, THRESHOLD, trial_label
 from ..results.rows import Status
-from ..search.packing import member_configs, member_results, member_trial_id, num_packs
+from ..results.packing import member_configs, member_results, member_trial_id, num_packs
 from ..search.ranking import is_feasible, pareto_front, rank_by
-from ..search.space import full_config
+from ..spec.trial_config import full_config
 from ..spec import SweepSpec
 from ..worker.live import EditProgress, board_name, open_board
 from ..results.store import finished_packs

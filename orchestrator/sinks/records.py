@@ -21,7 +21,7 @@ from ..protocol import (
 )
 from ..results.rows import EditRow, GridRow, MemberMilestoneRow, MilestoneRow, PointRow, RecordScoreRow, Row, Status, TrialGateRow, TrialRow, metrics_of
 from ..search.ranking import Bound, is_feasible
-from ..search.space import describe_config, full_config, module_for
+from ..spec.trial_config import describe_config, full_config, module_for
 from ..spec import SweepSpec
 
 

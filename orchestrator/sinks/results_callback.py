@@ -27,7 +27,7 @@ from ..protocol import (
     CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, METRIC_COLUMNS, N_EDITS, POINTS_KEY, REPEATS_KEY, STAGE, STAGE_CONFIRM, THRESHOLD, THRESHOLD_CURVE, trial_label,
 )
 from ..results.rows import MilestoneRow, PointRow, RecordedTrial, Row, Status
-from ..search.packing import member_configs, member_results, member_trial_id, pack_report
+from ..results.packing import member_configs, member_results, member_trial_id, pack_report
 from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
 from ..results.store import ResultStore, finished_packs, read_rows

@@ -27,7 +27,7 @@ from defer_core.results import milestones_ending_at
 from ..export import candidate_rows
 from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label
 from ..search.ranking import is_feasible, pareto_front, rank_by
-from ..search.space import full_config
+from ..spec.trial_config import full_config
 from ..sinks.layout import SweepLayout
 from ..results.store import read_table
 from ..sinks.records import training_of

@@ -36,7 +36,7 @@ from ..export import export_best
 from ..protocol import trial_named
 from ..results.rows import RecordedTrial, Status
 from ..search.optuna_search import delete_study_if_exists, fail_orphaned_trials, make_searcher
-from ..search.packing import num_packs
+from ..results.packing import num_packs
 from ..search.scheduler import make_scheduler
 from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state, new_sweep_id, require_in_place, require_sweep_dir, save_state
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow

@@ -120,7 +120,7 @@ def check_model(spec: SweepSpec, source: str) -> int:
 
     from defer_core.module_path import parse_module_path, resolve_module
 
-    from ..search.space import module_for
+    from ..spec.trial_config import module_for
 
     check_machine(spec, source)
     config = _config(spec.model.name, source)

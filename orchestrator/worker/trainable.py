@@ -9,7 +9,7 @@ adaptor (run_trial does that and detaches it again, also when the scheduler stop
 Every milestone report carries the milestone's gate rows (any threshold's tf metrics follow
 from them). In curve mode a trial is planned without an evaluation at its own threshold
 (threshold_scores=False), with the generation grid, and reports its curve's points, its grid,
-and at the top level its best point's metrics and threshold (search/curve_points.py). A trial
+and at the top level its best point's metrics and threshold (results/curve_points.py). A trial
 whose config names REUSE_OF trains nothing: it replays the reports the searcher copied from
 the training it reuses (search/reuse.py), without loading a model.
 
@@ -43,9 +43,9 @@ from ..protocol import (
     EDITS_KEY, EVAL_SECONDS, GATES_KEY, GRID_KEY, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL, ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, REPLAY_KEY, REUSE_OF, SEED, THRESHOLD, WORKER_PID,
 )
 from ..results.rows import RecordedTrial, Status
-from ..search.curve_points import MilestoneCurve, best_point, curve_points, gate_dicts, generation_grid, grid_dicts, point_metrics, with_mean_metrics
-from ..search.packing import is_pack, member_configs, pack_report
-from ..search.space import hparams_for
+from ..results.curve_points import MilestoneCurve, best_point, curve_points, gate_dicts, generation_grid, grid_dicts, point_metrics, with_mean_metrics
+from ..results.packing import is_pack, member_configs, pack_report
+from ..spec.trial_config import hparams_for
 from ..spec import SweepSpec
 from .live import EditReporter
 
