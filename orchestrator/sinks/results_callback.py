@@ -51,13 +51,15 @@ def run_name(spec: SweepSpec, log_: TrialLog) -> str:
 def trial_params(spec: SweepSpec, log_: TrialLog, sweep_id: str) -> dict[str, Any]:
     """The run's MLflow params: its trial row's start columns, and the repeat plan. In curve
     mode `threshold` is `curve`: the chosen threshold differs per milestone and is logged as a
-    metric (an MLflow param cannot change)."""
-    return {
+    metric (an MLflow param cannot change). A column without a value (`reuse_of` of a trial
+    that trained, `confirms` of a search trial) is no param, not the string 'None'."""
+    params = {
         **log_.trial_row(spec, sweep_id).params(),
         **({THRESHOLD: THRESHOLD_CURVE} if spec.curve_mode else {}),
         "repeat_seeds": ",".join(str(seed) for seed in spec.repeats.seeds),
         "repeat_orders": spec.repeats.orders,
     }
+    return {key: value for key, value in params.items() if value is not None}
 
 
 class ResultsCallback(Callback):
