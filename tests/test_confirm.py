@@ -59,6 +59,7 @@ def test_a_confirm_killed_mid_run_resumes_and_records_each_confirm_trial_once(tm
     out = tmp_path / "killconf"
     searched = subprocess.run(cli("run", str(spec), "--quiet"), cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert searched.returncode == 0, searched.stdout + searched.stderr
+    assert "Token authentication" not in searched.stderr, "the local Ray's token notice is dropped (issue 20, noise)"
     search_ids = {row["trial_id"] for row in parquet_rows(out, "trials")}
 
     log = (tmp_path / "confirm.log").open("w")

@@ -44,7 +44,7 @@ from ..sinks.stages import confirm_stage, other_experiments_packs, search_stage
 from ..spec import SweepSpec
 from ..storage import Location
 from ..worker.trainable import TrialSettings, defer_trainable
-from .preflight import LOCAL_RAY, check_cluster_gpus, ray_init_address
+from .preflight import LOCAL_RAY, check_cluster_gpus, joins_cluster, ray_init_address
 from .tune_state import TuneSaved, damaged_message, delete_dir, tune_saved
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,31 @@ def ray_session(spec: SweepSpec, verbose_ray: bool) -> Iterator[None]:
     address = ray_init_address(spec)
     if spec.ray.num_cpus and address == LOCAL_RAY:
         kwargs["num_cpus"] = spec.ray.num_cpus
-    ray.init(address=address, **kwargs)
+    with _quiet_token_notice(not verbose_ray and not joins_cluster(spec)):
+        ray.init(address=address, **kwargs)
     try:
         check_cluster_gpus(spec)
         yield
     finally:
         ray.shutdown()
+
+
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextmanager
+def _quiet_token_notice(quiet: bool) -> Iterator[None]:
+    """A local instance that Ray starts with token authentication on (its default since 2.59)
+    announces it on every start; the sweep keeps the protection and drops the notice. Ray's
+    other warnings, and every warning about a cluster the sweep connects to, still show."""
+    logger = logging.getLogger(_TOKEN_LOGGER)
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def trial_dirname(trial: tune.experiment.Trial) -> str:
