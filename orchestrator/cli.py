@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a sweep from a spec YAML (see search_spaces/)")
     run.add_argument("spec", help="sweep spec YAML")
     run.add_argument("--output-dir", default=None, help="override the spec's output_dir")
+    run.add_argument("--force", action="store_true", help="start in an existing folder that holds no sweep; its files stay, and one the sweep would write refuses the start")
     run.add_argument("--verbose-ray", action="store_true", help="show Ray Tune's own progress tables")
     _progress_flags(run)
     run.set_defaults(handler=commands.run)

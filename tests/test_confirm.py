@@ -22,7 +22,8 @@ from orchestrator.sinks.layout import SweepLayout, load_state, read_spec, requir
 from orchestrator.sinks.mlflow_sink import sweep_mlflow
 from orchestrator.results.store import read_table
 from orchestrator.spec import load_spec
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, tiny_spec
 

@@ -22,7 +22,8 @@ from orchestrator.search.curve_trials import CURVE_TRAINING_ATTR, SOURCE_TRIAL_A
 from orchestrator.search.optuna_search import make_searcher
 from orchestrator.results.packing import pack_report
 from orchestrator.spec import SweepSpec, load_spec, spec_from_dict
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 from orchestrator.worker.trainable import curve_report, milestone_report
 
 from .orchestrator_support import SPECS, parquet_rows, state, tiny_spec

@@ -48,7 +48,8 @@ from orchestrator.sinks.records import candidates, training_of
 from orchestrator.sinks.results_callback import CURVE_ARTIFACT, ResultsCallback
 from orchestrator.sinks.trial_curve import gate_rows
 from orchestrator.spec import CURVE_TRAINING_THRESHOLD, SweepSpec, load_spec
-from orchestrator.sweep.driver import execute, finish, prepare
+from orchestrator.sweep.driver import execute, finish
+from orchestrator.sweep.preflight import prepare
 from orchestrator.worker.trainable import curve_report, milestone_report
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, tiny_spec

@@ -19,7 +19,8 @@ from defer_core.models import resolve_dtype
 from defer_core.results import dtype_name
 from orchestrator.cli import main
 from orchestrator.spec import load_spec
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 
 from .conftest import tiny_hparams
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, tiny_spec

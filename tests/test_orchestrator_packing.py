@@ -14,7 +14,8 @@ from orchestrator.sweep.preflight import load_spec_records
 from orchestrator.sinks.mlflow_sink import TAG_PACK
 from orchestrator.spec.trial_config import hparams_for
 from orchestrator.spec import load_spec
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, state, tiny_spec
 

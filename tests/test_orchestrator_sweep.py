@@ -16,7 +16,8 @@ from orchestrator.sinks.layout import SweepLayout
 from orchestrator.sinks.mlflow_sink import MlflowSink
 from orchestrator.results.store import ResultStore
 from orchestrator.spec import load_spec
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, state, tiny_spec
 

@@ -24,7 +24,8 @@ from orchestrator.results.store import ResultStore
 from orchestrator.spec import load_spec
 from orchestrator.storage import local_location
 from orchestrator.sweep.driver import execute
-from orchestrator.sweep.lock import LEASE_FILE, LOCK_FILE, Holder, SweepBusyError, read_lease, storage_lease
+from orchestrator.sinks.layout import LOCK_FILE
+from orchestrator.sweep.lock import LEASE_FILE, Holder, SweepBusyError, read_lease, storage_lease
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, tiny_spec
 
@@ -135,7 +136,7 @@ def test_a_second_run_or_resume_mid_sweep_is_refused_and_the_first_finishes(tmp_
         seconds = [subprocess.Popen(cli(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in (("run", str(spec)), ("resume", str(out)))]
         for second in seconds:
             stdout, stderr = second.communicate(timeout=180)
-            assert second.returncode == 2, stdout + stderr
+            assert second.returncode == 2 and stdout == "", stdout + stderr  # refused before any line of output
             assert f"{out}: another defer-sweep driver is running this sweep (host {socket.gethostname()}, pid {first.pid}, since " in error_line(stderr)
         assert first.poll() is None, "the first sweep should still be running"
         after = {r["trial_id"]: (r["status"], r["finished_at"]) for r in parquet_rows(out, "trials")}
@@ -226,14 +227,45 @@ def test_a_lease_is_taken_over_only_when_stale_and_its_heartbeat_is_renewed(tmp_
     assert read_lease(where) is None
 
 
+# -- (e) a folder that holds no sweep (issue 20) -----------------------------------------------------
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_a_run_into_someone_elses_folder_is_refused_before_any_output_and_changes_nothing(tmp_path: Path) -> None:
+    """A folder with a user's best.yaml, report and notes: `run` names what is there and exits 2
+    before printing anything; `--force` would put the sweep beside them, but not over their
+    best.yaml and report/, so it is refused too; not one byte changes."""
+    spec = tiny_spec(tmp_path, name="theirs")
+    out = tmp_path / "theirs"
+    (out / "report").mkdir(parents=True)
+    (out / "best.yaml").write_text("alg_name: DEFER  # the user's own\n")
+    (out / "report" / "report.html").write_text("<p>their report</p>\n")
+    (out / "notes.txt").write_text("notes\n")
+    before = folder_bytes(out)
+    refused = run_cli("run", str(spec), timeout=120)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+    line = error_line(refused.stderr)
+    assert f"{out}: is not empty and holds no sweep (best.yaml, notes.txt, report/)" in line and "--force" in line
+    forced = run_cli("run", str(spec), "--force", timeout=120)
+    assert forced.returncode == 2 and forced.stdout == "", forced.stdout + forced.stderr
+    assert f"{out}: holds best.yaml, report/, which the sweep writes" in error_line(forced.stderr)
+    assert folder_bytes(out) == before
+
+
 # -- (d) a truncated Parquet file in a finished sweep ---------------------------------------------
 
 
 def test_a_truncated_parquet_file_is_skipped_by_export_and_report_and_stops_resume(tmp_path: Path) -> None:
     spec = tiny_spec(tmp_path, name="damaged", num_trials=3, early_stopping=False)
     out = tmp_path / "damaged"
-    done = run_cli("run", str(spec))
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's notes\n")  # --force: the sweep starts beside them and leaves them be
+    done = run_cli("run", str(spec), "--force")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "notes.txt").read_text() == "the user's notes\n"
     trials = parquet_rows(out, "trials")
     complete = [t for t in trials if t["status"] == "complete"]
     assert len(complete) >= 2, trials

@@ -25,7 +25,8 @@ from orchestrator.results.curve_points import with_mean_metrics
 from orchestrator.spec.trial_config import hparams_for
 from orchestrator.results.store import TABLES, ResultStore, read_table
 from orchestrator.spec import load_spec
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 from orchestrator.sweep.preflight import load_spec_records
 
 from .orchestrator_support import children_by_trial, mlflow_runs, optuna_trials, parquet_rows, tiny_spec

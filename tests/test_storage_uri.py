@@ -27,7 +27,8 @@ from orchestrator.cli import main
 from orchestrator.results.store import ResultStore, read_table
 from orchestrator.spec import load_spec
 from orchestrator.storage import Location, local_location
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 
 from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, state, tiny_spec
 

@@ -29,7 +29,8 @@ from orchestrator.report.plots import build_plots
 from orchestrator.search.ranking import pareto_front
 from orchestrator.sinks.layout import read_spec, require_sweep_dir
 from orchestrator.spec import load_spec
-from orchestrator.sweep.driver import execute, prepare
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
 from orchestrator.table import CONFIDENCE, FALLBACK_MARK, build_table, latex_escape
 
 from .orchestrator_support import parquet_rows, tiny_spec

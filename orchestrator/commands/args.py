@@ -80,10 +80,9 @@ def trial_seeds(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def confirm_request(args: argparse.Namespace) -> "ConfirmRequest":
-    """`confirm`'s options as given (None where not: the recorded plan's, or the defaults)."""
+    """`confirm`'s options as given (None where not: the recorded plan's, or the defaults),
+    checked before the confirm module (and MLflow with it) is imported."""
     from defer_core.results import PROTOCOLS
-
-    from ..sweep.confirm import ConfirmRequest
 
     if args.top is not None and args.top < 1:
         raise DeferInputError(f"--top: expected a number of configurations >= 1, got {args.top}")
@@ -92,10 +91,9 @@ def confirm_request(args: argparse.Namespace) -> "ConfirmRequest":
     trials = tuple(part.strip() for part in args.trials.split(",") if part.strip()) if args.trials is not None else None
     if trials is not None and not trials:
         raise DeferInputError(f"--trials: expected comma-separated trial ids or Optuna numbers, got {args.trials!r}")
-    return ConfirmRequest(
-        top=args.top, pareto=args.pareto, trials=trials,
-        seeds=parse_seeds(args.seeds, "--seeds") if args.seeds is not None else None,
-        orders=require_orders(args.orders, "--orders") if args.orders is not None else None,
-        T=args.T,
-        protocols=parse_choices(args.protocols, "--protocols", PROTOCOLS) if args.protocols is not None else None,
-    )
+    seeds = parse_seeds(args.seeds, "--seeds") if args.seeds is not None else None
+    orders = require_orders(args.orders, "--orders") if args.orders is not None else None
+    protocols = parse_choices(args.protocols, "--protocols", PROTOCOLS) if args.protocols is not None else None
+    from ..sweep.confirm import ConfirmRequest
+
+    return ConfirmRequest(top=args.top, pareto=args.pareto, trials=trials, seeds=seeds, orders=orders, T=args.T, protocols=protocols)

@@ -17,14 +17,15 @@ def compare(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep compare HPARAMS --T 1,10,100 ...`: the configuration under every protocol ×
     scoring × dtype asked; progress on stderr, the table on stdout, the table and the
     per-record Parquet in --output."""
-    from defer_core.runtime import require_device, stay_offline_by_default
+    from defer_core.runtime import EMBEDDED_MODEL, require_device, stay_offline_by_default
 
     stay_offline_by_default()  # before transformers is imported
-    from defer_core import EMBEDDED_MODEL, load_hparams, load_records, resolve_data_path
+    from defer_core.data import load_records, resolve_data_path
     from defer_core.files import require_writable_dir
+    from defer_core.hparams import load_hparams
     from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, dtype_name
 
-    from ..compare import ComparePlan, render, run_comparison, write_outputs
+    from ..compare import ComparePlan, render, run_comparison, write_outputs  # light: torch is imported when it runs
 
     require_device(args.device, "--device")
     milestones = parse_int_list(args.T, "--T")

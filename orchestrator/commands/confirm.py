@@ -21,12 +21,16 @@ def confirm(args: argparse.Namespace) -> ExitCode:
 
     stay_offline_by_default()
     from ..sinks.layout import require_sweep_dir
+    from ..sweep.lock import check_not_busy
+
+    # Flags, the folder and its lock are checked before the driver's heavy imports and any output.
+    request = confirm_request(args)
+    layout = require_sweep_dir(args.output_dir)
+    check_not_busy(layout.root)
     from ..sweep.driver import confirm as run_confirm
 
-    request = confirm_request(args)
     sink, live = sweep_console(args)
     quiet_libraries(args.verbose_ray)
-    layout = require_sweep_dir(args.output_dir)
     print(f"confirm stage of the sweep in {layout.root}", flush=True)
     try:
         outcome = run_confirm(layout.root, request, sink=sink, verbose_ray=args.verbose_ray, live=live)

@@ -18,20 +18,22 @@ MLFLOW_UI_HOST, MLFLOW_UI_PORT = "127.0.0.1", 5000  # what the printed `mlflow u
 
 
 def run(args: argparse.Namespace) -> ExitCode:
-    """`defer-sweep run SPEC [--output-dir DIR]`: start, or continue, the sweep."""
+    """`defer-sweep run SPEC [--output-dir DIR] [--force]`: start, or continue, the sweep."""
     from defer_core.runtime import stay_offline_by_default
 
     from ..spec import load_spec
-    from ..sweep.preflight import check_machine
+    from ..sweep.preflight import check_inputs, check_machine, prepare
 
     stay_offline_by_default()  # before transformers is imported (the driver's preflight) and for Ray's workers
     spec = load_spec(args.spec)
-    check_machine(spec, args.spec)  # device and model name, answered before the driver's heavy imports
-    from ..sweep.driver import execute, prepare
-
     if args.output_dir:
         spec = spec.with_output_dir(args.output_dir)
-    layout = prepare(spec)
+    # What can be refused without Ray or the model is, before the driver's heavy imports and any output.
+    check_machine(spec, args.spec)
+    layout = prepare(spec, force=args.force)
+    check_inputs(spec)
+    from ..sweep.driver import execute
+
     sink, live = sweep_console(args)
     quiet_libraries(args.verbose_ray)
     print(f"sweep '{spec.name}': {spec.num_trials} trials of {spec.model.name}, T={spec.T}, output {layout.root}", flush=True)
@@ -49,11 +51,14 @@ def resume(args: argparse.Namespace) -> ExitCode:
 
     stay_offline_by_default()
     from ..sinks.layout import require_sweep_dir
+    from ..sweep.lock import check_not_busy
+
+    layout = require_sweep_dir(args.output_dir)
+    check_not_busy(layout.root)
     from ..sweep.driver import resume as resume_sweep
 
     sink, live = sweep_console(args)
     quiet_libraries(args.verbose_ray)
-    layout = require_sweep_dir(args.output_dir)
     print(f"resuming the sweep in {layout.root}", flush=True)
     try:
         outcome = resume_sweep(layout.root, sink=sink, verbose_ray=args.verbose_ray, live=live)

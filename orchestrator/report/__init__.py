@@ -33,7 +33,7 @@ from pathlib import Path
 
 from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
 
-from ..sinks.layout import SweepLayout, SweepState, require_sweep_dir
+from ..sinks.layout import REPORT_DIR, SweepLayout, SweepState, require_sweep_dir
 from ..sinks.mlflow_sink import sweep_mlflow
 from .data import TOP_TRIALS, best_yaml_notes, load_sweep
 from .html import render_html
@@ -54,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
 HTML_NAME = "report.html"
 MLFLOW_ARTIFACT_PATH = "report"
 
@@ -77,7 +76,7 @@ def write_report_files(out_dir: str | os.PathLike[str], report_dir: str | os.Pat
     """write_report, also saying which PNGs it wrote and which MLflow run holds them."""
     layout = require_sweep_dir(out_dir)
     data = load_sweep(layout)
-    target = Path(report_dir).expanduser().resolve() if report_dir is not None else layout.root / REPORT_DIR
+    target = Path(report_dir).expanduser().resolve() if report_dir is not None else layout.report_dir
     make_dirs(target, "the report folder")
     importance = param_importances(load_study(data.state), data.spec.objectives, list(data.spec.search_space.searched()))
     plot_list = build_plots(data, importance)

@@ -37,7 +37,13 @@ from defer_core.files import atomic_write_text
 from ..spec import SweepSpec, load_spec
 from ..storage import Location, local_location, open_storage
 
+# The names the sweep writes in OUT (besides the properties below): written here once.
 TUNE_EXPERIMENT = "tune"
+PARQUET_DIR = "parquet"
+CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
+CONFIRM_PLAN = "confirm.json"  # the plan of the folder's confirm stage
+REPORT_DIR = "report"
+LOCK_FILE = ".lock"  # the driver's OS file lock (sweep/lock.py)
 SWEEP_FORMAT = 2  # sweep.json's "format": raised whenever a sweep folder's files change shape (2: a pack's Tune config lists its members under "pack")
 _FORMAT_KEY, _WRITER_KEY = "format", "written_by"
 
@@ -92,11 +98,33 @@ class SweepLayout:
 
     @property
     def parquet(self) -> Location:
-        return self.results.child("parquet")
+        return self.results.child(PARQUET_DIR)
+
+    @property
+    def confirm_experiments(self) -> Location:
+        return self.results.child(CONFIRM_EXPERIMENTS)
+
+    @property
+    def confirm_plan(self) -> Path:
+        return self.root / CONFIRM_PLAN
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
 
     @property
     def best_yaml(self) -> Path:
         return self.root / "best.yaml"
+
+    @property
+    def written_names(self) -> frozenset[str]:
+        """Every name the sweep may create at the top of OUT: what it calls its own."""
+        files = (self.spec, self.state, self.optuna_db, self.mlflow_db, self.mlflow_artifacts, self.best_yaml, self.confirm_plan, self.report_dir)
+        return frozenset({*(path.name for path in files), TUNE_EXPERIMENT, PARQUET_DIR, CONFIRM_EXPERIMENTS, LOCK_FILE})
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from ..results.store import read_table
 if TYPE_CHECKING:
     from ..spec import SweepSpec
 
-CONFIRM_FILE = "confirm.json"  # in OUT: the plan of the folder's confirm stage
 
 def stage_of(row: Mapping[str, Any]) -> str:
     """A trials row's stage; rows written before stages existed are the search's."""
@@ -86,7 +85,7 @@ class ConfirmPlan:
 
 
 def load_plan(layout: SweepLayout) -> ConfirmPlan | None:
-    path = layout.root / CONFIRM_FILE
+    path = layout.confirm_plan
     if not path.is_file():
         return None
     try:
@@ -96,7 +95,7 @@ def load_plan(layout: SweepLayout) -> ConfirmPlan | None:
 
 
 def save_plan(layout: SweepLayout, plan: ConfirmPlan) -> None:
-    atomic_write_text(layout.root / CONFIRM_FILE, plan.to_json())
+    atomic_write_text(layout.confirm_plan, plan.to_json())
 
 
 @dataclass(frozen=True)

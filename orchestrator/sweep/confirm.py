@@ -37,9 +37,6 @@ from ..spec import Repeats, SweepSpec
 from ..spec.search_space import UNIT_RANGE
 from ..spec.sections import ConfirmSpec
 
-CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
-
-
 @dataclass(frozen=True)
 class ConfirmRequest:
     """`defer-sweep confirm` options; None: not given (the recorded plan's, else the spec's

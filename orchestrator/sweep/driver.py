@@ -47,7 +47,7 @@ from ..sinks.results_callback import ConfirmResultsCallback, ResultsCallback
 from ..sinks.stages import ConfirmPlan, save_plan
 from ..spec import SweepSpec, load_spec, spec_to_yaml
 from ..storage import one_line
-from .confirm import CONFIRM_EXPERIMENTS, ConfirmRequest, confirm_spec, resolve_plan
+from .confirm import ConfirmRequest, confirm_spec, resolve_plan
 from .lock import sweep_lock
 from .preflight import check_model, load_spec_records
 from .stage import Counts, Listed, Searched, Stage, count, ray_session, recorded_for_resume, run_stage, set_tune_env
@@ -305,22 +305,6 @@ def resume(output_dir: str | os.PathLike[str], *, sink: Sink = _quiet_sink, verb
     return execute(spec, layout, sink=sink, verbose_ray=verbose_ray, live=live, resuming=True)
 
 
-def prepare(spec: SweepSpec) -> SweepLayout:
-    """Refuse, before anything is written, an output directory that cannot be one (a file, under
-    a file, read-only), a sweep folder moved from where it was created, and a different sweep."""
-    layout = SweepLayout(spec.output_dir, spec.storage_uri)
-    require_writable_dir(layout.root, "the output directory")
-    if layout.spec.is_file():
-        require_in_place(layout)
-        existing = load_spec(layout.spec)
-        if existing != spec:
-            raise DeferInputError(
-                f"{layout.root}: holds a different sweep (its spec.yaml differs from this spec); "
-                f"choose another output_dir, or continue that sweep with `defer-sweep resume {layout.root}`"
-            )
-    return layout
-
-
 # -- the confirm stage (confirm.py plans it) ----------------------------------------------------------
 
 
@@ -339,7 +323,7 @@ def confirm(output_dir: str | os.PathLike[str], request: ConfirmRequest, *, sink
 def _confirm_stage(layout: SweepLayout, plan: ConfirmPlan, cspec: SweepSpec) -> Stage:
     """One protocol's confirm experiment (OUT/tune-confirm/<protocol>): a damaged one is refused
     here, before anything is written; a restorable one replays its recorded trials."""
-    storage = layout.results.child(CONFIRM_EXPERIMENTS)
+    storage = layout.confirm_experiments
     saved, why = tune_saved(storage.child(cspec.protocol))
     if saved is TuneSaved.DAMAGED:
         raise DeferInputError(damaged_message(storage.child(cspec.protocol), why))

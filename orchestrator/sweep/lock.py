@@ -38,13 +38,12 @@ from typing import Callable, Iterator, TypeVar
 from defer_core.errors import DeferInputError
 from defer_core.files import make_dirs
 
-from ..sinks.layout import SweepLayout
+from ..sinks.layout import LOCK_FILE, SweepLayout
 from ..storage import Location, delete_file, one_line, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LOCK_FILE = ".lock"  # in OUT
 LEASE_FILE = "lease.json"  # at the storage_uri
 LEASE_REFRESH_S = 15.0  # how often a running driver renews its heartbeat
 LEASE_TIMEOUT_S = 120.0  # a heartbeat older than this is a dead driver's
@@ -153,10 +152,7 @@ def _acquire(root: Path, path: Path) -> int:
         except BlockingIOError:
             holder = _holder_of(fd)
             os.close(fd)
-            raise SweepBusyError(
-                f"{root}: another defer-sweep driver is running this sweep ({holder.describe() if holder else 'holder unknown'}); "
-                f"wait for it to end, or stop it and then run `defer-sweep resume {root}`"
-            ) from None
+            raise _busy(root, holder) from None
         except OSError as error:
             os.close(fd)
             raise DeferInputError(f"{path}: cannot lock the sweep's lock file ({error.strerror or one_line(error)}); the output directory must be on a filesystem with flock") from None
@@ -164,6 +160,31 @@ def _acquire(root: Path, path: Path) -> int:
             return fd
         os.close(fd)  # the holder removed it while we waited for it: lock the new one
     raise DeferInputError(f"{path}: the lock file kept changing under us; is another defer-sweep starting on {root}?")
+
+
+def _busy(root: Path, holder: Holder | None) -> SweepBusyError:
+    return SweepBusyError(
+        f"{root}: another defer-sweep driver is running this sweep ({holder.describe() if holder else 'holder unknown'}); "
+        f"wait for it to end, or stop it and then run `defer-sweep resume {root}`"
+    )
+
+
+def check_not_busy(root: Path) -> None:
+    """Refuse at once when another driver holds OUT/.lock: the quick check a command makes
+    before its heavy imports and its first line of output. It takes nothing; sweep_lock still
+    decides (a driver that starts in between is refused there)."""
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file: nobody holds it (or sweep_lock will say why it cannot be made)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(root, _holder_of(fd)) from None
+    except OSError:
+        return
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
 
 
 def _same_file(fd: int, path: Path) -> bool:

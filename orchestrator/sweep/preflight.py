@@ -8,8 +8,10 @@ weights, so even a 7B model takes a moment). Every module path the search space 
 resolved on it: a layer range past the model's depth or a template naming a module that does
 not exist fails here, naming the spec key, instead of failing every trial on the workers.
 
-`check_machine` (device and model name, from local files) imports neither torch nor Ray, so the
-command layer runs it before importing the driver: a bad name is answered in a moment.
+`check_machine` (device and model name, from local files), `prepare` (the output folder) and
+`check_inputs` (a busy folder, the data file, the cache folder) import neither torch nor Ray,
+so the command layer runs them before importing the driver and before its first line of
+output: such a refusal comes in a moment.
 CUDA is checked where the trials will run. With a Ray instance the driver starts itself, that
 is this machine, checked here. When ray.init joins a cluster (`ray.address`, RAY_ADDRESS, or a
 cluster `ray start` recorded on this machine, as under `ray submit`), the GPUs are on worker
@@ -22,14 +24,18 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defer_core.data import EditRecord, load_records
 from defer_core.errors import DeferInputError
-from defer_core.runtime import TINY_MODEL, cuda_problem, hub_offline, model_problem, stay_offline_by_default, uses_cuda
+from defer_core.files import require_writable_dir
+from defer_core.runtime import CACHE_ENV, TINY_MODEL, cache_dir, cuda_problem, hub_offline, model_problem, stay_offline_by_default, uses_cuda
 
-from ..spec import SweepSpec
+from ..sinks.layout import LOCK_FILE, SweepLayout, require_in_place
+from ..spec import SweepSpec, load_spec
+from .lock import check_not_busy
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -139,6 +145,73 @@ def check_model(spec: SweepSpec, source: str) -> int:
         if not isinstance(module, torch.nn.Linear):
             raise DeferInputError(f"{source}: key 'search_space.module_template' gives {path!r}, a {type(module).__name__}; DEFER wraps a Linear layer")
     return num_layers
+
+
+def prepare(spec: SweepSpec, *, force: bool = False) -> SweepLayout:
+    """Refuse, before anything is written, an output directory that cannot be one (a file, under
+    a file, read-only), one another driver holds, a sweep folder moved from where it was
+    created, a different sweep, and a folder with files of someone else's (`force` puts the
+    sweep beside them, never over one)."""
+    layout = SweepLayout(spec.output_dir, spec.storage_uri)
+    require_writable_dir(layout.root, "the output directory")
+    check_not_busy(layout.root)  # first: a running driver's folder is half-written
+    if layout.spec.is_file() or layout.state.is_file():
+        require_in_place(layout)
+        existing = load_spec(layout.spec) if layout.spec.is_file() else spec
+        if existing != spec:
+            raise DeferInputError(
+                f"{layout.root}: holds a different sweep (its spec.yaml differs from this spec); "
+                f"choose another output_dir, or continue that sweep with `defer-sweep resume {layout.root}`"
+            )
+        return layout
+    _require_no_foreign_files(layout, force)
+    return layout
+
+
+_LISTED_NAMES = 5  # entries a refusal names
+
+
+def _require_no_foreign_files(layout: SweepLayout, force: bool) -> None:
+    """An existing folder that holds no sweep belongs to someone: the sweep starts there only with
+    `force`, and even then never where one of its own files would replace one of theirs."""
+    try:
+        there = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in layout.root.iterdir() if entry.name != LOCK_FILE)
+    except FileNotFoundError:
+        return
+    if not there:
+        return
+    listed = ", ".join(there[:_LISTED_NAMES]) + (f" and {len(there) - _LISTED_NAMES} more" if len(there) > _LISTED_NAMES else "")
+    if not force:
+        raise DeferInputError(
+            f"{layout.root}: is not empty and holds no sweep ({listed}); choose a new or empty output_dir, or pass --force to put the sweep beside what is there"
+        )
+    clashing = [name for name in there if name.rstrip("/") in layout.written_names]
+    if clashing:
+        raise DeferInputError(
+            f"{layout.root}: holds {', '.join(clashing)}, which the sweep writes; even with --force it never replaces a file it did not write: move them, or choose another output_dir"
+        )
+
+
+def check_inputs(spec: SweepSpec) -> None:
+    """What else can be refused without Ray or the model: a data file or record that cannot be
+    used, a cache folder the trials cannot write."""
+    load_spec_records(spec)
+    if not joins_cluster(spec):  # a cluster's workers cache on their own nodes
+        check_cache_writable()
+
+
+def check_cache_writable() -> None:
+    """The trials keep the unedited model's scores (and the embedded model's files) under the
+    cache folder; one that cannot be written would fail every trial."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise DeferInputError(
+            f"{folder}: the cache folder cannot be written ({error.strerror or error}); set {CACHE_ENV} to a writable folder"
+        ) from None
 
 
 def load_spec_records(spec: SweepSpec) -> list[EditRecord]:

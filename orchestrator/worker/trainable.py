@@ -202,7 +202,7 @@ def run_on_worker(
 ) -> None:
     """defer_core's run_trials with the unedited-scores cache kept per node, so every trial of
     the sweep on this machine shares it; imported here so the driver never loads torch."""
-    from defer_core.models import cache_dir
+    from defer_core.runtime import cache_dir
     from defer_core.trial import run_trials
 
     run_trials(loaded, records, hparams, plan, seeds=seeds, on_edit=on_edit, on_milestone=on_milestone, cache_dir=cache_dir() / "unedited")
