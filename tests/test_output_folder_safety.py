@@ -255,6 +255,20 @@ def test_a_run_into_someone_elses_folder_is_refused_before_any_output_and_change
     assert folder_bytes(out) == before
 
 
+def test_a_cache_folder_that_cannot_be_written_is_refused_before_any_output(tmp_path: Path) -> None:
+    """Every trial keeps the unedited scores under the cache folder: one that cannot be written
+    is named at once (it used to surface only when every trial had failed), nothing created."""
+    spec = tiny_spec(tmp_path, name="nocache")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    env = {**os.environ, "DEFER_SWEEP_CACHE": str(blocker / "cache")}
+    refused = subprocess.run(cli("run", str(spec)), cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+    line = error_line(refused.stderr)
+    assert f"{blocker / 'cache'}: the cache folder cannot be written (" in line and "DEFER_SWEEP_CACHE" in line
+    assert not (tmp_path / "nocache").exists()
+
+
 # -- (d) a truncated Parquet file in a finished sweep ---------------------------------------------
 
 
