@@ -151,3 +151,50 @@ def test_cli_run_of_a_spec_with_a_syntax_error_exits_2(tmp_path: Path, capsys: p
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"defer-sweep: error: {spec}: not valid YAML (line ") and "column" in error and "\n" not in error
     assert not (tmp_path / "never").exists()
+
+
+# -- constraint bounds against the metric's range --------------------------------------------------
+
+
+def with_constraints(tmp_path: Path, *constraints: str) -> Path:
+    return write(tmp_path, TINY_TEXT + "constraints:\n" + "".join(f"  - {c}\n" for c in constraints))
+
+
+@pytest.mark.parametrize(
+    ("constraint", "expected"),
+    [
+        ("{metric: loc_tf, min: 1.5}", "key 'constraints[0].min' = 1.5 is out of loc_tf's range [0, 1]; no trial can meet it"),
+        ("{metric: loc_tf, min: 1.01}", "key 'constraints[0].min' = 1.01 is out of loc_tf's range [0, 1]; no trial can meet it"),
+        ("{metric: rel_tf, max: -0.1}", "key 'constraints[0].max' = -0.1 is out of rel_tf's range [0, 1]; no trial can meet it"),
+        ("{metric: mean_tf, min: 2}", "key 'constraints[0].min' = 2.0 is out of mean_tf's range [0, 1]; no trial can meet it"),
+        ("{metric: loc_tf, min: 1.5, max: 0.5}", "key 'constraints[0].min' must be <= max (1.5 > 0.5)"),
+    ],
+)
+def test_a_constraint_no_metric_value_can_meet_is_refused(tmp_path: Path, constraint: str, expected: str) -> None:
+    path = with_constraints(tmp_path, constraint)
+    assert refusal(path) == f"{path}: {expected}"
+
+
+def test_the_second_constraint_is_named_by_its_index(tmp_path: Path) -> None:
+    path = with_constraints(tmp_path, "{metric: loc_tf, min: 0.9}", "{metric: rel_tf, min: 1.2}")
+    assert refusal(path) == f"{path}: key 'constraints[1].min' = 1.2 is out of rel_tf's range [0, 1]; no trial can meet it"
+
+
+def test_bounds_at_the_edge_of_the_range_are_reachable_and_accepted(tmp_path: Path) -> None:
+    spec = load_spec(with_constraints(tmp_path, "{metric: loc_tf, min: 1.0}", "{metric: rel_tf, max: 0.0}", "{metric: mean_tf, min: 0, max: 1}"))
+    assert [(c.metric, c.min, c.max) for c in spec.constraints] == [("loc_tf", 1.0, None), ("rel_tf", None, 0.0), ("mean_tf", 0.0, 1.0)]
+
+
+def test_every_metric_has_a_range_and_every_one_is_a_proportion() -> None:
+    """What the bound check relies on: a metric added without a range fails here, not in a sweep."""
+    from orchestrator.protocol import METRIC_COLUMNS, METRIC_RANGES
+
+    assert set(METRIC_RANGES) == set(METRIC_COLUMNS)
+    assert set(METRIC_RANGES.values()) == {(0.0, 1.0)}
+
+
+def test_cli_run_with_an_unreachable_constraint_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = with_constraints(tmp_path, "{metric: loc_tf, min: 1.5}")
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "never")]) == ExitCode.BAD_INPUT
+    assert capsys.readouterr().err.strip() == f"defer-sweep: error: {path}: key 'constraints[0].min' = 1.5 is out of loc_tf's range [0, 1]; no trial can meet it"
+    assert not (tmp_path / "never").exists()
