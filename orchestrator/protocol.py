@@ -51,6 +51,11 @@ def metric_names(scorings: tuple[str, ...] = SCORINGS) -> tuple[str, ...]:
 
 
 METRIC_COLUMNS = metric_names()  # Parquet and MLflow carry every column, null where not scored
+# The values each metric can take. Every one is a proportion: rel, gen and loc are token
+# accuracies (matching tokens / tokens, averaged over records), mean_* the mean of three of them.
+# A constraint bound outside its metric's range is refused when the spec is read (spec/models.py).
+PROPORTION = (0.0, 1.0)
+METRIC_RANGES: dict[str, tuple[float, float]] = {name: PROPORTION for name in METRIC_COLUMNS}
 
 
 # -- ordering -------------------------------------------------------------------------------------

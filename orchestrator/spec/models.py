@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, Valida
 
 from defer_core.results import DEFAULT_SCORINGS, PROTOCOLS, SCORINGS, default_milestones, milestones_ending_at
 
-from ..protocol import THRESHOLD_CURVE, metric_names
+from ..protocol import METRIC_RANGES, THRESHOLD_CURVE, metric_names
 from .fields import Count, NonNegativeInt, Section, Text, derived, enum, fail, kind, mapping, missing, one_of, or_shorthand, text
 from .search_space import SEARCHED, UNIT_RANGE, InitialPoint, SearchSpace, counts, describe, within
 from .sections import ConfirmSpec, Constraint, CurveSpec, DataSpec, EarlyStopping, MlflowSpec, ModelSpec, Objective, OptunaSpec, RaySpec, Repeats, Resources
@@ -82,6 +82,19 @@ def _storage_uri(uri: str) -> str:
 def _not_reported(metric: str, scorings: tuple[str, ...]) -> str | None:
     names = metric_names(scorings)
     return None if metric in names else f"= {metric!r} is not reported under scorings {list(scorings)}; choose from {', '.join(names)}"
+
+
+def _unreachable(constraint: Constraint) -> tuple[str, str] | None:
+    """(bound, problem) when a bound lies beyond every value its metric can take (a min above
+    the range's top, a max below its bottom); a bound at the range's edge can be met."""
+    low, high = METRIC_RANGES[constraint.metric]
+    if constraint.min is not None and constraint.min > high:
+        bound, value = "min", constraint.min
+    elif constraint.max is not None and constraint.max < low:
+        bound, value = "max", constraint.max
+    else:
+        return None
+    return bound, f"= {value} is out of {constraint.metric}'s range [{low:g}, {high:g}]; no trial can meet it"
 
 
 Scoring = Annotated[str, enum(SCORINGS)]
@@ -206,6 +219,9 @@ class SweepSpec(Section):
             problem = _not_reported(constraint.metric, scorings) if scorings else None
             if problem:
                 raise fail(problem, index, "metric")
+            unreachable = _unreachable(constraint) if constraint.metric in METRIC_RANGES else None
+            if unreachable:
+                raise fail(unreachable[1], index, unreachable[0])
         return constraints
 
     @field_validator("early_stopping", mode="before")

@@ -13,6 +13,8 @@ from pydantic.json_schema import WithJsonSchema
 from defer_core.results import DTYPE_CHOICES, PROTOCOLS, dtype_name
 from defer_core.runtime import DEFAULT_THREADS, DEVICE_PATTERN, device_problem, threads_for
 
+from ..protocol import PROPORTION
+
 from .fields import Count, Flag, Float, NonNegativeFloat, NonNegativeInt, Positional, PositiveFloat, Section, Text, enum, fail, integer, kind, number, one_of
 from .fields import text
 
@@ -142,8 +144,10 @@ class Constraint(Positional):
     samplers get it as a constraint (search/ranking.py `violations`)."""
 
     metric: Text
-    min: Float | None = None
-    max: Float | None = None
+    # Every metric is a proportion (protocol.py METRIC_RANGES): a min above 1 or a max below 0
+    # can never be met and is refused when the spec is read (SweepSpec).
+    min: Float | None = Field(None, json_schema_extra={"maximum": PROPORTION[1]}, description="inclusive; at most 1 (metrics are proportions)")
+    max: Float | None = Field(None, json_schema_extra={"minimum": PROPORTION[0]}, description="inclusive; at least 0 (metrics are proportions)")
 
     @model_validator(mode="after")
     def _bounded(self) -> Constraint:
