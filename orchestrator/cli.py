@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from defer_core.errors import DeferInputError
 from defer_core.results import DEFAULT_DTYPE, DEFAULT_SCORINGS, DTYPE_CHOICES, PROTOCOLS, SCORINGS
@@ -22,8 +22,16 @@ from .spec.sections import ConfirmSpec
 CONFIRM_DEFAULTS = ConfirmSpec()  # what `confirm` runs without a `confirm:` section (written once, on the spec model)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, like every other bad input (argparse prints its usage block
+    first); `--help` still prints the usage. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ExitCode.BAD_INPUT), f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="defer-sweep", description="Sweep DEFER hyperparameters for lifelong model editing.")
+    parser = OneLineParser(prog="defer-sweep", description="Sweep DEFER hyperparameters for lifelong model editing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 

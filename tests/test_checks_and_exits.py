@@ -33,6 +33,7 @@ import yaml
 from defer_core.errors import DeferInputError
 from defer_core.models import tiny_llama
 from defer_core.runtime import EMBEDDED_MODEL, HUB_OFFLINE_VARS, TINY_MODEL
+from orchestrator.cli import main
 from orchestrator.commands import ExitCode
 from orchestrator.sinks.mlflow_sink import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, UI_WORKFLOW
 from orchestrator.spec import spec_from_dict
@@ -384,3 +385,21 @@ def test_printed_mlflow_command_works_as_printed_and_opens_on_the_sweep_run(all_
         experiment_dom = _dom(f"{base}/#/experiments/{experiment_id}?{query}", tmp_path / "chromium")
         assert "allfailed" in experiment_dom and "matching runs" in experiment_dom, "the experiment opens on its runs"
         assert "No data available" not in experiment_dom, "not the GenAI overview of traces"
+
+
+# -- usage errors (issue 20, noise) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["confirm", "OUT", "--top", "2", "--pareto"], "defer-sweep confirm: error: argument --pareto: not allowed with argument --top (see defer-sweep confirm --help)"),
+        (["export", "OUT", "--bogus"], "defer-sweep: error: unrecognized arguments: --bogus (see defer-sweep --help)"),
+        (["run"], "defer-sweep run: error: the following arguments are required: spec (see defer-sweep run --help)"),
+    ],
+)
+def test_a_usage_error_is_one_line_without_the_usage_block(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
