@@ -524,6 +524,8 @@ def test_progress_ranks_feasible_points_first_and_names_reuses(curve_sweep: Reco
 
     line = trial_line(4, 4, "#003", "t3", Status.COMPLETE, "L2 lr=5.0e-02 it=5", {6: {THRESHOLD: FEASIBLE_THRESHOLD, "rel_tf": 0.5}}, [THRESHOLD, "rel_tf"], 1.0, None, "#000")
     assert line.endswith("reuses #000") and f"@6 threshold={FEASIBLE_THRESHOLD:.3f} rel_tf=0.500" in line
+    confirm_run = trial_line(1, 2, "42afb_00000", "42afb_00000", Status.COMPLETE, "L2 lr=5.0e-02 it=5", {6: {"rel_tf": 0.5}}, ["rel_tf"], 1.0, None)
+    assert confirm_run.startswith("[1/2 done] 42afb_00000 complete  L2 ") and confirm_run.count("42afb_00000") == 1  # no Optuna number: its id once
 
 
 def test_progress_callback_prints_a_reuse_as_a_reuse_of_the_original(curve_sweep: Recorder) -> None:

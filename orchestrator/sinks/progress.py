@@ -65,9 +65,11 @@ def milestone_text(milestones: Mapping[int, Mapping[str, Shown | None]], metrics
 
 def trial_line(done: int, total: int, label: str, trial_id: str, status: str, config: str, milestones: Mapping[int, Mapping[str, Shown | None]], metrics: Sequence[str], seconds: float | None, error: str | None, reuses: str | None = None) -> str:
     """`[3/40 done] #007 complete  <trial id>  L27 lr=... @100 rel_tf=... (812.4s)`; a trial
-    that replayed an earlier training ends `  reuses #003`."""
+    without an Optuna number (a confirm run) is labelled by its id alone, once; a trial that
+    replayed an earlier training ends `  reuses #003`."""
     tail = f" ({seconds:.1f}s)" if seconds is not None else ""
-    line = f"[{done}/{total} done] {label} {status:<8} {trial_id}  {config}  {milestone_text(milestones, metrics)}{tail}"
+    named = f"{label} {status:<8} {trial_id}" if label != trial_id else f"{trial_id} {status:<8}"
+    line = f"[{done}/{total} done] {named}  {config}  {milestone_text(milestones, metrics)}{tail}"
     if reuses:
         line += f"  reuses {reuses}"
     if error:
