@@ -2,7 +2,7 @@
 
 Candidates are the trials that reached T (status complete in the Parquet trials table): a
 pruned trial's metrics are from an earlier milestone and not comparable. In curve mode each
-point of a complete trial's curve at T is a candidate (records.candidates), and the YAML's
+point of a complete trial's curve at T is a candidate (results.candidates), and the YAML's
 threshold is the chosen point's. With constraints, feasible candidates rank first and the
 Pareto front holds feasible ones only; when none is feasible nothing is exported (one line
 saying how close the best came). The YAML is written
@@ -40,12 +40,12 @@ from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, trial_label
 from .results.rows import Status
 from .search.curve_points import point_margin
-from .search.ranking import is_feasible, pareto_front, rank_by
+from .results.ranking import bounds_text, closest_text, is_feasible, pareto_front, rank_by
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .results.store import read_tables
-from .sinks.records import bounds_text, candidates, closest_text, training_of, trial_dtype
+from .results.candidates import candidates, training_of, trial_dtype
 from .sinks.stages import confirmed_results, search_stage
 from .sinks.trial_curve import gate_rows
 from .spec import Objective, SweepSpec
@@ -75,7 +75,7 @@ class ChosenTrial:
 
 
 def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
-    """The search stage's candidates (records.candidates) of the sweep's Parquet dataset."""
+    """The search stage's candidates (results.candidates) of the sweep's Parquet dataset."""
     tables = read_tables(layout.parquet, ("trials", "points"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
     complete = [row for row in search_stage(tables["trials"].to_pylist()) if row["status"] == Status.COMPLETE]
     return candidates(spec, complete, tables["points"].to_pylist() if spec.curve_mode else ())

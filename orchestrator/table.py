@@ -143,8 +143,7 @@ def _ranked(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any
     """best: the trial `defer-sweep export` writes to best.yaml (confirmed results first);
     pareto: the search stage's feasible Pareto front, as export ranks it (constraints included)."""
     from .export import candidate_rows, choose_for_export
-    from .search.ranking import pareto_front
-    from .sinks.records import bounds_text
+    from .results.ranking import bounds_text, pareto_front
 
     by_id = {t["trial_id"]: t for t in trials}
     if choice == "best":

@@ -3,7 +3,7 @@ sweep.json and the best trial, plus the orderings the plots and the page share.
 
 The best trial is `export.choose_for_export`'s default choice (the one `best.yaml` holds after a
 run: confirmed results first);
-ranking and the Pareto front come from ranking.py over records.candidates (complete trials; in
+ranking and the Pareto front come from results/ranking.py over results.candidates (complete trials; in
 curve mode the points of their curves at T), with the spec's constraints, and the YAML from
 space.hparams_for and defer_core's dump_hparams, so the page and `defer-sweep export` always
 agree (in curve mode with the threshold export writes, off the knife edge: export.with_margin,
@@ -31,11 +31,11 @@ from ..sinks.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
 from ..protocol import N_EDITS, THRESHOLD, trial_order_key
 from ..results.rows import Status
-from ..search.ranking import pareto_front, rank_by
+from ..results.ranking import pareto_front, rank_by
 from ..search.space import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..results.store import read_tables
-from ..sinks.records import candidates, training_of, trial_dtype
+from ..results.candidates import candidates, training_of, trial_dtype
 from ..sinks.trial_curve import gate_rows
 from ..spec import Objective, SweepSpec
 from ..table import row_spread, stored_rows
@@ -78,7 +78,7 @@ class SweepData:
 
     @property
     def candidates(self) -> list[dict[str, Any]]:
-        """What ranks (records.candidates): the search stage's complete trials, or in curve mode
+        """What ranks (results.candidates): the search stage's complete trials, or in curve mode
         their points at T; confirm runs re-check these configurations and never rank beside them."""
         return candidates(self.spec, search_stage(self.completed), self.points)
 

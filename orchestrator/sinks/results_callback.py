@@ -32,7 +32,9 @@ from ..search.space import module_for
 from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
 from ..results.store import ResultStore, finished_packs, read_rows
-from .records import TrialLog, config_text, feasible_or_none, short_error, threshold_mode, trial_error_text
+from ..results.candidates import threshold_mode
+from ..results.ranking import feasible_or_none
+from .records import TrialLog, config_text, short_error, trial_error_text
 from .stages import other_experiments_packs
 from ..storage import Location
 

@@ -25,7 +25,7 @@ from ..protocol import METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, REUSE_OF, THRESHOL
 from ..spec import SweepSpec
 from .layout import SweepLayout
 from ..results.store import read_tables
-from .records import trial_dtype
+from ..results.candidates import trial_dtype
 
 LISTED_TRIALS = 8  # trials an unknown-trial error names as examples
 

@@ -26,11 +26,11 @@ from defer_core.results import milestones_ending_at
 
 from ..export import candidate_rows
 from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label
-from ..search.ranking import is_feasible, pareto_front, rank_by
+from ..results.ranking import is_feasible, pareto_front, rank_by
 from ..search.space import full_config
 from ..sinks.layout import SweepLayout
 from ..results.store import read_table
-from ..sinks.records import training_of
+from ..results.candidates import training_of
 from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
 from ..sinks.trial_curve import find_trial
 from ..spec import Repeats, SweepSpec

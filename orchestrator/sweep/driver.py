@@ -42,7 +42,8 @@ from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state,
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from ..results.store import ResultStore
 from ..sinks.progress import LiveOutput, Sink, console_session
-from ..sinks.records import bounds_text, threshold_mode
+from ..results.candidates import threshold_mode
+from ..results.ranking import bounds_text
 from ..sinks.results_callback import ConfirmResultsCallback, ResultsCallback
 from ..sinks.stages import ConfirmPlan, save_plan
 from ..spec import SweepSpec, load_spec, spec_to_yaml
