@@ -46,8 +46,8 @@ from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from .results.store import read_tables
 from .results.candidates import candidates, training_of, trial_dtype
-from .sinks.stages import confirmed_results, search_stage
-from .sinks.trial_curve import gate_rows
+from .results.stages import confirmed_results, search_stage
+from .results.curve import gate_rows
 from .spec import Objective, SweepSpec
 from .storage import one_line
 

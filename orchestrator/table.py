@@ -160,7 +160,7 @@ def _ranked(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any
 
 
 def _named(spec: SweepSpec, trials: Sequence[dict[str, Any]], text: str) -> Selection:
-    from .sinks.trial_curve import find_trial
+    from .results.curve import find_trial
 
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:

@@ -46,7 +46,7 @@ from orchestrator.results.store import ResultStore, UnreadableParquetError, read
 from orchestrator.sinks.progress import console_session, summary_line, trial_line
 from orchestrator.results.candidates import candidates, training_of
 from orchestrator.sinks.results_callback import CURVE_ARTIFACT, ResultsCallback
-from orchestrator.sinks.trial_curve import gate_rows
+from orchestrator.results.curve import gate_rows
 from orchestrator.spec import CURVE_TRAINING_THRESHOLD, SweepSpec, load_spec
 from orchestrator.sweep.driver import execute, finish, prepare
 from orchestrator.worker.trainable import curve_report, milestone_report

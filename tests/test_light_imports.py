@@ -32,7 +32,7 @@ EXPORT_MODULES = (
     "orchestrator.results.ranking",
     "orchestrator.results.candidates",
     "orchestrator.sinks.records",
-    "orchestrator.sinks.trial_curve",
+    "orchestrator.results.curve",
     "orchestrator.table",
     "defer_core.curve",
 )

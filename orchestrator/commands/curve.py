@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from defer_core.curve import SafeThreshold
 
     from ..sinks.layout import SweepLayout
-    from ..sinks.trial_curve import Reading, TrialCurve
+    from ..results.curve import Reading, TrialCurve
     from ..spec import SweepSpec
 
 CURVE_FORMATS = ("md", "csv", "json")
@@ -29,7 +29,7 @@ def curve(args: argparse.Namespace) -> ExitCode:
     that milestone, at the threshold export writes: off the knife edge), and with --threshold
     its metrics there; read from the Parquet dataset alone (no model, no torch)."""
     from ..sinks.layout import read_spec, require_sweep_dir
-    from ..sinks.trial_curve import load_trial_curve, read_at
+    from ..results.curve import load_trial_curve, read_at
 
     layout = require_sweep_dir(args.output_dir)
     spec = read_spec(layout)
@@ -50,7 +50,7 @@ def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") 
     from ..protocol import N_EDITS, THRESHOLD
     from ..search.curve_points import kept_text, point_margin
     from ..results.store import read_tables
-    from ..sinks.trial_curve import read_at
+    from ..results.curve import read_at
 
     if not spec.curve_mode:
         return None

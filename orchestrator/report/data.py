@@ -27,7 +27,7 @@ from defer_core.errors import DeferInputError
 from defer_core.results import metric_key
 
 from ..export import ChosenTrial, choose_for_export, with_margin
-from ..sinks.stages import search_stage
+from ..results.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
 from ..protocol import N_EDITS, THRESHOLD, trial_order_key
 from ..results.rows import Status
@@ -36,7 +36,7 @@ from ..search.space import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..results.store import read_tables
 from ..results.candidates import candidates, training_of, trial_dtype
-from ..sinks.trial_curve import gate_rows
+from ..results.curve import gate_rows
 from ..spec import Objective, SweepSpec
 from ..table import row_spread, stored_rows
 

@@ -35,7 +35,7 @@ from ..results.store import ResultStore, finished_packs, read_rows
 from ..results.candidates import threshold_mode
 from ..results.ranking import feasible_or_none
 from .records import TrialLog, config_text, short_error, trial_error_text
-from .stages import other_experiments_packs
+from ..results.stages import other_experiments_packs
 from ..storage import Location
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from ..search.space import full_config
 from ..sinks.layout import SweepLayout
 from ..results.store import read_table
 from ..results.candidates import training_of
-from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
-from ..sinks.trial_curve import find_trial
+from ..results.stages import ConfirmPlan, Pick, load_plan, search_stage
+from ..results.curve import find_trial
 from ..spec import Repeats, SweepSpec
 from ..spec.search_space import UNIT_RANGE
 from ..spec.sections import ConfirmSpec

@@ -45,7 +45,7 @@ from ..sinks.progress import LiveOutput, Sink, console_session
 from ..results.candidates import threshold_mode
 from ..results.ranking import bounds_text
 from ..sinks.results_callback import ConfirmResultsCallback, ResultsCallback
-from ..sinks.stages import ConfirmPlan, save_plan
+from ..results.stages import ConfirmPlan, save_plan
 from ..spec import SweepSpec, load_spec, spec_to_yaml
 from ..storage import one_line
 from .confirm import CONFIRM_EXPERIMENTS, ConfirmRequest, confirm_spec, resolve_plan

@@ -40,7 +40,7 @@ from ..sinks.mlflow_sink import MlflowSink
 from ..results.store import TABLES, ResultStore, UnreadableParquetError, read_table, read_tables
 from ..sinks.progress import ProgressCallback
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
-from ..sinks.stages import confirm_stage, other_experiments_packs, search_stage
+from ..results.stages import confirm_stage, other_experiments_packs, search_stage
 from ..spec import SweepSpec
 from ..storage import Location
 from ..worker.trainable import TrialSettings, defer_trainable
