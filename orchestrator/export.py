@@ -37,17 +37,15 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, dump_hparams, save_hparams
 from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 
-from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, trial_label
-from .results.rows import Status
-from .search.curve_points import point_margin
+from .protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, trial_label
+from .results import query
+from .results.candidates import training_of, trial_dtype
 from .results.ranking import bounds_text, closest_text, is_feasible, pareto_front, rank_by
+from .results.stages import confirmed_results
+from .search.curve_points import point_margin
 from .search.space import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
-from .results.store import read_tables
-from .results.candidates import candidates, training_of, trial_dtype
-from .results.stages import confirmed_results, search_stage
-from .results.curve import gate_rows
 from .spec import Objective, SweepSpec
 from .storage import one_line
 
@@ -75,17 +73,16 @@ class ChosenTrial:
 
 
 def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
-    """The search stage's candidates (results.candidates) of the sweep's Parquet dataset."""
-    tables = read_tables(layout.parquet, ("trials", "points"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    complete = [row for row in search_stage(tables["trials"].to_pylist()) if row["status"] == Status.COMPLETE]
-    return candidates(spec, complete, tables["points"].to_pylist() if spec.curve_mode else ())
+    """The search stage's candidates (results.candidates) of the sweep's Parquet dataset; a
+    damaged file: that trial is left out, with a warning."""
+    return query.search_candidates(layout, spec)
 
 
 def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | None = None, pareto_index: int | None = None, confirmed: bool = True) -> ChosenTrial:
     """Among the confirmed configurations when there are any (and `confirmed`), else among the
     search stage's candidates."""
 
-    trials = read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist() if confirmed else []
+    trials = query.trials(layout, skip_unreadable=True) if confirmed else []
     found = confirmed_results(layout, spec, trials) if confirmed else None
     if found is None:
         chosen = choose(spec, candidate_rows(layout, spec), objective, pareto_index)
@@ -150,11 +147,7 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
 
 def training_gates(layout: SweepLayout, spec: SweepSpec, row: dict[str, Any]) -> tuple[GateRow, ...]:
     """The gate rows at T of the training behind a candidate (a reuse's: its original's)."""
-    import pyarrow.compute as pc
-
-    table = read_tables(layout.parquet, ("gates",), skip_unreadable=True)["gates"]
-    mine = table.filter(pc.and_(pc.equal(table["trial_id"], training_of(row)), pc.equal(table[N_EDITS], spec.T)))
-    return gate_rows(mine.to_pylist())
+    return query.training_gates(layout, training_of(row), spec.T)
 
 
 def with_margin(spec: SweepSpec, chosen: ChosenTrial, gates: Sequence[GateRow]) -> ChosenTrial:

@@ -45,18 +45,15 @@ def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") 
     milestones table's threshold), read at the threshold `defer-sweep export` would write for it
     (search/curve_points.point_margin: a tf breakpoint moved to the middle of the thresholds with
     its metrics). None outside curve mode or when the milestone recorded no threshold."""
-    import pyarrow.compute as pc
-
-    from ..protocol import N_EDITS, THRESHOLD
-    from ..search.curve_points import kept_text, point_margin
-    from ..results.store import read_tables
+    from ..protocol import THRESHOLD
     from ..results.curve import read_at
+    from ..results.query import TRIAL_ID, milestone
+    from ..search.curve_points import kept_text, point_margin
 
     if not spec.curve_mode:
         return None
-    table = read_tables(layout.parquet, ("milestones",), skip_unreadable=True)["milestones"]
-    rows = table.filter(pc.and_(pc.equal(table["trial_id"], found.trial["trial_id"]), pc.equal(table[N_EDITS], found.n_edits))).to_pylist()
-    point = rows[0].get(THRESHOLD) if rows else None
+    row = milestone(layout, found.trial[TRIAL_ID], found.n_edits)
+    point = row.get(THRESHOLD) if row else None
     if point is None:
         return None
     margin = point_margin(spec, point, found.gates, found.dtype)

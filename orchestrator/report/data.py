@@ -27,16 +27,15 @@ from defer_core.errors import DeferInputError
 from defer_core.results import metric_key
 
 from ..export import ChosenTrial, choose_for_export, with_margin
-from ..results.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
-from ..protocol import N_EDITS, THRESHOLD, trial_order_key
-from ..results.rows import Status
-from ..results.ranking import pareto_front, rank_by
-from ..search.space import hparams_for
-from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
-from ..results.store import read_tables
+from ..protocol import N_EDITS, THRESHOLD
+from ..results import query
 from ..results.candidates import candidates, training_of, trial_dtype
 from ..results.curve import gate_rows
+from ..results.ranking import pareto_front, rank_by
+from ..results.stages import search_stage
+from ..search.space import hparams_for
+from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..spec import Objective, SweepSpec
 from ..table import row_spread, stored_rows
 
@@ -74,7 +73,7 @@ class SweepData:
 
     @property
     def completed(self) -> list[dict[str, Any]]:
-        return [t for t in self.trials if t["status"] == Status.COMPLETE]
+        return query.complete(self.trials)
 
     @property
     def candidates(self) -> list[dict[str, Any]]:
@@ -104,8 +103,7 @@ class SweepData:
         return self._gates_by_training.get(training_of(row), ())
 
     def counts(self) -> dict[str, int]:
-        statuses = [t["status"] for t in self.trials]
-        return {s: statuses.count(s) for s in (*Status.final(), Status.RUNNING)}
+        return query.count_by_status(self.trials)
 
 
 def load_sweep(layout: SweepLayout) -> SweepData:
@@ -115,11 +113,10 @@ def load_sweep(layout: SweepLayout) -> SweepData:
     state = load_state(layout)
     if state is None:  # require_sweep_dir checked the file exists
         raise DeferInputError(f"{layout.state}: missing")
-    tables = read_tables(layout.parquet, ("trials", "milestones", "points", "gates", "grid"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    trials = sorted(tables["trials"].to_pylist(), key=trial_order_key)
-    milestones = _milestones_by_trial(tables["milestones"].to_pylist())
-    points = tables["points"].to_pylist()
-    data = SweepData(layout, spec, state, trials, milestones, None, points, _at_t(tables["gates"], spec.T), _at_t(tables["grid"], spec.T))
+    found = query.read(layout, (query.TRIALS, query.MILESTONES, query.POINTS, query.GATES, query.GRID), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    milestones = _milestones_by_trial(found.rows(query.MILESTONES))
+    at_t = {table: found.rows(table, n_edits=spec.T) for table in (query.GATES, query.GRID)}
+    data = SweepData(layout, spec, state, found.trials(), milestones, None, found.rows(query.POINTS), at_t[query.GATES], at_t[query.GRID])
     data.choice = _choose_best(layout, spec) if data.candidates else None
     if not spec.curve_mode:  # a curve-mode point's threshold is not the one its stored rows were scored at
         data.band_trials = band_trials(data)
@@ -152,19 +149,12 @@ def _spreads(data: SweepData) -> dict[str, dict[str, dict[int, Interval]]]:
     return spreads
 
 
-def _at_t(table: Any, T: int) -> list[dict[str, Any]]:
-    """A table's rows at the last milestone (T), filtered before they become Python objects."""
-    import pyarrow.compute as pc
-
-    return table.filter(pc.equal(table[N_EDITS], T)).to_pylist()
-
-
 def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_trial: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_trial[row["trial_id"]].append(row)
     for trial_rows in by_trial.values():
-        trial_rows.sort(key=lambda r: r["n_edits"])
+        trial_rows.sort(key=lambda r: r[N_EDITS])
     return dict(by_trial)
 
 
