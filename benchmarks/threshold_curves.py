@@ -119,6 +119,7 @@ def points_by_training(output_dir: Path, mode: str, total: int) -> list[list[tup
     """For each training in Optuna order, its (rel_tf, loc_tf) points at T: one per complete
     trial in sampled mode, its curve's points in curve mode; none for a pruned training."""
     from orchestrator.results import query
+    from orchestrator.results.rows import POINTS
     from orchestrator.sinks.layout import require_sweep_dir
 
     layout = require_sweep_dir(output_dir)
@@ -126,7 +127,7 @@ def points_by_training(output_dir: Path, mode: str, total: int) -> list[list[tup
     trials.sort(key=lambda r: r["optuna_trial"])
     points: dict[str, list[tuple[float, float]]] = {r["trial_id"]: [] for r in trials}
     if mode == "curve":
-        for row in query.read(layout, (query.POINTS,), skip_unreadable=False).rows(query.POINTS, n_edits=total):
+        for row in query.read(layout, (POINTS,), skip_unreadable=False).rows(POINTS, n_edits=total):
             if row["trial_id"] in points and row.get("rel_tf") is not None:
                 points[row["trial_id"]].append((row["rel_tf"], row["loc_tf"]))
     else:

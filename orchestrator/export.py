@@ -41,6 +41,7 @@ from .protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, trial_l
 from .results import query
 from .results.candidates import training_of, trial_dtype
 from .results.ranking import bounds_text, closest_text, is_feasible, pareto_front, rank_by
+from .results.rows import TRIAL_ID
 from .results.stages import confirmed_results
 from .search.curve_points import point_margin
 from .search.space import hparams_for
@@ -88,7 +89,7 @@ def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | Non
         chosen = choose(spec, candidate_rows(layout, spec), objective, pareto_index)
         return with_margin(spec, chosen, training_gates(layout, spec, chosen.row)) if spec.curve_mode else chosen
     chosen = choose(spec, found.rows, objective, pareto_index)
-    origin = next((row for row in trials if row["trial_id"] == chosen.row.get(CONFIRMS)), None)
+    origin = next((row for row in trials if row[TRIAL_ID] == chosen.row.get(CONFIRMS)), None)
     checked = f", re-checking {trial_label(origin.get(OPTUNA_TRIAL), origin['trial_id'])} ({origin['trial_id']})" if origin else ""
     return replace(chosen, reason=f"{chosen.reason}, {found.note}{checked}")
 
@@ -203,13 +204,13 @@ def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None
     target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype, notes=chosen.notes)
     if chosen.dtype != DEFAULT_DTYPE:
         log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
-                    target, chosen.row["trial_id"], chosen.dtype, DEFAULT_DTYPE)
+                    target, chosen.row[TRIAL_ID], chosen.dtype, DEFAULT_DTYPE)
     if mlflow is not None:
         try:
-            mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
+            mlflow.log_best(target, {"best.trial_id": chosen.row[TRIAL_ID], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
         except Exception as error:  # noqa: BLE001 - the file is the export; an unreachable tracking store must not fail it
             log.warning("%s: not attached to MLflow (%s): %s", target, mlflow.tracking_uri, one_line(error))
-    log.info("exported %s: trial %s, %s", target, chosen.row["trial_id"], chosen.reason)
+    log.info("exported %s: trial %s, %s", target, chosen.row[TRIAL_ID], chosen.reason)
     return target, chosen
 
 

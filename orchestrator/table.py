@@ -29,7 +29,8 @@ from defer_core.results import METRICS, metric_key
 
 from .intervals import BOOTSTRAP, T_INTERVAL, Interval, format_interval
 from .protocol import CONFIRMS, MEMBER_COUNT, N_EDITS, OPTUNA_TRIAL, ORDER, SEED, STAGE, STAGE_CONFIRM, trial_label, trial_order_key
-from .results.query import TRIAL_ID, complete
+from .results.query import complete
+from .results.rows import MEMBER_MILESTONES, MILESTONES, RECORD_SCORES, TRIAL_ID, TRIALS
 
 if TYPE_CHECKING:  # pyarrow and the spec's models load where the table is built, so the CLI's --help stays light
     from .sinks.layout import SweepLayout
@@ -74,9 +75,9 @@ def stored_rows(parquet: Location, trial_ids: Iterable[str], n_edits: int | None
     from .results import query
 
     wanted = sorted(set(trial_ids))
-    tables = query.read(parquet, (query.MEMBER_MILESTONES, query.RECORD_SCORES), skip_unreadable=True)
+    tables = query.read(parquet, (MEMBER_MILESTONES, RECORD_SCORES), skip_unreadable=True)
     found: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"members": [], "records": []})
-    for name, key in ((query.MEMBER_MILESTONES, "members"), (query.RECORD_SCORES, "records")):
+    for name, key in ((MEMBER_MILESTONES, "members"), (RECORD_SCORES, "records")):
         for row in tables.rows(name, trial_ids=wanted, n_edits=n_edits):
             found[row[TRIAL_ID]][key].append(row)
     return {trial_id: StoredRows(tuple(found[trial_id]["members"]), tuple(found[trial_id]["records"])) for trial_id in wanted}
@@ -222,12 +223,12 @@ def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None,
     from .results import query
 
     require_sampled(spec)
-    tables = query.read(layout, (query.TRIALS, query.MILESTONES), skip_unreadable=True)
+    tables = query.read(layout, (TRIALS, MILESTONES), skip_unreadable=True)
     trials = tables.trials()
     selection = select(layout, spec, trials, choice)
     chosen_ids = [t[TRIAL_ID] for t in selection.trials]
     means: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for row in tables.rows(query.MILESTONES, trial_ids=chosen_ids):
+    for row in tables.rows(MILESTONES, trial_ids=chosen_ids):
         means[row[TRIAL_ID]][int(row[N_EDITS])] = row
     shown = _scorings(spec, scorings, [m for trial_id in chosen_ids for m in means[trial_id].values()])
     columns = _columns(shown, sorted({n for trial_id in chosen_ids for n in means[trial_id]}), milestones)
@@ -274,10 +275,10 @@ def _table_row(trial: dict[str, Any], means: Mapping[int, Row], stored: StoredRo
 
 def row_label(trial: Row, trials: Sequence[Row]) -> str:
     """`#007`; a confirm trial by the trial it re-checks, `#007 confirm`."""
-    own = trial_label(trial.get(OPTUNA_TRIAL), str(trial["trial_id"]))
+    own = trial_label(trial.get(OPTUNA_TRIAL), str(trial[TRIAL_ID]))
     if trial.get(STAGE) != STAGE_CONFIRM:
         return own
-    original = next((t for t in trials if t["trial_id"] == trial.get(CONFIRMS)), None)
+    original = next((t for t in trials if t[TRIAL_ID] == trial.get(CONFIRMS)), None)
     if original is None:
         return f"{own} confirm"
     return f"{trial_label(original.get(OPTUNA_TRIAL), str(original['trial_id']))} confirm"
@@ -443,7 +444,7 @@ def render_csv(table: SweepTable) -> str:
     writer.writeheader()
     for row in table.rows:
         kind = BOOTSTRAP if row.fallback or table.interval == BOOTSTRAP else T_INTERVAL
-        out: dict[str, Any] = {"trial_id": row.trial["trial_id"], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
+        out: dict[str, Any] = {"trial_id": row.trial[TRIAL_ID], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
                                "protocol": row.trial.get("protocol"), "members": row.members, "interval": kind, "module": row.trial.get("module"),
                                **{h: row.trial.get(h) for h in HPARAM_COLUMNS}}
         for column in table.columns:

@@ -47,7 +47,8 @@ def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") 
     its metrics). None outside curve mode or when the milestone recorded no threshold."""
     from ..protocol import THRESHOLD
     from ..results.curve import read_at
-    from ..results.query import TRIAL_ID, milestone
+    from ..results.query import milestone
+    from ..results.rows import TRIAL_ID
     from ..search.curve_points import kept_text, point_margin
 
     if not spec.curve_mode:

@@ -33,6 +33,7 @@ from ..results import query
 from ..results.candidates import candidates, training_of, trial_dtype
 from ..results.curve import gate_rows
 from ..results.ranking import pareto_front, rank_by
+from ..results.rows import GATES, GRID, MILESTONES, POINTS, TRIAL_ID, TRIALS
 from ..results.stages import search_stage
 from ..search.space import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
@@ -51,7 +52,7 @@ Row = Mapping[str, Any]
 
 def row_key(row: Row) -> tuple[str, float | None]:
     """A candidate's identity: its trial and threshold (a curve-mode trial has many points)."""
-    return (str(row["trial_id"]), row.get(THRESHOLD))
+    return (str(row[TRIAL_ID]), row.get(THRESHOLD))
 
 
 @dataclass
@@ -98,7 +99,7 @@ class SweepData:
         if self._gates_by_training is None:
             grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for gate in self.gates:
-                grouped[str(gate["trial_id"])].append(gate)
+                grouped[str(gate[TRIAL_ID])].append(gate)
             self._gates_by_training = {trial_id: gate_rows(found) for trial_id, found in grouped.items()}
         return self._gates_by_training.get(training_of(row), ())
 
@@ -113,10 +114,10 @@ def load_sweep(layout: SweepLayout) -> SweepData:
     state = load_state(layout)
     if state is None:  # require_sweep_dir checked the file exists
         raise DeferInputError(f"{layout.state}: missing")
-    found = query.read(layout, (query.TRIALS, query.MILESTONES, query.POINTS, query.GATES, query.GRID), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    milestones = _milestones_by_trial(found.rows(query.MILESTONES))
-    at_t = {table: found.rows(table, n_edits=spec.T) for table in (query.GATES, query.GRID)}
-    data = SweepData(layout, spec, state, found.trials(), milestones, None, found.rows(query.POINTS), at_t[query.GATES], at_t[query.GRID])
+    found = query.read(layout, (TRIALS, MILESTONES, POINTS, GATES, GRID), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    milestones = _milestones_by_trial(found.rows(MILESTONES))
+    at_t = {table: found.rows(table, n_edits=spec.T) for table in (GATES, GRID)}
+    data = SweepData(layout, spec, state, found.trials(), milestones, None, found.rows(POINTS), at_t[GATES], at_t[GRID])
     data.choice = _choose_best(layout, spec) if data.candidates else None
     if not spec.curve_mode:  # a curve-mode point's threshold is not the one its stored rows were scored at
         data.band_trials = band_trials(data)
@@ -133,26 +134,26 @@ def band_trials(data: SweepData, limit: int = BAND_TRIALS) -> list[dict[str, Any
     if confirmed:
         return confirmed[:limit]
     ranked, _ = top_trials(data, limit)
-    by_id = {t["trial_id"]: t for t in data.trials}
-    return [by_id[r["trial_id"]] for r in ranked[:limit] if r["trial_id"] in by_id]
+    by_id = {t[TRIAL_ID]: t for t in data.trials}
+    return [by_id[r[TRIAL_ID]] for r in ranked[:limit] if r[TRIAL_ID] in by_id]
 
 
 def _spreads(data: SweepData) -> dict[str, dict[str, dict[int, Interval]]]:
     """Intervals of every metric: at T for the candidates, at every milestone for the band trials."""
     keys = [metric_key(m, s) for s in data.spec.scorings for m in ("rel", "gen", "loc")]
-    at_t = stored_rows(data.layout.parquet, [t["trial_id"] for t in data.completed], data.spec.T)
-    banded = stored_rows(data.layout.parquet, [t["trial_id"] for t in data.band_trials])
+    at_t = stored_rows(data.layout.parquet, [t[TRIAL_ID] for t in data.completed], data.spec.T)
+    banded = stored_rows(data.layout.parquet, [t[TRIAL_ID] for t in data.band_trials])
     spreads: dict[str, dict[str, dict[int, Interval]]] = {}
     for trial in data.completed:
-        found = banded.get(trial["trial_id"]) or at_t[trial["trial_id"]]
-        spreads[trial["trial_id"]] = {key: row_spread(trial, found, key, SPREAD_KIND) for key in keys}
+        found = banded.get(trial[TRIAL_ID]) or at_t[trial[TRIAL_ID]]
+        spreads[trial[TRIAL_ID]] = {key: row_spread(trial, found, key, SPREAD_KIND) for key in keys}
     return spreads
 
 
 def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_trial: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        by_trial[row["trial_id"]].append(row)
+        by_trial[row[TRIAL_ID]].append(row)
     for trial_rows in by_trial.values():
         trial_rows.sort(key=lambda r: r[N_EDITS])
     return dict(by_trial)
@@ -181,7 +182,7 @@ def spec_front_ids(data: SweepData) -> set[str]:
     """Trial ids with a candidate on the spec's own Pareto front; empty for a single objective."""
     if not data.spec.multi_objective:
         return set()
-    return {r["trial_id"] for r in pareto_front(data.candidates, data.spec.objectives, data.spec.constraints)}
+    return {r[TRIAL_ID] for r in pareto_front(data.candidates, data.spec.objectives, data.spec.constraints)}
 
 
 def top_trials(data: SweepData, limit: int = TOP_TRIALS) -> tuple[list[Row], set[tuple[str, float | None]]]:
@@ -202,7 +203,7 @@ def top_trainings(data: SweepData, limit: int = TOP_TRAININGS) -> list[Row]:
     seen: dict[str, Row] = {}
     ranked, _ = top_trials(data, limit=len(data.candidates))
     for row in ranked:
-        seen.setdefault(str(row["trial_id"]), row)
+        seen.setdefault(str(row[TRIAL_ID]), row)
     return list(seen.values())[:limit]
 
 

@@ -23,7 +23,7 @@ from ..protocol import N_EDITS, trial_order_key
 from ..storage import Location
 from .candidates import candidates
 from .curve import gate_rows
-from .rows import Status, TrialRow, from_record
+from .rows import GATES, MILESTONES, POINTS, TRIAL_ID, TRIALS, Status, TrialRow, from_record
 from .stages import confirm_stage, search_stage
 from .store import TABLES, SweepFolder, read_tables
 
@@ -37,9 +37,6 @@ Source = Union[SweepFolder, Location, str, os.PathLike]
 Record = dict[str, Any]
 M = TypeVar("M", bound=Mapping[str, Any])
 
-TRIALS, MILESTONES, POINTS, GATES, GRID = "trials", "milestones", "points", "gates", "grid"
-MEMBER_MILESTONES, RECORD_SCORES = "member_milestones", "record_scores"
-TRIAL_ID = "trial_id"
 
 
 def parquet_of(source: Source) -> Location | str | os.PathLike[str]:

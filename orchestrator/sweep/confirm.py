@@ -29,6 +29,7 @@ from ..results.ranking import is_feasible, pareto_front, rank_by
 from ..search.space import full_config
 from ..sinks.layout import SweepLayout
 from ..results.query import search_candidates, search_trials
+from ..results.rows import TRIAL_ID
 from ..results.candidates import training_of
 from ..results.stages import ConfirmPlan, Pick, load_plan
 from ..results.curve import find_trial
@@ -99,7 +100,7 @@ def pick_of(spec: SweepSpec, row: Mapping[str, Any]) -> Pick:
     """A candidate or trials row as a pick: its full config at the row's threshold."""
     if row.get(THRESHOLD) is None:
         raise DeferInputError(f"trial {row['trial_id']}: has no threshold to confirm (it reported no milestone)")
-    return Pick(training_of(row), trial_label(row.get(OPTUNA_TRIAL), str(row["trial_id"])), full_config(spec, row))
+    return Pick(training_of(row), trial_label(row.get(OPTUNA_TRIAL), str(row[TRIAL_ID])), full_config(spec, row))
 
 
 def best_picks(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], top: int | None) -> list[Pick]:
