@@ -1,6 +1,7 @@
 """What the outputs read of a sweep's results: the one way in for export, the report, the table,
-the `curve` and `sweep` commands and the stages' counts. Nothing outside results/ reads the
-Parquet tables itself; the rules these answers follow live beside it (candidates.py: which
+the `curve` and `sweep` commands and the stages' counts. No reader outside results/ opens the
+Parquet tables itself (the sinks' resume replay takes typed rows from store.py: finished_packs,
+read_rows); the rules these answers follow live beside it (candidates.py: which
 rows rank; ranking.py: best, Pareto, constraints; stages.py: search and confirm stage, the
 confirmed results; curve.py: a recorded trial's threshold curve).
 
