@@ -118,16 +118,17 @@ def run_sweep(spec: dict[str, Any], workdir: Path) -> float:
 def points_by_training(output_dir: Path, mode: str, total: int) -> list[list[tuple[float, float]]]:
     """For each training in Optuna order, its (rel_tf, loc_tf) points at T: one per complete
     trial in sampled mode, its curve's points in curve mode; none for a pruned training."""
+    from orchestrator.results import query
+    from orchestrator.results.rows import POINTS
     from orchestrator.sinks.layout import require_sweep_dir
-    from orchestrator.results.store import read_table
 
     layout = require_sweep_dir(output_dir)
-    trials = [r for r in read_table(layout.parquet, "trials").to_pylist() if not r.get("reuse_of")]
+    trials = [r for r in query.trials(layout, skip_unreadable=False) if not r.get("reuse_of")]
     trials.sort(key=lambda r: r["optuna_trial"])
     points: dict[str, list[tuple[float, float]]] = {r["trial_id"]: [] for r in trials}
     if mode == "curve":
-        for row in read_table(layout.parquet, "points").to_pylist():
-            if row["n_edits"] == total and row["trial_id"] in points and row.get("rel_tf") is not None:
+        for row in query.read(layout, (POINTS,), skip_unreadable=False).rows(POINTS, n_edits=total):
+            if row["trial_id"] in points and row.get("rel_tf") is not None:
                 points[row["trial_id"]].append((row["rel_tf"], row["loc_tf"]))
     else:
         for row in trials:

@@ -2,7 +2,7 @@
 
 Candidates are the trials that reached T (status complete in the Parquet trials table): a
 pruned trial's metrics are from an earlier milestone and not comparable. In curve mode each
-point of a complete trial's curve at T is a candidate (records.candidates), and the YAML's
+point of a complete trial's curve at T is a candidate (results.candidates), and the YAML's
 threshold is the chosen point's. With constraints, feasible candidates rank first and the
 Pareto front holds feasible ones only; when none is feasible nothing is exported (one line
 saying how close the best came). The YAML is written
@@ -37,17 +37,16 @@ from defer_core.errors import DeferInputError
 from defer_core.hparams import DeferHParams, dump_hparams, save_hparams
 from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 
-from .protocol import CONFIRMS, METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, THRESHOLD, trial_label
-from .results.rows import Status
+from .protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, trial_label
+from .results import query
+from .results.candidates import training_of, trial_dtype
+from .results.ranking import bounds_text, closest_text, is_feasible, pareto_front, rank_by
+from .results.rows import TRIAL_ID
+from .results.stages import confirmed_results
 from .results.curve_points import point_margin
-from .search.ranking import is_feasible, pareto_front, rank_by
 from .spec.trial_config import hparams_for
 from .sinks.layout import SweepLayout, load_state
 from .sinks.mlflow_sink import MlflowSink, sweep_mlflow
-from .results.store import read_tables
-from .sinks.records import bounds_text, candidates, closest_text, training_of, trial_dtype
-from .sinks.stages import confirmed_results, search_stage
-from .sinks.trial_curve import gate_rows
 from .spec import Objective, SweepSpec
 from .storage import one_line
 
@@ -75,23 +74,22 @@ class ChosenTrial:
 
 
 def candidate_rows(layout: SweepLayout, spec: SweepSpec) -> list[dict[str, Any]]:
-    """The search stage's candidates (records.candidates) of the sweep's Parquet dataset."""
-    tables = read_tables(layout.parquet, ("trials", "points"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    complete = [row for row in search_stage(tables["trials"].to_pylist()) if row["status"] == Status.COMPLETE]
-    return candidates(spec, complete, tables["points"].to_pylist() if spec.curve_mode else ())
+    """The search stage's candidates (results.candidates) of the sweep's Parquet dataset; a
+    damaged file: that trial is left out, with a warning."""
+    return query.search_candidates(layout, spec)
 
 
 def choose_for_export(layout: SweepLayout, spec: SweepSpec, objective: str | None = None, pareto_index: int | None = None, confirmed: bool = True) -> ChosenTrial:
     """Among the confirmed configurations when there are any (and `confirmed`), else among the
     search stage's candidates."""
 
-    trials = read_tables(layout.parquet, ("trials",), skip_unreadable=True)["trials"].to_pylist() if confirmed else []
+    trials = query.trials(layout, skip_unreadable=True) if confirmed else []
     found = confirmed_results(layout, spec, trials) if confirmed else None
     if found is None:
         chosen = choose(spec, candidate_rows(layout, spec), objective, pareto_index)
         return with_margin(spec, chosen, training_gates(layout, spec, chosen.row)) if spec.curve_mode else chosen
     chosen = choose(spec, found.rows, objective, pareto_index)
-    origin = next((row for row in trials if row["trial_id"] == chosen.row.get(CONFIRMS)), None)
+    origin = next((row for row in trials if row[TRIAL_ID] == chosen.row.get(CONFIRMS)), None)
     checked = f", re-checking {trial_label(origin.get(OPTUNA_TRIAL), origin['trial_id'])} ({origin['trial_id']})" if origin else ""
     return replace(chosen, reason=f"{chosen.reason}, {found.note}{checked}")
 
@@ -150,11 +148,7 @@ def choose(spec: SweepSpec, rows: list[dict[str, Any]], objective: str | None = 
 
 def training_gates(layout: SweepLayout, spec: SweepSpec, row: dict[str, Any]) -> tuple[GateRow, ...]:
     """The gate rows at T of the training behind a candidate (a reuse's: its original's)."""
-    import pyarrow.compute as pc
-
-    table = read_tables(layout.parquet, ("gates",), skip_unreadable=True)["gates"]
-    mine = table.filter(pc.and_(pc.equal(table["trial_id"], training_of(row)), pc.equal(table[N_EDITS], spec.T)))
-    return gate_rows(mine.to_pylist())
+    return query.training_gates(layout, training_of(row), spec.T)
 
 
 def with_margin(spec: SweepSpec, chosen: ChosenTrial, gates: Sequence[GateRow]) -> ChosenTrial:
@@ -210,13 +204,13 @@ def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None
     target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype, notes=chosen.notes)
     if chosen.dtype != DEFAULT_DTYPE:
         log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
-                    target, chosen.row["trial_id"], chosen.dtype, DEFAULT_DTYPE)
+                    target, chosen.row[TRIAL_ID], chosen.dtype, DEFAULT_DTYPE)
     if mlflow is not None:
         try:
-            mlflow.log_best(target, {"best.trial_id": chosen.row["trial_id"], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
+            mlflow.log_best(target, {"best.trial_id": chosen.row[TRIAL_ID], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
         except Exception as error:  # noqa: BLE001 - the file is the export; an unreachable tracking store must not fail it
             log.warning("%s: not attached to MLflow (%s): %s", target, mlflow.tracking_uri, one_line(error))
-    log.info("exported %s: trial %s, %s", target, chosen.row["trial_id"], chosen.reason)
+    log.info("exported %s: trial %s, %s", target, chosen.row[TRIAL_ID], chosen.reason)
     return target, chosen
 
 

@@ -29,7 +29,8 @@ from defer_core.results import METRICS, metric_key
 
 from .intervals import BOOTSTRAP, T_INTERVAL, Interval, format_interval
 from .protocol import CONFIRMS, MEMBER_COUNT, N_EDITS, OPTUNA_TRIAL, ORDER, SEED, STAGE, STAGE_CONFIRM, trial_label, trial_order_key
-from .results.rows import Status
+from .results.query import complete
+from .results.rows import MEMBER_MILESTONES, MILESTONES, RECORD_SCORES, TRIAL_ID, TRIALS
 
 if TYPE_CHECKING:  # pyarrow and the spec's models load where the table is built, so the CLI's --help stays light
     from .sinks.layout import SweepLayout
@@ -71,21 +72,14 @@ class StoredRows:
 def stored_rows(parquet: Location, trial_ids: Iterable[str], n_edits: int | None = None) -> dict[str, StoredRows]:
     """The member and record rows of these trials (at one milestone when `n_edits` is given),
     by trial id; filtered in Arrow before they become Python objects (record_scores is large)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from .results.store import read_tables
+    from .results import query
 
     wanted = sorted(set(trial_ids))
-    tables = read_tables(parquet, ("member_milestones", "record_scores"), skip_unreadable=True)
+    tables = query.read(parquet, (MEMBER_MILESTONES, RECORD_SCORES), skip_unreadable=True)
     found: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"members": [], "records": []})
-    for name, key in (("member_milestones", "members"), ("record_scores", "records")):
-        table = tables[name]
-        mask = pc.is_in(table["trial_id"], value_set=pa.array(wanted, pa.string()))
-        if n_edits is not None:
-            mask = pc.and_(mask, pc.equal(table[N_EDITS], n_edits))
-        for row in table.filter(mask).to_pylist():
-            found[row["trial_id"]][key].append(row)
+    for name, key in ((MEMBER_MILESTONES, "members"), (RECORD_SCORES, "records")):
+        for row in tables.rows(name, trial_ids=wanted, n_edits=n_edits):
+            found[row[TRIAL_ID]][key].append(row)
     return {trial_id: StoredRows(tuple(found[trial_id]["members"]), tuple(found[trial_id]["records"])) for trial_id in wanted}
 
 
@@ -129,7 +123,7 @@ def select(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any]
     if choice is None:
         choice = "confirmed" if confirmed else "pareto"
     if choice == "confirmed":
-        done = [t for t in confirmed if t["status"] == Status.COMPLETE]
+        done = complete(confirmed)
         if not done:
             state = f"{len(confirmed)} confirm trial(s), none complete" if confirmed else "no confirm stage has run (defer-sweep confirm OUT)"
             raise DeferInputError(f"--trials confirmed: sweep '{spec.name}' has {state}")
@@ -143,13 +137,12 @@ def _ranked(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any
     """best: the trial `defer-sweep export` writes to best.yaml (confirmed results first);
     pareto: the search stage's feasible Pareto front, as export ranks it (constraints included)."""
     from .export import candidate_rows, choose_for_export
-    from .search.ranking import pareto_front
-    from .sinks.records import bounds_text
+    from .results.ranking import bounds_text, pareto_front
 
-    by_id = {t["trial_id"]: t for t in trials}
+    by_id = {t[TRIAL_ID]: t for t in trials}
     if choice == "best":
         chosen = choose_for_export(layout, spec)  # one line when nothing completed or nothing is feasible
-        return Selection([by_id[chosen.row["trial_id"]]], f"the best trial, as exported ({chosen.reason})")
+        return Selection([by_id[chosen.row[TRIAL_ID]]], f"the best trial, as exported ({chosen.reason})")
     rows = candidate_rows(layout, spec)
     front = pareto_front(rows, spec.objectives, spec.constraints)
     if not front:
@@ -157,11 +150,11 @@ def _ranked(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any
         raise DeferInputError(f"--trials pareto: no trial of sweep '{spec.name}'{why}; nothing to tabulate")
     objectives = ", ".join(o.metric for o in spec.objectives)
     feasible = f", feasible under {bounds_text(spec.constraints)}" if spec.constraints else ""
-    return Selection([by_id[r["trial_id"]] for r in front], f"the Pareto front on {objectives} at T={spec.T} ({len(front)} trial(s){feasible})")
+    return Selection([by_id[r[TRIAL_ID]] for r in front], f"the Pareto front on {objectives} at T={spec.T} ({len(front)} trial(s){feasible})")
 
 
 def _named(spec: SweepSpec, trials: Sequence[dict[str, Any]], text: str) -> Selection:
-    from .sinks.trial_curve import find_trial
+    from .results.curve import find_trial
 
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
@@ -169,7 +162,7 @@ def _named(spec: SweepSpec, trials: Sequence[dict[str, Any]], text: str) -> Sele
     chosen: dict[str, dict[str, Any]] = {}
     for name in names:
         row = find_trial(spec, trials, name)
-        chosen.setdefault(row["trial_id"], row)
+        chosen.setdefault(row[TRIAL_ID], row)
     return Selection(list(chosen.values()), f"trial(s) {', '.join(names)}")
 
 
@@ -227,21 +220,20 @@ def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None,
     """Read the Parquet dataset and assemble the table (no formatting)."""
     if interval not in INTERVAL_KINDS:
         raise DeferInputError(f"--interval: expected one of {', '.join(INTERVAL_KINDS)}, got {interval!r}")
-    from .results.store import read_tables
+    from .results import query
 
     require_sampled(spec)
-    tables = read_tables(layout.parquet, ("trials", "milestones"), skip_unreadable=True)
-    trials = sorted(tables["trials"].to_pylist(), key=trial_order_key)
+    tables = query.read(layout, (TRIALS, MILESTONES), skip_unreadable=True)
+    trials = tables.trials()
     selection = select(layout, spec, trials, choice)
-    chosen_ids = [t["trial_id"] for t in selection.trials]
+    chosen_ids = [t[TRIAL_ID] for t in selection.trials]
     means: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for row in tables["milestones"].to_pylist():
-        if row["trial_id"] in chosen_ids:
-            means[row["trial_id"]][int(row[N_EDITS])] = row
+    for row in tables.rows(MILESTONES, trial_ids=chosen_ids):
+        means[row[TRIAL_ID]][int(row[N_EDITS])] = row
     shown = _scorings(spec, scorings, [m for trial_id in chosen_ids for m in means[trial_id].values()])
     columns = _columns(shown, sorted({n for trial_id in chosen_ids for n in means[trial_id]}), milestones)
     stored = stored_rows(layout.parquet, chosen_ids)
-    rows = [_table_row(trial, means[trial["trial_id"]], stored[trial["trial_id"]], columns, interval, trials) for trial in selection.trials]
+    rows = [_table_row(trial, means[trial[TRIAL_ID]], stored[trial[TRIAL_ID]], columns, interval, trials) for trial in selection.trials]
     protocols = tuple(dict.fromkeys(str(t.get("protocol") or spec.protocol) for t in selection.trials))
     modules = tuple(dict.fromkeys(str(t.get("module")) for t in selection.trials))
     return SweepTable(spec, selection, interval, rows, columns, protocols, modules)
@@ -283,10 +275,10 @@ def _table_row(trial: dict[str, Any], means: Mapping[int, Row], stored: StoredRo
 
 def row_label(trial: Row, trials: Sequence[Row]) -> str:
     """`#007`; a confirm trial by the trial it re-checks, `#007 confirm`."""
-    own = trial_label(trial.get(OPTUNA_TRIAL), str(trial["trial_id"]))
+    own = trial_label(trial.get(OPTUNA_TRIAL), str(trial[TRIAL_ID]))
     if trial.get(STAGE) != STAGE_CONFIRM:
         return own
-    original = next((t for t in trials if t["trial_id"] == trial.get(CONFIRMS)), None)
+    original = next((t for t in trials if t[TRIAL_ID] == trial.get(CONFIRMS)), None)
     if original is None:
         return f"{own} confirm"
     return f"{trial_label(original.get(OPTUNA_TRIAL), str(original['trial_id']))} confirm"
@@ -452,7 +444,7 @@ def render_csv(table: SweepTable) -> str:
     writer.writeheader()
     for row in table.rows:
         kind = BOOTSTRAP if row.fallback or table.interval == BOOTSTRAP else T_INTERVAL
-        out: dict[str, Any] = {"trial_id": row.trial["trial_id"], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
+        out: dict[str, Any] = {"trial_id": row.trial[TRIAL_ID], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
                                "protocol": row.trial.get("protocol"), "members": row.members, "interval": kind, "module": row.trial.get("module"),
                                **{h: row.trial.get(h) for h in HPARAM_COLUMNS}}
         for column in table.columns:

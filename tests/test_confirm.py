@@ -17,7 +17,7 @@ import pytest
 from defer_core import load_hparams
 from orchestrator.cli import main
 from orchestrator.export import candidate_rows
-from orchestrator.search.ranking import rank_by
+from orchestrator.results.ranking import rank_by
 from orchestrator.sinks.layout import SweepLayout, load_state, read_spec, require_sweep_dir
 from orchestrator.sinks.mlflow_sink import sweep_mlflow
 from orchestrator.results.store import read_table

@@ -38,15 +38,15 @@ from orchestrator.results.rows import Status
 from orchestrator.report import write_report_files
 from orchestrator.report.data import best_yaml_notes, load_sweep, top_trials, trial_yaml
 from orchestrator.results.curve_points import MilestoneCurve, point_margin
-from orchestrator.search.ranking import is_feasible, rank_by
+from orchestrator.results.ranking import is_feasible, rank_by
 from orchestrator.sinks.layout import SweepLayout, SweepState, load_state, require_sweep_dir, save_state
 from orchestrator.sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from orchestrator.results.rows import SCHEMAS
 from orchestrator.results.store import ResultStore, UnreadableParquetError, read_table
 from orchestrator.sinks.progress import console_session, summary_line, trial_line
-from orchestrator.sinks.records import candidates, training_of
+from orchestrator.results.candidates import candidates, training_of
 from orchestrator.sinks.results_callback import CURVE_ARTIFACT, ResultsCallback
-from orchestrator.sinks.trial_curve import gate_rows
+from orchestrator.results.curve import gate_rows
 from orchestrator.spec import CURVE_TRAINING_THRESHOLD, SweepSpec, load_spec
 from orchestrator.sweep.driver import execute, finish
 from orchestrator.sweep.preflight import prepare

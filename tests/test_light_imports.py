@@ -29,9 +29,10 @@ EXPORT_MODULES = (
     "orchestrator.results.store",
     "orchestrator.sinks.mlflow_sink",
     "orchestrator.search.space",
-    "orchestrator.search.ranking",
+    "orchestrator.results.ranking",
+    "orchestrator.results.candidates",
     "orchestrator.sinks.records",
-    "orchestrator.sinks.trial_curve",
+    "orchestrator.results.curve",
     "orchestrator.table",
     "defer_core.curve",
 )

@@ -24,7 +24,7 @@ from orchestrator.report.data import load_sweep
 from orchestrator.report.html import render_html
 from orchestrator.report.importance import SMALL_SAMPLE_TRIALS, param_importances
 from orchestrator.report.figures import curves_figure
-from orchestrator.search.ranking import pareto_front
+from orchestrator.results.ranking import pareto_front
 from orchestrator.sinks.layout import require_sweep_dir
 from orchestrator.spec import Objective
 

@@ -26,7 +26,7 @@ from orchestrator.protocol import trial_label
 from orchestrator.report.data import load_sweep
 from orchestrator.report.importance import Importance
 from orchestrator.report.plots import build_plots
-from orchestrator.search.ranking import pareto_front
+from orchestrator.results.ranking import pareto_front
 from orchestrator.sinks.layout import read_spec, require_sweep_dir
 from orchestrator.spec import load_spec
 from orchestrator.sweep.driver import execute

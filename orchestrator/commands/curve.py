@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from defer_core.curve import SafeThreshold
 
     from ..sinks.layout import SweepLayout
-    from ..sinks.trial_curve import Reading, TrialCurve
+    from ..results.curve import Reading, TrialCurve
     from ..spec import SweepSpec
 
 CURVE_FORMATS = ("md", "csv", "json")
@@ -29,7 +29,7 @@ def curve(args: argparse.Namespace) -> ExitCode:
     that milestone, at the threshold export writes: off the knife edge), and with --threshold
     its metrics there; read from the Parquet dataset alone (no model, no torch)."""
     from ..sinks.layout import read_spec, require_sweep_dir
-    from ..sinks.trial_curve import load_trial_curve, read_at
+    from ..results.curve import load_trial_curve, read_at
 
     layout = require_sweep_dir(args.output_dir)
     spec = read_spec(layout)
@@ -45,18 +45,16 @@ def chosen_point(layout: "SweepLayout", spec: "SweepSpec", found: "TrialCurve") 
     milestones table's threshold), read at the threshold `defer-sweep export` would write for it
     (results/curve_points.point_margin: a tf breakpoint moved to the middle of the thresholds with
     its metrics). None outside curve mode or when the milestone recorded no threshold."""
-    import pyarrow.compute as pc
-
-    from ..protocol import N_EDITS, THRESHOLD
+    from ..protocol import THRESHOLD
+    from ..results.curve import read_at
+    from ..results.query import milestone
+    from ..results.rows import TRIAL_ID
     from ..results.curve_points import kept_text, point_margin
-    from ..results.store import read_tables
-    from ..sinks.trial_curve import read_at
 
     if not spec.curve_mode:
         return None
-    table = read_tables(layout.parquet, ("milestones",), skip_unreadable=True)["milestones"]
-    rows = table.filter(pc.and_(pc.equal(table["trial_id"], found.trial["trial_id"]), pc.equal(table[N_EDITS], found.n_edits))).to_pylist()
-    point = rows[0].get(THRESHOLD) if rows else None
+    row = milestone(layout, found.trial[TRIAL_ID], found.n_edits)
+    point = row.get(THRESHOLD) if row else None
     if point is None:
         return None
     margin = point_margin(spec, point, found.gates, found.dtype)

@@ -77,11 +77,11 @@ def _failure_reasons(parquet: "Location") -> list[tuple[str, int]]:
     frequent first, so a sweep in which every trial failed says why once, not N times."""
     from collections import Counter
 
+    from ..results.query import trial_rows
     from ..results.rows import Status
-    from ..results.store import read_table
 
-    rows = read_table(parquet, "trials").select(["status", "error"]).to_pylist()
-    reasons = Counter(row["error"] or "no error text recorded" for row in rows if row["status"] == Status.FAILED)
+    rows = trial_rows(parquet, skip_unreadable=False)
+    reasons = Counter(row.error or "no error text recorded" for row in rows if row.status == Status.FAILED)
     return reasons.most_common()
 
 

@@ -3,7 +3,7 @@ sweep.json and the best trial, plus the orderings the plots and the page share.
 
 The best trial is `export.choose_for_export`'s default choice (the one `best.yaml` holds after a
 run: confirmed results first);
-ranking and the Pareto front come from ranking.py over records.candidates (complete trials; in
+ranking and the Pareto front come from results/ranking.py over results.candidates (complete trials; in
 curve mode the points of their curves at T), with the spec's constraints, and the YAML from
 space.hparams_for and defer_core's dump_hparams, so the page and `defer-sweep export` always
 agree (in curve mode with the threshold export writes, off the knife edge: export.with_margin,
@@ -27,16 +27,16 @@ from defer_core.errors import DeferInputError
 from defer_core.results import metric_key
 
 from ..export import ChosenTrial, choose_for_export, with_margin
-from ..sinks.stages import search_stage
 from ..intervals import T_INTERVAL, Interval
-from ..protocol import N_EDITS, THRESHOLD, trial_order_key
-from ..results.rows import Status
-from ..search.ranking import pareto_front, rank_by
+from ..protocol import N_EDITS, THRESHOLD
+from ..results import query
+from ..results.candidates import candidates, training_of, trial_dtype
+from ..results.curve import gate_rows
+from ..results.ranking import pareto_front, rank_by
+from ..results.rows import GATES, GRID, MILESTONES, POINTS, TRIAL_ID, TRIALS
+from ..results.stages import search_stage
 from ..spec.trial_config import hparams_for
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
-from ..results.store import read_tables
-from ..sinks.records import candidates, training_of, trial_dtype
-from ..sinks.trial_curve import gate_rows
 from ..spec import Objective, SweepSpec
 from ..table import row_spread, stored_rows
 
@@ -52,7 +52,7 @@ Row = Mapping[str, Any]
 
 def row_key(row: Row) -> tuple[str, float | None]:
     """A candidate's identity: its trial and threshold (a curve-mode trial has many points)."""
-    return (str(row["trial_id"]), row.get(THRESHOLD))
+    return (str(row[TRIAL_ID]), row.get(THRESHOLD))
 
 
 @dataclass
@@ -74,11 +74,11 @@ class SweepData:
 
     @property
     def completed(self) -> list[dict[str, Any]]:
-        return [t for t in self.trials if t["status"] == Status.COMPLETE]
+        return query.complete(self.trials)
 
     @property
     def candidates(self) -> list[dict[str, Any]]:
-        """What ranks (records.candidates): the search stage's complete trials, or in curve mode
+        """What ranks (results.candidates): the search stage's complete trials, or in curve mode
         their points at T; confirm runs re-check these configurations and never rank beside them."""
         return candidates(self.spec, search_stage(self.completed), self.points)
 
@@ -99,13 +99,12 @@ class SweepData:
         if self._gates_by_training is None:
             grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for gate in self.gates:
-                grouped[str(gate["trial_id"])].append(gate)
+                grouped[str(gate[TRIAL_ID])].append(gate)
             self._gates_by_training = {trial_id: gate_rows(found) for trial_id, found in grouped.items()}
         return self._gates_by_training.get(training_of(row), ())
 
     def counts(self) -> dict[str, int]:
-        statuses = [t["status"] for t in self.trials]
-        return {s: statuses.count(s) for s in (*Status.final(), Status.RUNNING)}
+        return query.count_by_status(self.trials)
 
 
 def load_sweep(layout: SweepLayout) -> SweepData:
@@ -115,11 +114,10 @@ def load_sweep(layout: SweepLayout) -> SweepData:
     state = load_state(layout)
     if state is None:  # require_sweep_dir checked the file exists
         raise DeferInputError(f"{layout.state}: missing")
-    tables = read_tables(layout.parquet, ("trials", "milestones", "points", "gates", "grid"), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
-    trials = sorted(tables["trials"].to_pylist(), key=trial_order_key)
-    milestones = _milestones_by_trial(tables["milestones"].to_pylist())
-    points = tables["points"].to_pylist()
-    data = SweepData(layout, spec, state, trials, milestones, None, points, _at_t(tables["gates"], spec.T), _at_t(tables["grid"], spec.T))
+    found = query.read(layout, (TRIALS, MILESTONES, POINTS, GATES, GRID), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    milestones = _milestones_by_trial(found.rows(MILESTONES))
+    at_t = {table: found.rows(table, n_edits=spec.T) for table in (GATES, GRID)}
+    data = SweepData(layout, spec, state, found.trials(), milestones, None, found.rows(POINTS), at_t[GATES], at_t[GRID])
     data.choice = _choose_best(layout, spec) if data.candidates else None
     if not spec.curve_mode:  # a curve-mode point's threshold is not the one its stored rows were scored at
         data.band_trials = band_trials(data)
@@ -136,35 +134,28 @@ def band_trials(data: SweepData, limit: int = BAND_TRIALS) -> list[dict[str, Any
     if confirmed:
         return confirmed[:limit]
     ranked, _ = top_trials(data, limit)
-    by_id = {t["trial_id"]: t for t in data.trials}
-    return [by_id[r["trial_id"]] for r in ranked[:limit] if r["trial_id"] in by_id]
+    by_id = {t[TRIAL_ID]: t for t in data.trials}
+    return [by_id[r[TRIAL_ID]] for r in ranked[:limit] if r[TRIAL_ID] in by_id]
 
 
 def _spreads(data: SweepData) -> dict[str, dict[str, dict[int, Interval]]]:
     """Intervals of every metric: at T for the candidates, at every milestone for the band trials."""
     keys = [metric_key(m, s) for s in data.spec.scorings for m in ("rel", "gen", "loc")]
-    at_t = stored_rows(data.layout.parquet, [t["trial_id"] for t in data.completed], data.spec.T)
-    banded = stored_rows(data.layout.parquet, [t["trial_id"] for t in data.band_trials])
+    at_t = stored_rows(data.layout.parquet, [t[TRIAL_ID] for t in data.completed], data.spec.T)
+    banded = stored_rows(data.layout.parquet, [t[TRIAL_ID] for t in data.band_trials])
     spreads: dict[str, dict[str, dict[int, Interval]]] = {}
     for trial in data.completed:
-        found = banded.get(trial["trial_id"]) or at_t[trial["trial_id"]]
-        spreads[trial["trial_id"]] = {key: row_spread(trial, found, key, SPREAD_KIND) for key in keys}
+        found = banded.get(trial[TRIAL_ID]) or at_t[trial[TRIAL_ID]]
+        spreads[trial[TRIAL_ID]] = {key: row_spread(trial, found, key, SPREAD_KIND) for key in keys}
     return spreads
-
-
-def _at_t(table: Any, T: int) -> list[dict[str, Any]]:
-    """A table's rows at the last milestone (T), filtered before they become Python objects."""
-    import pyarrow.compute as pc
-
-    return table.filter(pc.equal(table[N_EDITS], T)).to_pylist()
 
 
 def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_trial: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        by_trial[row["trial_id"]].append(row)
+        by_trial[row[TRIAL_ID]].append(row)
     for trial_rows in by_trial.values():
-        trial_rows.sort(key=lambda r: r["n_edits"])
+        trial_rows.sort(key=lambda r: r[N_EDITS])
     return dict(by_trial)
 
 
@@ -191,7 +182,7 @@ def spec_front_ids(data: SweepData) -> set[str]:
     """Trial ids with a candidate on the spec's own Pareto front; empty for a single objective."""
     if not data.spec.multi_objective:
         return set()
-    return {r["trial_id"] for r in pareto_front(data.candidates, data.spec.objectives, data.spec.constraints)}
+    return {r[TRIAL_ID] for r in pareto_front(data.candidates, data.spec.objectives, data.spec.constraints)}
 
 
 def top_trials(data: SweepData, limit: int = TOP_TRIALS) -> tuple[list[Row], set[tuple[str, float | None]]]:
@@ -212,7 +203,7 @@ def top_trainings(data: SweepData, limit: int = TOP_TRAININGS) -> list[Row]:
     seen: dict[str, Row] = {}
     ranked, _ = top_trials(data, limit=len(data.candidates))
     for row in ranked:
-        seen.setdefault(str(row["trial_id"]), row)
+        seen.setdefault(str(row[TRIAL_ID]), row)
     return list(seen.values())[:limit]
 
 

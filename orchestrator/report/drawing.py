@@ -19,7 +19,7 @@ from defer_core.results import TF
 
 from ..intervals import Interval
 from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label as label_of
-from ..search.ranking import Bound
+from ..results.ranking import Bound
 
 WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
 COMPLETE_COLOR = "#4c72b0"

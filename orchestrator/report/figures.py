@@ -16,7 +16,7 @@ from defer_core.results import METRICS, metric_key
 from ..intervals import T_INTERVAL, Interval
 from ..protocol import THRESHOLD
 from ..results.rows import Status
-from ..search.ranking import Bound, is_feasible
+from ..results.ranking import Bound, is_feasible
 from ..spec.trial_config import describe_config
 from .data import row_key
 

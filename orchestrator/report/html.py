@@ -19,9 +19,9 @@ import jinja2
 from defer_core.results import METRICS, metric_key
 
 from ..results.rows import Status
-from ..search.ranking import is_feasible
+from ..results.ranking import bounds_text, is_feasible
 from ..spec.trial_config import describe_config
-from ..sinks.records import bounds_text, threshold_mode
+from ..results.candidates import threshold_mode
 from ..spec import SweepSpec
 from .data import Row, SweepData, row_key, scorings_with_data, top_trials, trial_yaml
 from .importance import Importance

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 from defer_core.results import TF, metric_key
 
 from ..protocol import STAGE, STAGE_CONFIRM, THRESHOLD
-from ..sinks.records import bounds_text
-from ..sinks.trial_curve import tf_curves
+from ..results.ranking import bounds_text
+from ..results.curve import tf_curves
 from ..spec import Choice as ChoiceRange, FloatRange, SweepSpec
 from .data import SweepData, rel_loc_front, scorings_with_data, spec_front_ids, top_trainings, top_trials
 from .importance import Importance

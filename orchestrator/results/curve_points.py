@@ -26,7 +26,7 @@ from defer_core.results import GENERATION_SCORINGS, METRICS, GateRow, GridPoint,
 
 from ..protocol import DERIVED_METRICS, FEASIBLE, INTERMEDIATE_KEY, THRESHOLD
 from ..spec import Objective, SweepSpec
-from ..search.ranking import is_feasible
+from .ranking import is_feasible
 
 Point = dict[str, Any]
 MEAN = DERIVED_METRICS[0]

@@ -226,16 +226,19 @@ Row = Union[TrialRow, MilestoneRow, EditRow, TrialGateRow, GridRow, PointRow, Me
 R = TypeVar("R", TrialRow, MilestoneRow, EditRow, TrialGateRow, GridRow, PointRow, MemberMilestoneRow, RecordScoreRow)
 
 # Every table of the dataset and its row: the one list of tables.
+TRIALS, MILESTONES, EDITS, GATES, GRID, POINTS = "trials", "milestones", "edits", "gates", "grid", "points"
+MEMBER_MILESTONES, RECORD_SCORES = "member_milestones", "record_scores"
 TABLES: dict[str, type] = {
-    "trials": TrialRow,
-    "milestones": MilestoneRow,
-    "edits": EditRow,
-    "gates": TrialGateRow,
-    "grid": GridRow,
-    "points": PointRow,
-    "member_milestones": MemberMilestoneRow,
-    "record_scores": RecordScoreRow,
+    TRIALS: TrialRow,
+    MILESTONES: MilestoneRow,
+    EDITS: EditRow,
+    GATES: TrialGateRow,
+    GRID: GridRow,
+    POINTS: PointRow,
+    MEMBER_MILESTONES: MemberMilestoneRow,
+    RECORD_SCORES: RecordScoreRow,
 }
+TRIAL_ID = "trial_id"  # every table's column: the DEFER trial a row belongs to (its field on every row)
 TABLE_OF: dict[type, str] = {row_type: table for table, row_type in TABLES.items()}
 
 # -- derived: Arrow schemas, records ----------------------------------------------------------------

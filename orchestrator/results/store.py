@@ -20,7 +20,8 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 
 # The order a trial's tables are written in, trials last: a trial row never claims rows not on disk yet.
 WRITE_ORDER = (*(table for table in TABLES if table != "trials"), "trials")
+
+
+class SweepFolder(Protocol):
+    """What a reader needs of a sweep's output directory (sinks/layout.SweepLayout is one):
+    the folder, and where its Parquet dataset lives (OUT/parquet, or under the storage_uri)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def parquet(self) -> Location: ...
 
 
 class ResultStore:

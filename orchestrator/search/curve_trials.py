@@ -2,7 +2,7 @@
 and in curve mode a training's other curve points as COMPLETE trials of their own.
 
 Constraints (spec `constraints`): every trial told COMPLETE or PRUNED, and every added curve
-point, carries its constraint values (search/ranking.py `violations`, <= 0 satisfied) through
+point, carries its constraint values (results/ranking.py `violations`, <= 0 satisfied) through
 Optuna 5's public `Trial.set_constraint` / `create_trial(constraints=...)`, which TPE and
 NSGA-II read (trial.constraints) to rank feasible trials first; and a user attr `feasible`.
 Optuna 5 deprecates the samplers' `constraints_func` for this (it would store every value a
@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from ..protocol import FEASIBLE, INTERMEDIATE_KEY, POINTS_KEY, THRESHOLD
 from ..spec import SweepSpec
-from .ranking import Bound, is_feasible, violations
+from ..results.ranking import Bound, is_feasible, violations
 
 TUNE_TRIAL_ATTR = "tune_trial_id"  # the Tune trial behind an Optuna trial (for an added curve point: its training's)
 SOURCE_TRIAL_ATTR = "source_trial"  # an added curve point's: the Optuna trial number of its training

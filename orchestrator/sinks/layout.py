@@ -36,12 +36,12 @@ from defer_core.files import atomic_write_text
 
 from ..spec import SweepSpec, load_spec
 from ..storage import Location, local_location, open_storage
+from ..results.stages import CONFIRM_FILE
 
 # The names the sweep writes in OUT (besides the properties below): written here once.
 TUNE_EXPERIMENT = "tune"
 PARQUET_DIR = "parquet"
 CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
-CONFIRM_PLAN = "confirm.json"  # the plan of the folder's confirm stage
 REPORT_DIR = "report"
 LOCK_FILE = ".lock"  # the driver's OS file lock (sweep/lock.py)
 SWEEP_FORMAT = 2  # sweep.json's "format": raised whenever a sweep folder's files change shape (2: a pack's Tune config lists its members under "pack")
@@ -106,7 +106,7 @@ class SweepLayout:
 
     @property
     def confirm_plan(self) -> Path:
-        return self.root / CONFIRM_PLAN
+        return self.root / CONFIRM_FILE
 
     @property
     def report_dir(self) -> Path:

@@ -30,13 +30,14 @@ from ray.tune.experiment import Trial
 from ..intervals import Interval, format_interval, repeat_interval
 from ..protocol import N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPEATS_KEY, REUSE_OF, THRESHOLD, trial_label
 from ..results.rows import Status
+from ..results.candidates import candidates
 from ..results.packing import member_configs, member_results, member_trial_id, num_packs
-from ..search.ranking import is_feasible, pareto_front, rank_by
+from ..results.ranking import bounds_text, is_feasible, pareto_front, rank_by
 from ..spec.trial_config import full_config
 from ..spec import SweepSpec
 from ..worker.live import EditProgress, board_name, open_board
 from ..results.store import finished_packs
-from .records import bounds_text, candidates, config_text, short_error, trial_error_text
+from .records import config_text, short_error, trial_error_text
 from ..storage import Location
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def _unit(spec: SweepSpec) -> str:
 
 
 def best_text(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> str:
-    """The best candidate (records.candidates: a trial, or in curve mode a point of a
+    """The best candidate (results.candidates: a trial, or in curve mode a point of a
     training's curve), or with several objectives the Pareto points: each with its own values,
     never the best of each metric taken from different trials. With constraints feasible
     points rank first; an infeasible best is marked, and the front holds feasible points only."""

@@ -1,32 +1,23 @@
 """What the driver knows about one trial, built from Tune's results; both sinks and the
-progress lines read it. Its status is a protocol.Status.
-
-Also the one rule for which rows rank (`candidates`): what best.yaml, the Pareto front, the
-progress summary and the report choose among. With a sampled threshold a candidate is a trial
-that completed all T edits; in curve mode it is a (training, threshold) point of such a trial's
-curve at T, carrying its training's columns with the point's threshold and metrics.
+progress lines read it. Its status is a results.rows.Status. Which recorded rows rank is
+results/candidates.py's rule.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..protocol import (
-    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, GATES_KEY, GRID_KEY, MEMBER_COUNT, METRIC_COLUMNS, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL,
-    ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, REUSE_OF, SEED, STAGE, STAGE_CONFIRM, STAGE_SEARCH, THRESHOLD, THRESHOLD_CURVE, THRESHOLD_SAMPLED,
-    WORKER_PID, trial_order_key,
+    CONFIRMS, EDITS_KEY, EVAL_SECONDS, FEASIBLE, GATES_KEY, GRID_KEY, MEMBER_COUNT, MODEL_LOAD_SECONDS, N_EDITS, NODE_ID, OPTUNA_TRIAL,
+    ORDER, POINTS_KEY, RECORDS_KEY, REPEATS_KEY, REUSE_OF, SEED, STAGE, STAGE_CONFIRM, STAGE_SEARCH, THRESHOLD, WORKER_PID,
 )
+from ..results.candidates import threshold_mode
+from ..results.ranking import feasible_or_none
 from ..results.rows import EditRow, GridRow, MemberMilestoneRow, MilestoneRow, PointRow, RecordScoreRow, Row, Status, TrialGateRow, TrialRow, metrics_of
-from ..search.ranking import Bound, is_feasible
-from ..spec.trial_config import describe_config, full_config, module_for
 from ..spec import SweepSpec
-
-
-def threshold_mode(spec: SweepSpec) -> str:
-    return THRESHOLD_CURVE if spec.curve_mode else THRESHOLD_SAMPLED
+from ..spec.trial_config import describe_config, full_config, module_for
 
 
 def spec_columns(spec: SweepSpec) -> dict[str, Any]:
@@ -43,12 +34,6 @@ def spec_columns(spec: SweepSpec) -> dict[str, Any]:
     }
 
 
-def trial_dtype(spec: SweepSpec, row: Mapping[str, Any]) -> str:
-    """The dtype a trial ran in (what its gates are exact in): its row's, or the spec's for rows
-    written before it was recorded."""
-    return row.get("dtype") or spec.model.run_dtype
-
-
 def config_text(spec: SweepSpec, config: Mapping[str, Any], threshold: float | None = None) -> str:
     """`L27 lr=... th=0.50` for a trial's full config; in curve mode a training has no one
     threshold, so th= shows only a point's (`threshold`)."""
@@ -56,13 +41,6 @@ def config_text(spec: SweepSpec, config: Mapping[str, Any], threshold: float | N
     if threshold is not None:
         shown[THRESHOLD] = threshold
     return describe_config(shown)
-
-
-def feasible_or_none(row: Mapping[str, Any] | None, constraints: Sequence[Bound]) -> bool | None:
-    """Whether a row meets the constraints; None without constraints (or without a row)."""
-    if not constraints or row is None:
-        return None
-    return is_feasible(row, constraints)
 
 
 def utcnow() -> dt.datetime:
@@ -319,68 +297,3 @@ class TrialLog:
 def _by_threshold(by_milestone: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[tuple[int, Mapping[str, Any]]]:
     """(milestone, item) pairs, milestones ascending, each milestone's items by threshold."""
     return [(n_edits, item) for n_edits, items in sorted(by_milestone.items()) for item in sorted(items, key=lambda item: item[THRESHOLD])]
-
-
-# -- what ranks -------------------------------------------------------------------------------------
-
-
-def training_of(row: Mapping[str, Any]) -> str:
-    """The DEFER trial whose training a row's numbers come from: the one it reuses, or its own."""
-    return str(row.get(REUSE_OF) or row["trial_id"])
-
-
-def point_row(trial: Mapping[str, Any], point: Mapping[str, Any], constraints: Sequence[Bound]) -> dict[str, Any]:
-    """A curve point as a candidate: its training's columns (config, ids, model ...) with the
-    point's threshold and metrics (every metric column, null where the point has none)."""
-    row = {**trial, **{key: point.get(key) for key in METRIC_COLUMNS}, THRESHOLD: float(point[THRESHOLD])}
-    row[FEASIBLE] = feasible_or_none(row, constraints)
-    return row
-
-
-def candidates(spec: SweepSpec, complete: Iterable[Mapping[str, Any]], points: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """The rows best/Pareto/export/report rank, from the rows of trials that completed all T
-    edits (`trial_id`, config and metric columns, e.g. the trials table's) and, in curve mode,
-    the points rows (`trial_id`, `n_edits`, threshold, metrics): each point at n_edits == T of
-    a complete trial becomes one candidate (a complete trial without points stays one, at its
-    recorded threshold). A reuse trial repeats its original's numbers, so a (training,
-    threshold) pair is a candidate once: the original's row when it is there."""
-    trials = [dict(row) for row in complete]
-    if spec.curve_mode:
-        at_t: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for point in points:
-            if point[N_EDITS] == spec.T:
-                at_t[str(point["trial_id"])].append(point)
-        rows = []
-        for trial in trials:
-            ours = sorted(at_t.get(str(trial["trial_id"]), []), key=lambda point: point[THRESHOLD])
-            rows += [point_row(trial, point, spec.constraints) for point in ours] if ours else [trial]
-    else:
-        rows = trials
-    kept: dict[tuple[str, float | None], dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda row: (row.get(REUSE_OF) is not None, trial_order_key(row))):
-        kept.setdefault((training_of(row), row.get(THRESHOLD)), row)
-    return sorted(kept.values(), key=lambda row: (trial_order_key(row), row.get(THRESHOLD) or 0.0))
-
-
-def bounds_text(constraints: Sequence[Bound]) -> str:
-    """`loc_tf >= 0.9, rel_tf <= 0.95`: the constraints as a person reads them."""
-    parts = []
-    for bound in constraints:
-        if bound.min is not None:
-            parts.append(f"{bound.metric} >= {bound.min:g}")
-        if bound.max is not None:
-            parts.append(f"{bound.metric} <= {bound.max:g}")
-    return ", ".join(parts)
-
-
-def closest_text(rows: Sequence[Mapping[str, Any]], constraints: Sequence[Bound]) -> str:
-    """`best loc_tf 0.83`: per constrained metric, the value nearest its bound among `rows`
-    (why nothing is feasible)."""
-    parts = []
-    for bound in constraints:
-        values = [float(row[bound.metric]) for row in rows if row.get(bound.metric) is not None]
-        if not values:
-            parts.append(f"no {bound.metric} recorded")
-        else:
-            parts.append(f"best {bound.metric} {(max(values) if bound.min is not None else min(values)):.4g}")
-    return "; ".join(parts)

@@ -31,8 +31,9 @@ from ..results.packing import member_configs, member_results, member_trial_id, p
 from ..spec import SweepSpec
 from .mlflow_sink import MlflowSink
 from ..results.store import ResultStore, finished_packs, read_rows
-from .records import TrialLog, config_text, feasible_or_none, short_error, trial_error_text
-from .stages import other_experiments_packs
+from ..results.ranking import feasible_or_none
+from ..results.stages import other_experiments_packs
+from .records import TrialLog, config_text, short_error, trial_error_text
 from ..storage import Location
 
 log = logging.getLogger(__name__)

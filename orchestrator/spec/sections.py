@@ -141,7 +141,7 @@ class CurveSpec(Section):
 
 class Constraint(Positional):
     """A bound on a reported metric (inclusive): feasible points rank first, and Optuna's
-    samplers get it as a constraint (search/ranking.py `violations`)."""
+    samplers get it as a constraint (results/ranking.py `violations`)."""
 
     metric: Text
     # Every metric is a proportion (protocol.py METRIC_RANGES): a min above 1 or a max below 0

@@ -24,15 +24,15 @@ from typing import Any, Mapping, Sequence
 from defer_core.errors import DeferInputError
 from defer_core.results import milestones_ending_at
 
-from ..export import candidate_rows
 from ..protocol import OPTUNA_TRIAL, THRESHOLD, trial_label
-from ..search.ranking import is_feasible, pareto_front, rank_by
+from ..results.ranking import is_feasible, pareto_front, rank_by
 from ..spec.trial_config import full_config
 from ..sinks.layout import SweepLayout
-from ..results.store import read_table
-from ..sinks.records import training_of
-from ..sinks.stages import ConfirmPlan, Pick, load_plan, search_stage
-from ..sinks.trial_curve import find_trial
+from ..results.query import search_candidates, search_trials
+from ..results.rows import TRIAL_ID
+from ..results.candidates import training_of
+from ..results.stages import ConfirmPlan, Pick, load_plan
+from ..results.curve import find_trial
 from ..spec import Repeats, SweepSpec
 from ..spec.search_space import UNIT_RANGE
 from ..spec.sections import ConfirmSpec
@@ -86,7 +86,7 @@ def new_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) -> C
         picks = picks_by_name(layout, spec, request.trials)
     else:
         top = request.top if request.top is not None else section.top
-        picks = best_picks(spec, candidate_rows(layout, spec), None if request.pareto else top)
+        picks = best_picks(spec, search_candidates(layout, spec), None if request.pareto else top)
     return ConfirmPlan(tuple(picks), tuple(seeds), orders, T, tuple(protocols))
 
 
@@ -97,7 +97,7 @@ def pick_of(spec: SweepSpec, row: Mapping[str, Any]) -> Pick:
     """A candidate or trials row as a pick: its full config at the row's threshold."""
     if row.get(THRESHOLD) is None:
         raise DeferInputError(f"trial {row['trial_id']}: has no threshold to confirm (it reported no milestone)")
-    return Pick(training_of(row), trial_label(row.get(OPTUNA_TRIAL), str(row["trial_id"])), full_config(spec, row))
+    return Pick(training_of(row), trial_label(row.get(OPTUNA_TRIAL), str(row[TRIAL_ID])), full_config(spec, row))
 
 
 def best_picks(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], top: int | None) -> list[Pick]:
@@ -121,7 +121,7 @@ def best_picks(spec: SweepSpec, rows: Sequence[Mapping[str, Any]], top: int | No
 def picks_by_name(layout: SweepLayout, spec: SweepSpec, names: Sequence[str]) -> list[Pick]:
     """--trials: DEFER trial ids or Optuna numbers (`#007`, `7`) of the search stage, at the
     threshold their trials row records (in curve mode their best point's)."""
-    trials = search_stage(read_table(layout.parquet, "trials", skip_unreadable=True).to_pylist())
+    trials = search_trials(layout, skip_unreadable=True)
     picks: dict[str, Pick] = {}
     for name in names:
         try:

@@ -42,9 +42,10 @@ from ..sinks.layout import TUNE_EXPERIMENT, SweepLayout, SweepState, load_state,
 from ..sinks.mlflow_sink import MlflowSink, sweep_mlflow
 from ..results.store import ResultStore
 from ..sinks.progress import LiveOutput, Sink, console_session
-from ..sinks.records import bounds_text, spec_columns
+from ..results.ranking import bounds_text
+from ..sinks.records import spec_columns
 from ..sinks.results_callback import ConfirmResultsCallback, ResultsCallback
-from ..sinks.stages import ConfirmPlan, save_plan
+from ..results.stages import ConfirmPlan, save_plan
 from ..spec import SweepSpec, load_spec, spec_to_yaml
 from ..storage import one_line
 from .confirm import ConfirmRequest, confirm_spec, resolve_plan

@@ -33,14 +33,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from defer_core.errors import DeferInputError
 from defer_core.runtime import hub_env
 
-from ..protocol import STAGE
 from ..results.rows import RecordedTrial, Status
 from ..sinks.layout import SweepLayout
 from ..sinks.mlflow_sink import MlflowSink
-from ..results.store import TABLES, ResultStore, UnreadableParquetError, read_table, read_tables
+from ..results.query import count_by_status, require_readable, stage_trials
+from ..results.store import ResultStore, UnreadableParquetError
 from ..sinks.progress import ProgressCallback
 from ..sinks.results_callback import ResultsCallback, drop_unknown_trials, recorded_trials
-from ..sinks.stages import confirm_stage, other_experiments_packs, search_stage
+from ..results.stages import other_experiments_packs
 from ..spec import SweepSpec
 from ..storage import Location
 from ..worker.trainable import TrialSettings, defer_trainable
@@ -259,7 +259,7 @@ def recorded_for_resume(layout: SweepLayout, spec: SweepSpec) -> dict[str, Recor
     trial is not possible, as Tune's restored state may say that trial ended (Tune never runs
     an ended trial again) and Optuna was already told its result."""
     try:
-        read_tables(layout.parquet, TABLES)
+        require_readable(layout)
         return recorded_trials(layout.parquet, spec)
     except UnreadableParquetError as error:
         raise DeferInputError(f"{error}; resume needs every recorded trial: restore that file, or start the sweep over in a new output_dir (export and report skip it)") from None
@@ -292,7 +292,4 @@ class Counts:
 
 def count(layout: SweepLayout, planned: int, *, confirm: bool = False, protocol: str | None = None) -> Counts:
     """The search stage's trials, or the confirm stage's (of one protocol, or of all)."""
-    rows = read_table(layout.parquet, "trials").select(["status", STAGE, "protocol"]).to_pylist()
-    rows = confirm_stage(rows, protocol) if confirm else search_stage(rows)
-    statuses = [row["status"] for row in rows]
-    return Counts({status: statuses.count(status) for status in (*Status.final(), Status.RUNNING)}, planned)
+    return Counts(count_by_status(stage_trials(layout, confirm=confirm, protocol=protocol, skip_unreadable=False)), planned)

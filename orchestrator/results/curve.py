@@ -23,9 +23,8 @@ from defer_core.results import GateRow
 
 from ..protocol import METRIC_COLUMNS, N_EDITS, OPTUNA_TRIAL, REUSE_OF, THRESHOLD, trial_label, trial_order_key
 from ..spec import SweepSpec
-from .layout import SweepLayout
-from ..results.store import read_tables
-from .records import trial_dtype
+from .candidates import trial_dtype
+from .store import SweepFolder, read_tables
 
 LISTED_TRIALS = 8  # trials an unknown-trial error names as examples
 
@@ -94,7 +93,7 @@ def edits_behind(spec: SweepSpec, n_edits: int, edits: Iterable[Mapping[str, Any
     return [dict(e) for e in edits if start < e["edit_index"] <= stop]
 
 
-def load_trial_curve(layout: SweepLayout, spec: SweepSpec, name: str, n_edits: int | None = None) -> TrialCurve:
+def load_trial_curve(layout: SweepFolder, spec: SweepSpec, name: str, n_edits: int | None = None) -> TrialCurve:
     """The named trial's curve at milestone `n_edits` (default: its last with gate rows)."""
     tables = read_tables(layout.parquet, ("trials", "gates", "grid", "edits"), skip_unreadable=True)
     trial = find_trial(spec, tables["trials"].to_pylist(), name)

@@ -1,12 +1,14 @@
 """Best trial and Pareto front over completed trials (values at T), shared by the progress
-summary and export. Ties break by Optuna trial number, so the choice is deterministic.
+summary, export, the report, the table and the confirm stage. Ties break by Optuna trial
+number, so the choice is deterministic.
 
 With constraints (spec `constraints: [{metric: loc_tf, min: 0.9}]`) a row is feasible when
 every constrained metric lies within its bounds; feasible rows rank before infeasible ones,
 and the Pareto front holds feasible rows only. `violations` are also the constraint values
-Optuna's samplers read (<= 0 means satisfied): optuna_search.py stores them on each trial
-(`constraint_values` through Trial.set_constraint / create_trial(constraints=...)), so both
-read one rule.
+Optuna's samplers read (<= 0 means satisfied): search/optuna_search.py stores them on each
+trial (`constraint_values` through Trial.set_constraint / create_trial(constraints=...)), so
+both read one rule. `bounds_text` and `closest_text` say the constraints and how close the
+rows came, as a person reads them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,37 @@ def violations(row: Row, constraints: Sequence[Bound]) -> list[float]:
 
 def is_feasible(row: Row, constraints: Sequence[Bound]) -> bool:
     return all(v <= 0 for v in violations(row, constraints))
+
+
+def feasible_or_none(row: Row | None, constraints: Sequence[Bound]) -> bool | None:
+    """Whether a row meets the constraints; None without constraints (or without a row)."""
+    if not constraints or row is None:
+        return None
+    return is_feasible(row, constraints)
+
+
+def bounds_text(constraints: Sequence[Bound]) -> str:
+    """`loc_tf >= 0.9, rel_tf <= 0.95`: the constraints as a person reads them."""
+    parts = []
+    for bound in constraints:
+        if bound.min is not None:
+            parts.append(f"{bound.metric} >= {bound.min:g}")
+        if bound.max is not None:
+            parts.append(f"{bound.metric} <= {bound.max:g}")
+    return ", ".join(parts)
+
+
+def closest_text(rows: Sequence[Row], constraints: Sequence[Bound]) -> str:
+    """`best loc_tf 0.83`: per constrained metric, the value nearest its bound among `rows`
+    (why nothing is feasible)."""
+    parts = []
+    for bound in constraints:
+        values = [float(row[bound.metric]) for row in rows if row.get(bound.metric) is not None]
+        if not values:
+            parts.append(f"no {bound.metric} recorded")
+        else:
+            parts.append(f"best {bound.metric} {(max(values) if bound.min is not None else min(values)):.4g}")
+    return "; ".join(parts)
 
 
 def _signed(row: Row, objective: Objective) -> float:

@@ -16,13 +16,14 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_text
 
 from ..protocol import CONFIRMS, STAGE, STAGE_CONFIRM, STAGE_SEARCH
-from ..results.rows import Status
 from ..storage import Location
-from .layout import SweepLayout
-from ..results.store import read_table
+from .rows import Status
+from .store import SweepFolder, read_table
 
 if TYPE_CHECKING:
     from ..spec import SweepSpec
+
+CONFIRM_FILE = "confirm.json"  # in OUT: the plan of the folder's confirm stage
 
 
 def stage_of(row: Mapping[str, Any]) -> str:
@@ -84,8 +85,8 @@ class ConfirmPlan:
         return cls(picks, tuple(int(s) for s in data["seeds"]), int(data["orders"]), int(data["T"]), tuple(str(p) for p in data["protocols"]))
 
 
-def load_plan(layout: SweepLayout) -> ConfirmPlan | None:
-    path = layout.confirm_plan
+def load_plan(layout: SweepFolder) -> ConfirmPlan | None:
+    path = layout.root / CONFIRM_FILE
     if not path.is_file():
         return None
     try:
@@ -94,8 +95,8 @@ def load_plan(layout: SweepLayout) -> ConfirmPlan | None:
         raise DeferInputError(f"{path}: unreadable confirm plan ({error})") from None
 
 
-def save_plan(layout: SweepLayout, plan: ConfirmPlan) -> None:
-    atomic_write_text(layout.confirm_plan, plan.to_json())
+def save_plan(layout: SweepFolder, plan: ConfirmPlan) -> None:
+    atomic_write_text(layout.root / CONFIRM_FILE, plan.to_json())
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Confirmed:
         return f"confirmed with {self.plan.repeats_text} ({self.protocol}; {len(self.rows)} of {len(self.plan.picks)} configurations)"
 
 
-def confirmed_results(layout: SweepLayout, spec: SweepSpec, trials: Sequence[Mapping[str, Any]]) -> Confirmed | None:
+def confirmed_results(layout: SweepFolder, spec: SweepSpec, trials: Sequence[Mapping[str, Any]]) -> Confirmed | None:
     """None when the folder has no confirm plan or no confirm trial completed its T."""
     plan = load_plan(layout)
     if plan is None:
