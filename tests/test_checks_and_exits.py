@@ -9,6 +9,7 @@ every connection) shows whether anything tried the network.
 
 from __future__ import annotations
 
+import html
 import contextlib
 import json
 import os
@@ -303,6 +304,18 @@ def test_a_sweep_in_which_every_trial_failed_exits_1_with_the_reasons(all_failed
     assert lines[summary + 1] == f"  2 x {next(iter(errors))}", "one line per distinct error, with its count"
     assert not lines[summary + 2].startswith("  "), "the same error is listed once"
     assert "every trial failed (exit status 1)" in done.stderr
+
+
+def test_the_report_of_a_sweep_with_nothing_completed_says_so_and_lists_the_failures(all_failed: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """No trial completed (issue 20): `report` writes a page that says there is nothing to rank
+    and shows each failure's error, exit 0, no traceback (a log-scaled axis had no values)."""
+    out, _ = all_failed
+    done, _ = defer_sweep("report", str(out))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    page = (out / "report" / "report.html").read_text()
+    assert "No trial has completed all edits yet: there is nothing to rank or export." in page
+    errors = {row["error"] for row in parquet_rows(out, "trials")}
+    assert '<h2 id="failed">Failed trials</h2>' in page and all(html.escape(error, quote=True) in page for error in errors), errors
 
 
 # -- item 8: the printed MLflow command and URL -----------------------------------------------------

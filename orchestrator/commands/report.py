@@ -13,7 +13,7 @@ def report(args: argparse.Namespace) -> ExitCode:
 
     written = write_report_files(args.output_dir)
     print(f"report: {written.page}")
-    print(f"  plots: {', '.join(written.plots)}")
+    print(f"  plots: {', '.join(written.plots) or 'none (no trial reported a metric to plot)'}")
     if written.mlflow_run_id:
         print(f"  logged to MLflow run {written.mlflow_run_id} under {MLFLOW_ARTIFACT_PATH}/")
     else:

@@ -159,6 +159,8 @@ def _params_plots(data: SweepData) -> list[Plot]:
         return []
     result = []
     for objective in spec.objectives:
+        if not any(t.get(objective.metric) is not None for t in data.trials):
+            continue  # no trial reported it (all failed, say): nothing to plot, and no axis to scale
         figure = params_figure(objective.metric, objective.direction, params, data.trials, data.best, T)
         caption = f"{objective.metric} against each searched hyperparameter. Filled: value at T={T}; hollow grey: a pruned trial's value at the milestone where it stopped."
         result.append(Plot(f"params_{objective.metric}", "params", f"Hyperparameters vs {objective.metric}", caption, png_bytes(figure)))
