@@ -197,21 +197,36 @@ def margin_notes(margin: SafeThreshold | None, row: dict[str, Any]) -> list[str]
             f"this is its middle in {margin.dtype}, so a gate moving by one rounding step changes no record.", edge]
 
 
+SIDE_EXPORTS = "exports"  # the parent run's artifact folder for side exports
+
+
 def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None,
                 mlflow: MlflowSink | None = None, confirmed: bool = True) -> tuple[Path, ChosenTrial]:
-    """Write the YAML (default OUT/best.yaml) and attach it to the MLflow parent run."""
+    """The sweep's own export (no choice asked for, into OUT/best.yaml): best.yaml and the MLflow
+    parent run's best.* tags. Any other is a side export: it needs its own file, writes only
+    that, and MLflow keeps it as an artifact under exports/, so the sweep's best (best.yaml, its
+    tags, the report) changes only through its own export."""
+    own_choice = objective is None and pareto_index is None and confirmed
+    target = output or layout.best_yaml
+    if not own_choice and target == layout.best_yaml:
+        raise DeferInputError(
+            f"{layout.best_yaml}: is the sweep's own best; --objective, --pareto-index and --no-confirmed export another configuration: give it a file with -o FILE"
+        )
     chosen = choose_for_export(layout, spec, objective, pareto_index, confirmed)
-    target = save_hparams(chosen.hparams, output or layout.best_yaml, dtype=chosen.dtype, notes=chosen.notes)
+    written = save_hparams(chosen.hparams, target, dtype=chosen.dtype, notes=chosen.notes)
     if chosen.dtype != DEFAULT_DTYPE:
         log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
-                    target, chosen.row[TRIAL_ID], chosen.dtype, DEFAULT_DTYPE)
+                    written, chosen.row[TRIAL_ID], chosen.dtype, DEFAULT_DTYPE)
     if mlflow is not None:
         try:
-            mlflow.log_best(target, {"best.trial_id": chosen.row[TRIAL_ID], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
+            if target == layout.best_yaml:
+                mlflow.log_best(written, {"best.trial_id": chosen.row[TRIAL_ID], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
+            else:
+                mlflow.log_side_export(written, SIDE_EXPORTS)
         except Exception as error:  # noqa: BLE001 - the file is the export; an unreachable tracking store must not fail it
-            log.warning("%s: not attached to MLflow (%s): %s", target, mlflow.tracking_uri, one_line(error))
-    log.info("exported %s: trial %s, %s", target, chosen.row[TRIAL_ID], chosen.reason)
-    return target, chosen
+            log.warning("%s: not attached to MLflow (%s): %s", written, mlflow.tracking_uri, one_line(error))
+    log.info("exported %s: trial %s, %s", written, chosen.row[TRIAL_ID], chosen.reason)
+    return written, chosen
 
 
 def mlflow_for(layout: SweepLayout) -> MlflowSink | None:

@@ -393,7 +393,8 @@ def test_export_refuses_in_one_line_when_no_point_is_feasible(tmp_path: Path, ca
     reason = "sweep 'strict': no completed point satisfies constraints rel_tf >= 0.99, loc_tf >= 0.9 (best rel_tf 1; best loc_tf 1); nothing to export"
     assert err == [f"defer-sweep: error: {reason}"]
     assert not sweep.layout.best_yaml.exists()
-    assert main(["export", sweep.out, "--pareto-index", "0"]) == 2
+    assert main(["export", sweep.out, "--pareto-index", "0", "-o", str(tmp_path / "p0.yaml")]) == 2
+    assert "no completed point satisfies constraints" in capsys.readouterr().err and not (tmp_path / "p0.yaml").exists()
 
     # The sweep itself still finishes: no best.yaml, the reason instead, the report written.
     outcome = finish(sweep.spec, sweep.layout, load_state(sweep.layout), sweep.mlflow)

@@ -126,6 +126,11 @@ def test_best_yaml_is_the_best_complete_trial_and_loads(finished_sweep: Path) ->
 
 
 def test_export_by_another_objective_writes_yaml_and_logs_it(finished_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A side export (issue 20): only the file asked for is written; the sweep's best.yaml and
+    its parent run's best.* tags stay the sweep's own; MLflow keeps the file under exports/."""
+    parent, _, client = mlflow_runs(finished_sweep)
+    tags_before = {k: v for k, v in parent.data.tags.items() if k.startswith("best.")}
+    best_yaml = (finished_sweep / "best.yaml").read_bytes()
     target = tmp_path / "loc.yaml"
     assert main(["export", str(finished_sweep), "--objective", "loc_tf", "-o", str(target)]) == 0
     complete = [t for t in parquet_rows(finished_sweep, "trials") if t["status"] == "complete"]
@@ -134,14 +139,21 @@ def test_export_by_another_objective_writes_yaml_and_logs_it(finished_sweep: Pat
     assert (hparams.edit_lr, hparams.threshold) == (best["edit_lr"], best["threshold"])
     assert f"trial {best['trial_id']}" in capsys.readouterr().out
     parent, _, client = mlflow_runs(finished_sweep)
-    assert parent.data.tags["best.trial_id"] == best["trial_id"]
+    assert {k: v for k, v in parent.data.tags.items() if k.startswith("best.")} == tags_before and tags_before
+    assert (finished_sweep / "best.yaml").read_bytes() == best_yaml
     (tmp_path / "dl").mkdir()
-    logged = Path(client.download_artifacts(parent.info.run_id, "loc.yaml", str(tmp_path / "dl")))
+    logged = Path(client.download_artifacts(parent.info.run_id, "exports/loc.yaml", str(tmp_path / "dl")))
     assert load_hparams(logged) == hparams
 
+    # Another configuration into the sweep's own best.yaml is refused in one line, nothing changed.
+    assert main(["export", str(finished_sweep), "--objective", "loc_tf"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the sweep's own best" in err[0] and "-o FILE" in err[0], err
+    assert (finished_sweep / "best.yaml").read_bytes() == best_yaml
 
-def test_export_rejects_a_pareto_index_past_the_front(finished_sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", str(finished_sweep), "--pareto-index", "7"]) == 2
+
+def test_export_rejects_a_pareto_index_past_the_front(finished_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(finished_sweep), "--pareto-index", "7", "-o", str(tmp_path / "p7.yaml")]) == 2
     assert "--pareto-index 7: the Pareto front has" in capsys.readouterr().err
 
 

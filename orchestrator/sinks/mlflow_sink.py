@@ -165,6 +165,12 @@ class MlflowSink:
             self.client.log_artifact(self.parent_id, str(best_yaml))
         self.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_side_export(self, path: Path, artifact_path: str) -> None:
+        """A YAML exported beside the sweep's own best (another objective, a Pareto point, a
+        copy elsewhere): an artifact under `artifact_path`, never the run's best.* tags."""
+        if self._artifacts_in_place(self.parent_id):
+            self.client.log_artifact(self.parent_id, str(path), artifact_path)
+
     def log_report(self, report_dir: Path, artifact_path: str) -> str | None:
         """Logs every file of a report directory under artifact_path of the sweep's parent run;
         returns that run's id, or None (with a warning) when it was not logged."""
