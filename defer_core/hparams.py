@@ -17,6 +17,12 @@ import yaml
 
 from .errors import DeferInputError
 from .files import atomic_write_text, read_yaml
+from .runtime import EMBEDDED_MODEL, embedded_hf_dir
+
+# EasyEdit's editor (easyeditor/editors/editor.py, BaseEditor.__init__, HEAD 14cea82) picks the model
+# and tokenizer classes by the first of these it finds in model_name.lower() (qwen2 and qwen3 share
+# a branch); a name with none of them raises NotImplementedError there.
+EASYEDIT_MODEL_FAMILIES = ("t5", "chatglm-api", "gpt-3.5", "gpt", "llama", "baichuan", "chatglm", "internlm", "qwen2", "qwen3", "qwen", "mistral")
 
 REQUIRED_KEYS = ("alg_name", "model_name", "device", "inner_params", "edit_lr", "n_iter", "threshold")
 DTYPE_COMMENT = "# dtype: {dtype}  (the model dtype these values were tuned in; EasyEdit's DEFER runs float32)"
@@ -60,6 +66,26 @@ class DeferHParams:
             "max_length": int(self.max_length),
             "model_parallel": bool(self.model_parallel),
         }
+
+
+def easyedit_family(model_name: str) -> str | None:
+    """The branch of EasyEdit's editor a model_name takes (None: EasyEdit cannot load it)."""
+    lowered = model_name.lower()
+    return next((family for family in EASYEDIT_MODEL_FAMILIES if family in lowered), None)
+
+
+def easyedit_model_name(name: str) -> str:
+    """What an exported YAML names a model so EasyEdit's editor loads it: the embedded model's
+    Hugging Face copy by path (its Hub name has no family EasyEdit knows), any other as given."""
+    return str(embedded_hf_dir()) if name == EMBEDDED_MODEL else name
+
+
+def easyedit_device(device: str | None) -> int:
+    """EasyEdit's `device` is a GPU index (DeferHyperParams types it int; before June 2026 its
+    editor moved the model to f"cuda:{device}"): `cuda:N` is N; cpu, cuda or none is 0."""
+    if device is not None and device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    return 0
 
 
 def _as_float(value: Any, key: str, source: str) -> float:

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from .errors import DeferInputError
 from .results import DTYPE_NAMES, dtype_name
-from .runtime import EMBEDDED_MODEL, TINY_MODEL, cache_dir, hub_offline, model_choices, model_problem, require_device, stay_offline_by_default
+from .runtime import EMBEDDED_MODEL, TINY_MODEL, embedded_hf_dir, hub_offline, model_choices, model_problem, require_device, stay_offline_by_default
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """The safetensors copy of the embedded GGUF model, converted on first use (atomically)."""
-    target = cache_dir() / EMBEDDED_MODEL
+    target = embedded_hf_dir()
     if (target / "config.json").is_file():
         return target
     gguf = _gguf_path()

