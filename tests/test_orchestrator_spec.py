@@ -299,17 +299,6 @@ def test_repeats_are_refused_in_curve_mode() -> None:
     assert spec_from_dict({**copy.deepcopy(CURVE), "repeats": {"seeds": [4]}}).repeat_members == ((4, 0),)  # one member: nothing repeated
 
 
-def test_packs_are_refused_in_curve_mode_in_one_line() -> None:
-    """Curve mode was built per unpacked trial (issue 20): a pack of curve trainings is refused
-    before anything runs, naming the key and what to set; pack_size 1 stays fine."""
-    with pytest.raises(DeferInputError) as caught:
-        spec_from_dict({**copy.deepcopy(CURVE), "pack_size": 2}, source="tiny.yaml")
-    message = str(caught.value)
-    assert message.startswith("tiny.yaml: key 'pack_size' cannot be 2 with search_space.threshold: curve") and message.endswith("set pack_size: 1")
-    assert "\n" not in message
-    assert spec_from_dict({**copy.deepcopy(CURVE), "pack_size": 1}).pack_size == 1
-
-
 def test_no_repeats_is_one_member_with_the_spec_seed() -> None:
     spec = spec_from_dict({**copy.deepcopy(TINY), "seed": 7})
     assert spec.repeats == Repeats(seeds=(7,), orders=1) and spec.repeat_members == ((7, 0),)

@@ -276,12 +276,6 @@ class SweepSpec(Section):
         num_trials = info.data.get("num_trials")
         if num_trials is not None and pack_size > num_trials:
             raise fail(f"must be at most num_trials ({num_trials}), got {pack_size}")
-        space: SearchSpace | None = info.data.get("search_space")
-        if pack_size > 1 and space is not None and space.curve_mode:
-            raise fail(
-                f"cannot be {pack_size} with search_space.threshold: {THRESHOLD_CURVE} (curve points, reuse and the best point are "
-                "built per unpacked trial: a pack's members would get out-of-order trial numbers and an unchosen threshold); set pack_size: 1"
-            )
         return pack_size
 
     @field_validator("repeats", mode="before")
