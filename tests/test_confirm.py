@@ -132,6 +132,25 @@ def confirmed(sweep: Path) -> tuple[Path, str]:
     return sweep, ",".join(ranking_before[:2])
 
 
+def _folder_bytes(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_a_refused_confirm_leaves_every_file_and_run_status_as_it_was(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """More edits than the data file has records (issue 20): refused in one line before the plan
+    is written or the parent run reopened; every byte of the folder, MLflow's store included,
+    stays as it was, and a confirm with sound options still runs after it (the `confirmed`
+    fixture, next). Placed before every test that uses `confirmed`: no plan is recorded yet."""
+    mlflow = sweep_mlflow(SweepLayout(sweep), load_state(SweepLayout(sweep)))
+    status_before = mlflow.client.get_run(mlflow.find_parent()).info.status
+    before = _folder_bytes(sweep)
+    assert main(["confirm", str(sweep), "--T", "100000", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "asked for 100000 records but the file has" in err[0], err
+    assert _folder_bytes(sweep) == before
+    assert mlflow.client.get_run(mlflow.find_parent()).info.status == status_before == "FINISHED"
+
+
 def test_confirm_runs_the_top_k_at_full_T_with_every_seed_and_order(confirmed: tuple[Path, str]) -> None:
     out, top = confirmed
     rows = confirm_rows(out)
@@ -210,24 +229,6 @@ def test_bad_confirm_options_are_one_line_and_exit_2(confirmed: tuple[Path, str]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("defer-sweep: error: ") and expected in err[0], err
     assert sorted(row["trial_id"] for row in confirm_rows(out)) == before
-
-
-def _folder_bytes(root: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
-
-
-def test_a_refused_confirm_leaves_every_file_and_run_status_as_it_was(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """More edits than the data file has records (issue 20): refused in one line before the plan
-    is written or the parent run reopened; every byte of the folder, MLflow's store included,
-    stays as it was, and a confirm with sound options still runs after it."""
-    mlflow = sweep_mlflow(SweepLayout(sweep), load_state(SweepLayout(sweep)))
-    status_before = mlflow.client.get_run(mlflow.find_parent()).info.status
-    before = _folder_bytes(sweep)
-    assert main(["confirm", str(sweep), "--T", "100000", "--quiet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "asked for 100000 records but the file has" in err[0], err
-    assert _folder_bytes(sweep) == before
-    assert mlflow.client.get_run(mlflow.find_parent()).info.status == status_before == "FINISHED"
 
 
 def test_confirm_needs_a_sweep_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
