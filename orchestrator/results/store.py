@@ -130,6 +130,7 @@ def read_rows(root: Location | str | os.PathLike[str], row_type: type[R], *, ski
 
 # Reading: pyarrow raises these for a truncated, empty or foreign file, or a column of another type.
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+_NAMED: set[str] = set()  # damaged files this process has warned about (skip_unreadable)
 _READ_THREADS = 8  # files are read concurrently: on an object store each is a round trip
 
 
@@ -168,7 +169,9 @@ def read_tables(root: Location | str | os.PathLike[str], tables: Sequence[str], 
     if bad and not skip_unreadable:
         raise UnreadableParquetError(min(bad, key=lambda file: file.path))
     for file in sorted(bad, key=lambda file: file.path):
-        log.warning("%s; leaving out Tune trial %s", file, file.pack_id)
+        if file.path not in _NAMED:  # a command reads the tables several times: name each damaged file once
+            _NAMED.add(file.path)
+            log.warning("%s; leaving out Tune trial %s", file, file.pack_id)
     skipped = {file.pack_id for file in bad}
     return {
         table: pa.concat_tables([SCHEMAS[table].empty_table(), *(part for pack_id, part in parts if pack_id not in skipped)])
