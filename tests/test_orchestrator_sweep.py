@@ -146,6 +146,7 @@ def test_export_by_another_objective_writes_yaml_and_logs_it(finished_sweep: Pat
     assert load_hparams(logged) == hparams
 
     # Another configuration into the sweep's own best.yaml is refused in one line, nothing changed.
+    capsys.readouterr()  # MLflow's download progress
     assert main(["export", str(finished_sweep), "--objective", "loc_tf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is the sweep's own best" in err[0] and "-o FILE" in err[0], err

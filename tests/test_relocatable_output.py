@@ -106,8 +106,12 @@ def test_export_and_report_on_a_copy_write_only_inside_it(swept: Path, tmp_path:
     assert report_pngs(copy) == report_pngs(swept)  # importance included
     assert "MLflow artifacts not logged" in caplog.text  # the copy's runs name the original's artifact folder
     assert state(copy)["mlflow_tracking_uri"] == f"sqlite:///{copy / 'mlflow.db'}"
-    parent, _, _ = mlflow_runs(copy)  # the copy's own mlflow.db holds the sweep's parent run
-    assert parent.data.tags["best.reason"].startswith("best mean_tf")
+    parent, _, client = mlflow_runs(copy)  # the copy's own mlflow.db holds the sweep's parent run
+    assert parent.data.tags["best.reason"].startswith("best rel_tf")  # a side export leaves the sweep's best alone (issue 20)
+    client.set_tag(parent.info.run_id, "best.reason", "stale")
+    assert main(["export", str(copy)]) == 0  # the sweep's own export: its tags go to the copy's own store
+    assert mlflow_runs(copy)[0].data.tags["best.reason"].startswith("best rel_tf")
+    assert snapshot(swept) == before, "the copy's own export changed the original folder"
     original_parent, _, _ = mlflow_runs(swept)
     assert original_parent.data.tags["best.reason"].startswith("best rel_tf")
 
