@@ -273,15 +273,6 @@ def _schema(row_type: type) -> pa.Schema:
 SCHEMAS: dict[str, pa.Schema] = {table: _schema(row_type) for table, row_type in TABLES.items()}
 
 
-def schema(table: str) -> pa.Schema:
-    return SCHEMAS[table]
-
-
-def columns(row_type: type) -> tuple[str, ...]:
-    """A row's columns in the file, metrics expanded."""
-    return tuple(SCHEMAS[TABLE_OF[row_type]].names)
-
-
 def record(row: Row) -> dict[str, Any]:
     """A row as its file's record: every column, metrics flattened (null where absent)."""
     out: dict[str, Any] = {}

@@ -113,10 +113,6 @@ class SweepLayout:
         return self.root / REPORT_DIR
 
     @property
-    def lock_file(self) -> Path:
-        return self.root / LOCK_FILE
-
-    @property
     def best_yaml(self) -> Path:
         return self.root / "best.yaml"
 
