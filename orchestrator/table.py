@@ -29,8 +29,9 @@ from defer_core.results import METRICS, metric_key
 
 from .intervals import BOOTSTRAP, T_INTERVAL, Interval, format_interval
 from .protocol import CONFIRMS, MEMBER_COUNT, N_EDITS, OPTUNA_TRIAL, ORDER, SEED, STAGE, STAGE_CONFIRM, trial_label, trial_order_key
-from .results.query import complete
-from .results.rows import MEMBER_MILESTONES, MILESTONES, RECORD_SCORES, TRIAL_ID, TRIALS
+from .results import query
+from .results.best import BEST_TABLES
+from .results.rows import MEMBER_MILESTONES, MILESTONES, RECORD_SCORES, TRIAL_ID
 
 if TYPE_CHECKING:  # pyarrow and the spec's models load where the table is built, so the CLI's --help stays light
     from .sinks.layout import SweepLayout
@@ -72,7 +73,6 @@ class StoredRows:
 def stored_rows(parquet: Location, trial_ids: Iterable[str], n_edits: int | None = None) -> dict[str, StoredRows]:
     """The member and record rows of these trials (at one milestone when `n_edits` is given),
     by trial id; filtered in Arrow before they become Python objects (record_scores is large)."""
-    from .results import query
 
     wanted = sorted(set(trial_ids))
     tables = query.read(parquet, (MEMBER_MILESTONES, RECORD_SCORES), skip_unreadable=True)
@@ -116,34 +116,36 @@ def require_sampled(spec: SweepSpec) -> None:
         )
 
 
-def select(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any]], choice: str | None) -> Selection:
+def select(layout: SweepLayout, spec: SweepSpec, tables: query.Tables, choice: str | None) -> Selection:
     """--trials: best, pareto, confirmed, or comma-separated ids / Optuna numbers; by default
-    the confirm-stage trials if any ran, else the Pareto front."""
+    the confirm-stage trials if any ran, else the Pareto front. `tables` holds best.BEST_TABLES."""
+    trials = tables.trials()
     confirmed = [t for t in trials if t.get(STAGE) == STAGE_CONFIRM]
     if choice is None:
         choice = "confirmed" if confirmed else "pareto"
     if choice == "confirmed":
-        done = complete(confirmed)
+        done = query.complete(confirmed)
         if not done:
             state = f"{len(confirmed)} confirm trial(s), none complete" if confirmed else "no confirm stage has run (defer-sweep confirm OUT)"
             raise DeferInputError(f"--trials confirmed: sweep '{spec.name}' has {state}")
         return Selection(sorted(done, key=trial_order_key), f"the {len(done)} confirm-stage trial(s)")
     if choice in ("best", "pareto"):
-        return _ranked(layout, spec, trials, choice)
+        return _ranked(layout, spec, tables, trials, choice)
     return _named(spec, trials, choice)
 
 
-def _ranked(layout: SweepLayout, spec: SweepSpec, trials: Sequence[dict[str, Any]], choice: str) -> Selection:
+def _ranked(layout: SweepLayout, spec: SweepSpec, tables: query.Tables, trials: Sequence[dict[str, Any]], choice: str) -> Selection:
     """best: the trial `defer-sweep export` writes to best.yaml (confirmed results first);
     pareto: the search stage's feasible Pareto front, as export ranks it (constraints included)."""
-    from .export import candidate_rows, choose_for_export
+    from .results.best import choose_best, search_candidates
     from .results.ranking import bounds_text, pareto_front
+    from .results.stages import load_plan
 
     by_id = {t[TRIAL_ID]: t for t in trials}
     if choice == "best":
-        chosen = choose_for_export(layout, spec)  # one line when nothing completed or nothing is feasible
+        chosen = choose_best(tables, load_plan(layout), spec)  # one line when nothing completed or nothing is feasible
         return Selection([by_id[chosen.row[TRIAL_ID]]], f"the best trial, as exported ({chosen.reason})")
-    rows = candidate_rows(layout, spec)
+    rows = search_candidates(tables, spec)
     front = pareto_front(rows, spec.objectives, spec.constraints)
     if not front:
         why = f" satisfies constraints {bounds_text(spec.constraints)}" if rows and spec.constraints else " has completed all edits"
@@ -220,12 +222,11 @@ def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None,
     """Read the Parquet dataset and assemble the table (no formatting)."""
     if interval not in INTERVAL_KINDS:
         raise DeferInputError(f"--interval: expected one of {', '.join(INTERVAL_KINDS)}, got {interval!r}")
-    from .results import query
 
     require_sampled(spec)
-    tables = query.read(layout, (TRIALS, MILESTONES), skip_unreadable=True)
+    tables = query.read(layout, (*BEST_TABLES, MILESTONES), skip_unreadable=True)
     trials = tables.trials()
-    selection = select(layout, spec, trials, choice)
+    selection = select(layout, spec, tables, choice)
     chosen_ids = [t[TRIAL_ID] for t in selection.trials]
     means: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for row in tables.rows(MILESTONES, trial_ids=chosen_ids):

@@ -16,7 +16,7 @@ import pytest
 
 from defer_core import load_hparams
 from orchestrator.cli import main
-from orchestrator.export import candidate_rows
+from orchestrator.results.query import search_candidates as candidate_rows
 from orchestrator.results.ranking import rank_by
 from orchestrator.sinks.layout import SweepLayout, load_state, read_spec, require_sweep_dir
 from orchestrator.sinks.mlflow_sink import sweep_mlflow

@@ -32,9 +32,10 @@ from defer_core.curve import adjacent, edit_success_at, exact_curve, in_dtype, s
 from defer_core.hparams import load_hparams
 from defer_core.results import EditOutcome, GateRow, GridPoint, MilestoneResult
 from orchestrator.cli import main
-from orchestrator.export import candidate_rows
+from orchestrator.results.query import search_candidates as candidate_rows
 from orchestrator.protocol import EDITS_KEY, FEASIBLE, GATES_KEY, METRIC_COLUMNS, OPTUNA_TRIAL, POINTS_KEY, REUSE_OF, THRESHOLD
 from orchestrator.results.rows import Status
+from orchestrator.export import yaml_text
 from orchestrator.report import write_report_files
 from orchestrator.report.data import best_yaml_notes, load_sweep, top_trials, trial_yaml
 from orchestrator.results.curve_points import MilestoneCurve, point_margin
@@ -337,7 +338,7 @@ def test_export_writes_the_chosen_breakpoint_off_the_knife_edge(curve_sweep: Rec
 
     data = load_sweep(require_sweep_dir(curve_sweep.out))  # the report: the same choice, the same file
     assert data.best[THRESHOLD] == FEASIBLE_THRESHOLD and data.choice.hparams.threshold == data.exported_best[THRESHOLD] == SAFE_THRESHOLD
-    assert trial_yaml(data, data.best) == data.choice.yaml_text() == text and best_yaml_notes(data) == []
+    assert trial_yaml(data, data.best) == yaml_text(data.choice) == text and best_yaml_notes(data) == []
     assert "written as threshold 0.5, the middle of (0.300000012, 0.699999988]" in data.choice.reason
 
     for name in ("#000", "#003"):  # the curve command's chosen point, for the training and for its reuse

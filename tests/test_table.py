@@ -21,7 +21,8 @@ from scipy import stats
 
 from defer_core.results import METRICS, metric_key
 from orchestrator.cli import main
-from orchestrator.export import candidate_rows, choose
+from orchestrator.results.best import choose
+from orchestrator.results.query import search_candidates as candidate_rows
 from orchestrator.protocol import trial_label
 from orchestrator.report.data import load_sweep
 from orchestrator.report.importance import Importance

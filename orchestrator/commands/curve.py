@@ -72,7 +72,7 @@ class ChosenPoint:
 
     def describe(self) -> str:
         """Where the threshold comes from, in words."""
-        from ..export import held_on
+        from ..results.best import held_on
 
         margin, threshold = self.margin, self.reading.threshold
         if margin is None:

@@ -1,12 +1,12 @@
 """What a report shows, read from the sweep's output directory: trials, milestones, the spec,
 sweep.json and the best trial, plus the orderings the plots and the page share.
 
-The best trial is `export.choose_for_export`'s default choice (the one `best.yaml` holds after a
-run: confirmed results first);
+The best trial is results/best.py's default choice (the one `best.yaml` holds after a
+run: confirmed results first), made from the same read of the tables as the rest of the page;
 ranking and the Pareto front come from results/ranking.py over results.candidates (complete trials; in
 curve mode the points of their curves at T), with the spec's constraints, and the YAML from
 space.hparams_for and defer_core's dump_hparams, so the page and `defer-sweep export` always
-agree (in curve mode with the threshold export writes, off the knife edge: export.with_margin,
+agree (in curve mode with the threshold export writes, off the knife edge: best.with_margin,
 from the gate rows at T). A candidate is named by `row_key` (its trial and threshold): in curve
 mode one trial gives many.
 
@@ -26,16 +26,16 @@ from typing import Any, Mapping, Sequence
 from defer_core.errors import DeferInputError
 from defer_core.results import metric_key
 
-from ..export import ChosenTrial, choose_for_export, with_margin
+from ..export import yaml_text
 from ..intervals import T_INTERVAL, Interval
 from ..protocol import N_EDITS, THRESHOLD
 from ..results import query
-from ..results.candidates import candidates, training_of, trial_dtype
+from ..results.best import BEST_TABLES, ChosenTrial, choose_best, chosen_as_is, with_margin
+from ..results.candidates import candidates, training_of
 from ..results.curve import gate_rows
 from ..results.ranking import pareto_front, rank_by
-from ..results.rows import GATES, GRID, MILESTONES, POINTS, TRIAL_ID, TRIALS
-from ..results.stages import search_stage
-from ..spec.trial_config import hparams_for
+from ..results.rows import GATES, GRID, MILESTONES, POINTS, TRIAL_ID
+from ..results.stages import load_plan, search_stage
 from ..sinks.layout import SweepLayout, SweepState, load_state, read_spec
 from ..spec import Objective, SweepSpec
 from ..table import row_spread, stored_rows
@@ -114,11 +114,11 @@ def load_sweep(layout: SweepLayout) -> SweepData:
     state = load_state(layout)
     if state is None:  # require_sweep_dir checked the file exists
         raise DeferInputError(f"{layout.state}: missing")
-    found = query.read(layout, (TRIALS, MILESTONES, POINTS, GATES, GRID), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
+    found = query.read(layout, (*BEST_TABLES, MILESTONES, GRID), skip_unreadable=True)  # a damaged file: that trial is left out, with a warning
     milestones = _milestones_by_trial(found.rows(MILESTONES))
     at_t = {table: found.rows(table, n_edits=spec.T) for table in (GATES, GRID)}
     data = SweepData(layout, spec, state, found.trials(), milestones, None, found.rows(POINTS), at_t[GATES], at_t[GRID])
-    data.choice = _choose_best(layout, spec) if data.candidates else None
+    data.choice = _choose_best(found, layout, spec) if data.candidates else None
     if not spec.curve_mode:  # a curve-mode point's threshold is not the one its stored rows were scored at
         data.band_trials = band_trials(data)
         data.spreads = _spreads(data)
@@ -159,10 +159,10 @@ def _milestones_by_trial(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[
     return dict(by_trial)
 
 
-def _choose_best(layout: SweepLayout, spec: SweepSpec) -> ChosenTrial | None:
-    """What `defer-sweep export` writes to best.yaml: confirmed results first."""
+def _choose_best(found: query.Tables, layout: SweepLayout, spec: SweepSpec) -> ChosenTrial | None:
+    """What `defer-sweep export` writes to best.yaml (confirmed results first), from the page's read."""
     try:
-        return choose_for_export(layout, spec)
+        return choose_best(found, load_plan(layout), spec)
     except DeferInputError as error:  # e.g. the objective's scoring was not run, or nothing is feasible
         log.warning("report: no best trial: %s", error)
         return None
@@ -211,14 +211,14 @@ def trial_yaml(data: SweepData, row: Row) -> str:
     """The EasyEdit DEFER YAML `defer-sweep export` writes for this trial (in curve mode at the
     point's threshold off the knife edge, with the comment lines saying so)."""
     spec = data.spec
-    chosen = ChosenTrial(dict(row), "", hparams_for(spec, row), trial_dtype(spec, row))
-    return (with_margin(spec, chosen, data.gates_of(row)) if spec.curve_mode else chosen).yaml_text()
+    chosen = chosen_as_is(spec, dict(row))
+    return yaml_text(with_margin(spec, chosen, data.gates_of(row)) if spec.curve_mode else chosen)
 
 
 def best_yaml_notes(data: SweepData) -> list[str]:
     """A note when best.yaml on disk was exported for another trial than the one the page calls best."""
     if data.choice is None or not data.layout.best_yaml.is_file():
         return []
-    if data.layout.best_yaml.read_text(encoding="utf-8") != data.choice.yaml_text():
+    if data.layout.best_yaml.read_text(encoding="utf-8") != yaml_text(data.choice):
         return [f"{data.layout.best_yaml} holds a different configuration than the best trial shown here (it was exported with --objective or --pareto-index)."]
     return []

@@ -2,8 +2,9 @@
 the `curve` and `sweep` commands and the stages' counts. No reader outside results/ opens the
 Parquet tables itself (the sinks' resume replay takes typed rows from store.py: finished_packs,
 read_rows); the rules these answers follow live beside it (candidates.py: which
-rows rank; ranking.py: best, Pareto, constraints; stages.py: search and confirm stage, the
-confirmed results; curve.py: a recorded trial's threshold curve).
+rows rank; ranking.py: order, Pareto, constraints; best.py: the configuration export writes
+and the report shows; stages.py: search and confirm stage, the confirmed results; curve.py: a
+recorded trial's threshold curve).
 
 A source is a sweep folder (anything with `.parquet`: sinks/layout.SweepLayout) or the Parquet
 dataset's root itself. `skip_unreadable` is always said: the outputs (export, report, table,
@@ -17,21 +18,16 @@ and the templates take; `trial_rows` hands typed TrialRow instead.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TypeVar, Union
 
-from ..protocol import N_EDITS, trial_order_key
 from ..storage import Location
-from .candidates import candidates
-from .curve import gate_rows
-from .rows import GATES, MILESTONES, POINTS, TRIAL_ID, TRIALS, Status, TrialRow, from_record
-from .stages import confirm_stage, search_stage
-from .store import TABLES, SweepFolder, read_tables
+from .best import BEST_TABLES, ChosenTrial, choose_best
+from .best import search_candidates as best_candidates
+from .rows import MILESTONES, POINTS, TRIALS, Status, TrialRow, from_record
+from .stages import confirm_stage, load_plan, search_stage
+from .store import TABLES, SweepFolder, Tables, read_tables
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-    from defer_core.results import GateRow
-
     from ..spec import SweepSpec
 
 Source = Union[SweepFolder, Location, str, os.PathLike]
@@ -39,37 +35,9 @@ Record = dict[str, Any]
 M = TypeVar("M", bound=Mapping[str, Any])
 
 
-
 def parquet_of(source: Source) -> Location | str | os.PathLike[str]:
     """The Parquet dataset's root of a sweep folder (or the root itself)."""
     return source if isinstance(source, (Location, str, os.PathLike)) else source.parquet
-
-
-@dataclass(frozen=True)
-class Tables:
-    """One consistent read of several tables: a Tune trial left out of one (a damaged file,
-    skip_unreadable) is left out of all of them."""
-
-    data: dict[str, "pa.Table"]
-
-    def rows(self, table: str, *, trial_ids: Iterable[str] | None = None, n_edits: int | None = None) -> list[Record]:
-        """A table's records in file order, only these trials' / this milestone's when given
-        (filtered in Arrow before they become Python objects: record_scores is large)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        data = self.data[table]
-        mask = None
-        if trial_ids is not None:
-            mask = pc.is_in(data[TRIAL_ID], value_set=pa.array(sorted(set(trial_ids)), pa.string()))
-        if n_edits is not None:
-            at = pc.equal(data[N_EDITS], n_edits)
-            mask = at if mask is None else pc.and_(mask, at)
-        return (data if mask is None else data.filter(mask)).to_pylist()
-
-    def trials(self) -> list[Record]:
-        """The trials table's records in `trial_order_key` order."""
-        return sorted(self.rows(TRIALS), key=trial_order_key)
 
 
 def read(source: Source, tables: Sequence[str], *, skip_unreadable: bool) -> Tables:
@@ -123,16 +91,15 @@ def count_by_status(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def search_candidates(source: Source, spec: SweepSpec) -> list[Record]:
-    """The search stage's candidates (candidates.candidates): its complete trials, in curve
-    mode their points at T; a damaged file's trial left out, with a warning."""
-    found = read(source, (TRIALS, POINTS), skip_unreadable=True)
-    return candidates(spec, complete(search_stage(found.rows(TRIALS))), found.rows(POINTS) if spec.curve_mode else ())
+    """The search stage's candidates (best.search_candidates); a damaged file's trial left out,
+    with a warning."""
+    return best_candidates(read(source, (TRIALS, POINTS), skip_unreadable=True), spec)
 
 
-def training_gates(source: Source, training: str, n_edits: int) -> tuple[GateRow, ...]:
-    """A training's gate rows at one milestone (candidates.training_of names a candidate's)."""
-    found = read(source, (GATES,), skip_unreadable=True)
-    return gate_rows(found.rows(GATES, trial_ids=(training,), n_edits=n_edits))
+def best(source: SweepFolder, spec: SweepSpec, objective: str | None = None, pareto_index: int | None = None, confirmed: bool = True) -> ChosenTrial:
+    """The sweep's best (best.choose_best) from one read of its tables; a damaged file's trial
+    left out, with a warning."""
+    return choose_best(read(source, BEST_TABLES, skip_unreadable=True), load_plan(source), spec, objective, pareto_index, confirmed)
 
 
 def milestone(source: Source, trial_id: str, n_edits: int) -> Record | None:

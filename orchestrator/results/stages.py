@@ -113,9 +113,8 @@ class Confirmed:
         return f"confirmed with {self.plan.repeats_text} ({self.protocol}; {len(self.rows)} of {len(self.plan.picks)} configurations)"
 
 
-def confirmed_results(layout: SweepFolder, spec: SweepSpec, trials: Sequence[Mapping[str, Any]]) -> Confirmed | None:
-    """None when the folder has no confirm plan or no confirm trial completed its T."""
-    plan = load_plan(layout)
+def confirmed_results(plan: ConfirmPlan | None, spec: SweepSpec, trials: Sequence[Mapping[str, Any]]) -> Confirmed | None:
+    """None when the folder has no confirm plan (load_plan) or no confirm trial completed its T."""
     if plan is None:
         return None
     done = [row for row in confirm_stage(trials) if row["status"] == Status.COMPLETE and row.get("n_edits") == plan.T and row.get("T") == plan.T]

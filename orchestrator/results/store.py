@@ -21,7 +21,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,8 +29,9 @@ import pyarrow.parquet as pq
 
 from defer_core.errors import DeferInputError
 
+from ..protocol import N_EDITS, trial_order_key
 from ..storage import Location, as_location, one_line
-from .rows import SCHEMAS, TABLE_OF, TABLES, R, Row, Status, TrialRow, from_table, record
+from .rows import SCHEMAS, TABLE_OF, TABLES, TRIAL_ID, TRIALS, R, Row, Status, TrialRow, from_table, record
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,32 @@ def read_rows(root: Location | str | os.PathLike[str], row_type: type[R], *, ski
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 _NAMED: set[str] = set()  # damaged files this process has warned about (skip_unreadable)
 _READ_THREADS = 8  # files are read concurrently: on an object store each is a round trip
+
+
+@dataclass(frozen=True)
+class Tables:
+    """One consistent read of several tables: a Tune trial left out of one (a damaged file,
+    skip_unreadable) is left out of all of them."""
+
+    data: dict[str, pa.Table]
+
+    def rows(self, table: str, *, trial_ids: Iterable[str] | None = None, n_edits: int | None = None) -> list[dict[str, Any]]:
+        """A table's records in file order, only these trials' / this milestone's when given
+        (filtered in Arrow before they become Python objects: record_scores is large)."""
+        import pyarrow.compute as pc
+
+        data = self.data[table]
+        mask = None
+        if trial_ids is not None:
+            mask = pc.is_in(data[TRIAL_ID], value_set=pa.array(sorted(set(trial_ids)), pa.string()))
+        if n_edits is not None:
+            at = pc.equal(data[N_EDITS], n_edits)
+            mask = at if mask is None else pc.and_(mask, at)
+        return (data if mask is None else data.filter(mask)).to_pylist()
+
+    def trials(self) -> list[dict[str, Any]]:
+        """The trials table's records in `trial_order_key` order."""
+        return sorted(self.rows(TRIALS), key=trial_order_key)
 
 
 @dataclass(frozen=True)
