@@ -16,11 +16,10 @@ from optuna.trial import TrialState
 
 from defer_core.curve import curve_thresholds, thin, tf_metrics_at
 from defer_core.results import GateRow, GridPoint, MilestoneResult
-from orchestrator.protocol import GATES_KEY, INTERMEDIATE_KEY, PACK_KEY, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD
+from orchestrator.protocol import GATES_KEY, INTERMEDIATE_KEY, N_EDITS, OPTUNA_TRIAL, POINTS_KEY, REPLAY_KEY, REUSE_OF, THRESHOLD
 from orchestrator.results.curve_points import MilestoneCurve, best_point, curve_points
 from orchestrator.search.curve_trials import CURVE_TRAINING_ATTR, SOURCE_TRIAL_ATTR, TUNE_TRIAL_ATTR
 from orchestrator.search.optuna_search import make_searcher
-from orchestrator.results.packing import pack_report
 from orchestrator.spec import SweepSpec, load_spec, spec_from_dict
 from orchestrator.sweep.driver import execute
 from orchestrator.sweep.preflight import prepare
@@ -186,24 +185,6 @@ def test_nsga2_breeds_from_added_curve_points(tmp_path: Path) -> None:
     assert len(sampler.get_population(study, 0)) == len(final[POINTS_KEY])  # the training and its other points
     parents = sampler.get_parent_population(study, generation)
     assert len(parents) == 2 and any(p.user_attrs.get(CURVE_TRAINING_ATTR) is False for p in parents)
-
-
-def test_a_pack_in_curve_mode_gives_optuna_each_members_curve(tmp_path: Path) -> None:
-    """Packs always train; Tune sees the best member per metric, Optuna each member's curve."""
-    spec = spec_of(num_trials=2, pack_size=2)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = make_searcher(spec, url, "pack")
-    members = searcher.suggest("t1")[PACK_KEY]
-    assert [m[OPTUNA_TRIAL] for m in members] == [0, 1] and all(THRESHOLD not in m for m in members)
-    finals = [curve_reports(spec, [gates] * 3)[-1] for gates in (GATES, EARLIER)]
-    report = pack_report(spec, finals, {N_EDITS: 6})
-    assert report["rel_tf"] == max(f["rel_tf"] for f in finals)
-    searcher.on_trial_complete("t1", report)
-    trials = study_of(url, "pack").get_trials()
-    for number, final in enumerate(finals):
-        assert trials[number].values == [final["rel_tf"]] and trials[number].user_attrs[THRESHOLD] == final[THRESHOLD]
-        added = [t for t in trials if t.user_attrs.get(SOURCE_TRIAL_ATTR) == number]
-        assert sorted(t.params[THRESHOLD] for t in added) == [p[THRESHOLD] for p in final[POINTS_KEY] if p[THRESHOLD] != final[THRESHOLD]]
 
 
 def sampled_spec(**changes) -> SweepSpec:

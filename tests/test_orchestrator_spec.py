@@ -206,6 +206,7 @@ def curve_with(path: str, value) -> dict:
         (curve_with("curve.gen_grid", []), "key 'curve.gen_grid' must be a non-empty list of thresholds in [0, 1]"),
         (curve_with("curve.gen_grid", ["high"]), "key 'curve.gen_grid' must be a number, got str 'high'"),
         (curve_with("curve.step", 0.1), "unknown key 'curve.step' (allowed here: gen_grid, resolution)"),
+        (curve_with("pack_size", 2), "key 'pack_size' = 2 is not supported with search_space.threshold: curve"),
         (curve_with("initial_points", [{"layer": 2, "edit_lr": 0.05, "n_iter": 5, "threshold": 1.5}]), "key 'initial_points[0].threshold' = 1.5 lies outside the search space (0.0..1.0)"),
         (with_change("constraints", [{"metric": "loc_tf"}]), "key 'constraints[0]' must set min, max or both"),
         (with_change("constraints", [{"metric": "loc_gen", "min": 0.9}]), "key 'constraints[0].metric' = 'loc_gen' is not reported under scorings ['tf']"),

@@ -276,6 +276,10 @@ class SweepSpec(Section):
         num_trials = info.data.get("num_trials")
         if num_trials is not None and pack_size > num_trials:
             raise fail(f"must be at most num_trials ({num_trials}), got {pack_size}")
+        space = info.data.get("search_space")
+        if pack_size > 1 and space is not None and space.curve_mode:
+            raise fail(f"= {pack_size} is not supported with search_space.threshold: {THRESHOLD_CURVE} (its bookkeeping of curve points and "
+                       "chosen thresholds assumes one training per Tune trial); set pack_size: 1")
         return pack_size
 
     @field_validator("repeats", mode="before")
