@@ -3,7 +3,12 @@
 Two sources of spread, kept apart because they answer different questions:
 
 - `repeat_interval`: over repeat members (seeds x edit orders of one configuration), a Student t
-  interval: how much the number moves if the whole run is repeated.
+  interval: how much the number moves if the whole run is repeated. Every metric is a
+  proportion, so the interval is clipped to [0, 1]: over 2 or 3 members the t quantile is 12.7
+  or 4.3 and the raw interval of an accuracy can reach far outside what any run could score.
+  A clipped interval is no longer symmetric about the mean, so it is shown as `0.50 [0.00, 1.00]`
+  rather than `0.50 ± 6.35`. Clipping (rather than Wilson over records or the bootstrap) keeps
+  the t interval's question, spread over repeats; the bootstrap answers the other one.
 - `bootstrap_interval`: over the records scored at one milestone of one run, a percentile
   bootstrap of their mean: how much the number moves with another draw of records.
 
@@ -32,12 +37,14 @@ CI_HIGH_SUFFIX = "_ci_high"
 T_INTERVAL = "t"  # milestone_intervals' keys: over repeat members, and over records
 BOOTSTRAP = "bootstrap"
 BOOTSTRAP_BLOCK = 256  # resamples drawn per block: bounds memory; fixed, so results never depend on it
+PROPORTION = (0.0, 1.0)  # where every metric lies (an accuracy over records)
 
 
 @dataclass(frozen=True)
 class Interval:
     """`mean` with the interval [low, high] at the confidence asked; `half_width` is half its
-    width (a bootstrap interval need not be symmetric about the mean). NaN where undefined."""
+    width (a bootstrap interval need not be symmetric about the mean). NaN where undefined.
+    `clipped`: a t interval cut at a bound of PROPORTION (shown as [low, high])."""
 
     mean: float
     low: float
@@ -46,6 +53,7 @@ class Interval:
     n: int
     kind: str  # "t" (Student t over repeats) or "bootstrap" (over records)
     confidence: float = 0.95
+    clipped: bool = False
 
 
 def _checked(values: Sequence[float], confidence: float, what: str) -> list[float]:
@@ -57,9 +65,9 @@ def _checked(values: Sequence[float], confidence: float, what: str) -> list[floa
     return checked
 
 
-def repeat_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Student t interval of the mean over repeat members. With one member the spread is
-    unknown, not zero: low, high and half_width are NaN."""
+def repeat_interval(values: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] = PROPORTION) -> Interval:
+    """Student t interval of the mean over repeat members, clipped to `bounds`. With one member
+    the spread is unknown, not zero: low, high and half_width are NaN."""
     from scipy import stats
 
     checked = _checked(values, confidence, "repeat member")
@@ -67,7 +75,10 @@ def repeat_interval(values: Sequence[float], confidence: float = 0.95) -> Interv
     if n == 1:
         return Interval(mean, math.nan, math.nan, math.nan, 1, "t", confidence)
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * stdev(checked) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, half, n, "t", confidence)
+    low, high = max(bounds[0], mean - half), min(bounds[1], mean + half)
+    if (low, high) == (mean - half, mean + half):
+        return Interval(mean, low, high, half, n, "t", confidence)
+    return Interval(mean, low, high, (high - low) / 2, n, "t", confidence, clipped=True)
 
 
 def bootstrap_interval(record_values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
@@ -101,9 +112,12 @@ def member_intervals(results: Sequence["TrialResult"], confidence: float = 0.95)
 
 
 def format_interval(interval: Interval, digits: int = 2) -> str:
-    """"0.63 ± 0.02"; just "0.63" where the half-width is undefined (a single repeat)."""
+    """"0.63 ± 0.02"; "0.50 [0.00, 1.00]" for a clipped interval; just "0.63" where the
+    half-width is undefined (a single repeat)."""
     if math.isnan(interval.half_width):
         return f"{interval.mean:.{digits}f}"
+    if interval.clipped:
+        return f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
     return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
 
 

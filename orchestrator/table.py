@@ -31,6 +31,7 @@ from .intervals import BOOTSTRAP, T_INTERVAL, Interval, format_interval
 from .protocol import CONFIRMS, MEMBER_COUNT, N_EDITS, OPTUNA_TRIAL, ORDER, SEED, STAGE, STAGE_CONFIRM, trial_label, trial_order_key
 from .results import query
 from .results.best import BEST_TABLES
+from .results.candidates import training_of
 from .results.rows import MEMBER_MILESTONES, MILESTONES, RECORD_SCORES, TRIAL_ID
 
 if TYPE_CHECKING:  # pyarrow and the spec's models load where the table is built, so the CLI's --help stays light
@@ -70,17 +71,17 @@ class StoredRows:
         return tuple(sorted({int(r[SEED]) for r in self.members})), tuple(sorted({int(r[ORDER]) for r in self.members}))
 
 
-def stored_rows(parquet: Location, trial_ids: Iterable[str], n_edits: int | None = None) -> dict[str, StoredRows]:
-    """The member and record rows of these trials (at one milestone when `n_edits` is given),
-    by trial id; filtered in Arrow before they become Python objects (record_scores is large)."""
-
-    wanted = sorted(set(trial_ids))
+def stored_rows(parquet: Location, trials: Iterable[Row], n_edits: int | None = None) -> dict[str, StoredRows]:
+    """The member and record rows behind these trials (at one milestone when `n_edits` is given),
+    by trial id: a replay's are its original's (candidates.training_of), so it carries the same
+    interval; filtered in Arrow before they become Python objects (record_scores is large)."""
+    training = {str(trial[TRIAL_ID]): training_of(trial) for trial in trials}
     tables = query.read(parquet, (MEMBER_MILESTONES, RECORD_SCORES), skip_unreadable=True)
     found: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"members": [], "records": []})
     for name, key in ((MEMBER_MILESTONES, "members"), (RECORD_SCORES, "records")):
-        for row in tables.rows(name, trial_ids=wanted, n_edits=n_edits):
+        for row in tables.rows(name, trial_ids=set(training.values()), n_edits=n_edits):
             found[row[TRIAL_ID]][key].append(row)
-    return {trial_id: StoredRows(tuple(found[trial_id]["members"]), tuple(found[trial_id]["records"])) for trial_id in wanted}
+    return {trial_id: StoredRows(tuple(found[source]["members"]), tuple(found[source]["records"])) for trial_id, source in training.items()}
 
 
 def row_spread(trial: Row, stored: StoredRows, metric: str, asked: str) -> dict[int, Interval]:
@@ -233,7 +234,7 @@ def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None,
         means[row[TRIAL_ID]][int(row[N_EDITS])] = row
     shown = _scorings(spec, scorings, [m for trial_id in chosen_ids for m in means[trial_id].values()])
     columns = _columns(shown, sorted({n for trial_id in chosen_ids for n in means[trial_id]}), milestones)
-    stored = stored_rows(layout.parquet, chosen_ids)
+    stored = stored_rows(layout.parquet, selection.trials)
     rows = [_table_row(trial, means[trial[TRIAL_ID]], stored[trial[TRIAL_ID]], columns, interval, trials) for trial in selection.trials]
     protocols = tuple(dict.fromkeys(str(t.get("protocol") or spec.protocol) for t in selection.trials))
     modules = tuple(dict.fromkeys(str(t.get("module")) for t in selection.trials))
@@ -328,6 +329,8 @@ def caption(table: SweepTable) -> str:
             parts.append(f"{FALLBACK_MARK}: one repeat member per configuration, so ± is the half-width of {what} (no spread over repeats exists).")
         else:
             parts.append(f"± is the half-width of {what}, of the per-record mean over repeat members.")
+    if any(cell.interval is not None and cell.interval.clipped for r in rows for cell in r.cells.values()):
+        parts.append("A cell shown as mean [low, high] is a Student t interval clipped to [0, 1], where an accuracy lies.")
     if any(cell.interval is None for r in rows for cell in r.cells.values()):
         parts.append("A bare mean has no stored rows to compute its interval from.")
     return " ".join(parts)

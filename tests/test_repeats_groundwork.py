@@ -96,6 +96,18 @@ def test_repeat_interval_is_student_t_over_members():
     assert format_interval(got) == f"{np.mean(values):.2f} ± {(high - low) / 2:.2f}"
 
 
+@pytest.mark.parametrize(("values", "shown"), [([0.0, 1.0], "0.50 [0.00, 1.00]"), ([0.9, 1.0, 1.0], "0.97 [0.82, 1.00]"), ([0.0, 0.0, 0.1], "0.03 [0.00, 0.18]")])
+def test_a_proportions_t_interval_is_clipped_to_0_1_and_shown_as_its_bounds(values: list[float], shown: str):
+    """Over 2-3 members the raw t interval of an accuracy leaves [0, 1] (0.50 ± 6.35 for 0 and 1)."""
+    got = repeat_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert low < 0 or high > 1
+    assert got.clipped and (got.low, got.high) == pytest.approx((max(0.0, low), min(1.0, high)), abs=1e-12)
+    assert got.half_width == pytest.approx((got.high - got.low) / 2, abs=1e-12)
+    assert format_interval(got) == shown
+    assert not repeat_interval([0.61, 0.66, 0.58, 0.70, 0.64]).clipped
+
+
 def test_one_member_has_no_spread_and_prints_the_mean_alone():
     one = repeat_interval([0.625])
     assert one.mean == 0.625 and one.n == 1

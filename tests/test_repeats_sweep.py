@@ -5,8 +5,11 @@ members are checked against the same seed and order run alone with defer_core.ru
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ import scipy.stats
 from defer_core import TrialPlan, run_trial, save_hparams, tiny_llama
 from defer_core.runtime import DEFAULT_THREADS
 from defer_core.orders import ordered_records
+from orchestrator.cli import main
 from orchestrator.intervals import BOOTSTRAP, T_INTERVAL, bootstrap_interval, milestone_intervals
 from orchestrator.protocol import METRIC_COLUMNS
 from orchestrator.results.curve_points import with_mean_metrics
@@ -173,7 +177,7 @@ def test_intervals_are_the_t_and_bootstrap_of_the_stored_rows(sweeps: dict[str, 
             assert t.n == len(MEMBERS) and t.mean == pytest.approx(values.mean(), abs=1e-12)
             if values.std() > 0:
                 low, high = scipy.stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=scipy.stats.sem(values))
-                assert (t.low, t.high) == pytest.approx((low, high), abs=1e-12)
+                assert (t.low, t.high) == pytest.approx((max(0.0, low), min(1.0, high)), abs=1e-12)  # a proportion's interval, clipped
             else:
                 assert t.half_width == 0.0
             at = [r for r in mine_records if r["n_edits"] == n_edits]
@@ -186,6 +190,19 @@ def test_intervals_are_the_t_and_bootstrap_of_the_stored_rows(sweeps: dict[str, 
             assert boot.n == len(ids) and boot.mean == pytest.approx(np.mean(per_record), abs=1e-12)
             if n_edits == T:
                 assert len(ids) == n_edits and boot.mean == pytest.approx(t.mean, abs=1e-12), "at T every member scores every record"
+
+
+def test_a_replayed_trial_shows_its_originals_intervals_in_the_table(sweeps: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """The reuse keeps no record scores of its own (they stay with the training), yet its
+    table cells carry the same bootstrap interval as the trial it replays, not a bare mean."""
+    out = sweeps["repeated"]
+    trials = parquet_rows(out, "trials")
+    (reuse,) = [t for t in trials if t["reuse_of"] is not None]
+    assert main(["table", str(out), "--trials", f"{reuse['reuse_of']},{reuse['trial_id']}", "--interval", "bootstrap", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    cells = [{k: v for k, v in row.items() if "@" in k} for row in rows]
+    assert len(rows) == 2 and cells[0] == cells[1]
+    assert all(cells[0][key] for key in cells[0] if key.endswith("_low")), "every cell has an interval"
 
 
 def test_mlflow_logs_the_spread_of_the_members(sweeps: dict[str, Path]) -> None:
@@ -210,7 +227,7 @@ def test_progress_lines_show_mean_and_half_width(sweeps: dict[str, Path]) -> Non
     lines = (sweeps["repeated"] / "progress.txt").read_text().splitlines()
     trial_lines = [line for line in lines if " complete " in line and line.startswith("[")]
     assert len(trial_lines) == 3
-    assert all("@3 rel_tf=" in line and " ± " in line for line in trial_lines)
+    assert all(re.search(r"@3 rel_tf=\d\.\d{3} (± \d\.\d{3}|\[\d\.\d{3}, \d\.\d{3}\])", line) for line in trial_lines), trial_lines
     single = (sweeps["single"] / "progress.txt").read_text()
     assert "@3 rel_tf=" in single and "±" not in single
 

@@ -141,8 +141,8 @@ def band_trials(data: SweepData, limit: int = BAND_TRIALS) -> list[dict[str, Any
 def _spreads(data: SweepData) -> dict[str, dict[str, dict[int, Interval]]]:
     """Intervals of every metric: at T for the candidates, at every milestone for the band trials."""
     keys = [metric_key(m, s) for s in data.spec.scorings for m in ("rel", "gen", "loc")]
-    at_t = stored_rows(data.layout.parquet, [t[TRIAL_ID] for t in data.completed], data.spec.T)
-    banded = stored_rows(data.layout.parquet, [t[TRIAL_ID] for t in data.band_trials])
+    at_t = stored_rows(data.layout.parquet, data.completed, data.spec.T)
+    banded = stored_rows(data.layout.parquet, data.band_trials)
     spreads: dict[str, dict[str, dict[int, Interval]]] = {}
     for trial in data.completed:
         found = banded.get(trial[TRIAL_ID]) or at_t[trial[TRIAL_ID]]
