@@ -59,21 +59,24 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .decoder import UpperDecoder, decoder_layers
 from .editor import EditStats
 from .errors import DeferInputError
 from .grace_hparams import GraceHParams, check_grace_hparams
 from .models import LoadedModel
-from .module_path import ModulePath, parse_module_path, replace_module, resolve_module
+from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
 from .tokens import PromptTarget
 
 log = logging.getLogger(__name__)
 
-EDIT_PATHS = ("plain",)
+EDIT_PATHS = ("plain", "fast")
 IGNORE_INDEX = -100  # CrossEntropyLoss's ignore_index, EasyEdit's mask token
+StepLoss = Callable[[], torch.Tensor]
 
 
 class GraceLayer(nn.Module):
@@ -229,12 +232,20 @@ def edit_labels(input_ids: torch.Tensor, n_prompt: int, pad_token_id: int | None
 class GraceEditor:
     """Attaches a GRACE layer to one Linear of a loaded model and edits it record by record.
 
-    Same interface as DeferEditor. Only the plain path exists: every step is the whole model's
-    forward with labels, as EasyEdit runs it."""
+    Same interface as DeferEditor. Two ways to take a step, with the same numbers bit for bit
+    (tests/test_grace_editor.py compares them with torch.equal):
+    * plain: the whole model's forward with labels, as EasyEdit runs it;
+    * fast: the layers below the edited decoder layer are frozen and the codebook is not in
+      them, so their output (and the mask and rotary arguments the layer gets) is captured once
+      per edit; each step runs the layers from the edited one up, the final norm, the LM head
+      over every position and the model's own loss function, i.e. the same operations on the
+      same inputs as the top of the plain forward. The GRACE layer runs once per step either
+      way, so the random stream is consumed the same. Needs a Llama-style decoder (`layers`,
+      `norm`); otherwise the plain path is used, with a warning."""
 
     def __init__(self, loaded: LoadedModel, hparams: GraceHParams, *, seed: int = 0, edit_path: str = "plain") -> None:
         if edit_path not in EDIT_PATHS:
-            raise DeferInputError(f"edit_path must be {' or '.join(EDIT_PATHS)} for GRACE (no fast path gives EasyEdit's exact numbers), got {edit_path!r}")
+            raise DeferInputError(f"edit_path must be one of {', '.join(EDIT_PATHS)}, got {edit_path!r}")
         check_grace_hparams(hparams)
         self.loaded = loaded
         self.hparams = hparams
@@ -250,6 +261,14 @@ class GraceEditor:
         self.generator.manual_seed(seed)
         self.layer = GraceLayer(base, hparams, self.generator)
         replace_module(loaded.model, self.path, self.layer)
+        self.layer_index = decoder_layer_index(self.path)
+        if edit_path == "fast" and not self._fast_path_possible():
+            log.warning("fast edit path needs a Llama-style decoder (layers, norm) and a module inside a decoder layer; using the plain path")
+            self.edit_path = "plain"
+
+    def _fast_path_possible(self) -> bool:
+        decoder = self.model.get_decoder()
+        return self.layer_index is not None and decoder_layers(self.model) is not None and hasattr(decoder, "norm")
 
     @property
     def model(self) -> nn.Module:
@@ -279,13 +298,14 @@ class GraceEditor:
         layer = self.layer
         layer.key_id = int((labels == IGNORE_INDEX).sum()) - 1
         layer.edit_label = labels
+        step_loss = self._fast_step(input_ids, attention_mask, labels) if self.edit_path == "fast" else self._plain_step(input_ids, attention_mask, labels)
         layer.editing = True
         losses = []
         try:
             optimizer = None
             for iteration in range(self.hparams.n_iter):
                 layer.iteration = iteration
-                loss = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
+                loss = step_loss()
                 if optimizer is None:  # after the first forward, which may have made a new values tensor
                     assert layer.values is not None
                     optimizer = torch.optim.Adam([layer.values], lr=self.hparams.edit_lr)
@@ -296,3 +316,47 @@ class GraceEditor:
         finally:
             layer.editing = False
         return EditStats(losses=torch.stack(losses).float().cpu().tolist(), seconds=time.perf_counter() - start)
+
+    def _plain_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> StepLoss:
+        return lambda: self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
+
+    def _fast_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> StepLoss:
+        layers = decoder_layers(self.model)
+        assert layers is not None and self.layer_index is not None
+        hidden_in, layer_kwargs = capture_layer_call(self.model, layers[self.layer_index], input_ids, attention_mask)
+        upper = UpperDecoder.of(self.model, self.layer_index)
+        vocab_size = self.model.config.vocab_size
+
+        def step() -> torch.Tensor:
+            logits = upper.logits(upper.hidden_states(hidden_in, **layer_kwargs))
+            return self.model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
+
+        return step
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once the inputs it needs are captured."""
+
+
+@torch.no_grad()
+def capture_layer_call(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """What `layer` is called with (hidden states and keyword arguments) in the plain step's
+    forward: the same call as the plain path (attention mask included, no cache), stopped at
+    `layer`, so the edited layer and everything above see exactly the plain path's inputs."""
+    captured: dict = {}
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(args) > 1:
+            raise RuntimeError("the fast edit path expects decoder layers called with keyword arguments")
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+        raise _StopForward
+
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["hidden"], captured["kwargs"]

@@ -55,11 +55,12 @@ def logits_of(model, tokenizer, texts: list[str]) -> list[torch.Tensor]:
     return [model(**tokenizer(text, return_tensors="pt")).logits for text in texts]
 
 
-def run_both(records: list[EditRecord], hparams: GraceHParams):
+def run_both(records: list[EditRecord], hparams: GraceHParams, edit_path: str = "plain"):
     """Edit `records` in order with the product and the reference from the same model and seed;
     return (product editor, reference layer, product losses, reference losses, reference model)."""
     ours, theirs = tiny_llama(seed=0), tiny_llama(seed=0)
-    editor = GraceEditor(ours, hparams, seed=SEED)
+    editor = GraceEditor(ours, hparams, seed=SEED, edit_path=edit_path)
+    assert editor.edit_path == edit_path
     reference = attach_reference(
         theirs.model, LAYER, eps=hparams.eps, val_init=hparams.val_init, val_train=hparams.val_train,
         replacement=hparams.replacement, eps_expand=hparams.eps_expand,
@@ -79,8 +80,8 @@ def assert_same_codebook(layer: GraceLayer, reference) -> None:
     assert all(torch.equal(a, b) for a, b in zip(layer.key_labels, reference.key_labels))
 
 
-def assert_stream_matches(records: list[EditRecord], hparams: GraceHParams, eval_records: list[EditRecord]) -> GraceEditor:
-    editor, reference, our_losses, their_losses, theirs = run_both(records, hparams)
+def assert_stream_matches(records: list[EditRecord], hparams: GraceHParams, eval_records: list[EditRecord], edit_path: str = "plain") -> GraceEditor:
+    editor, reference, our_losses, their_losses, theirs = run_both(records, hparams, edit_path)
     assert our_losses == their_losses
     assert_same_codebook(editor.layer, reference)
     texts = teacher_forced_texts(eval_records)
@@ -108,6 +109,7 @@ def codebook_events(caplog) -> set[str]:
     return events
 
 
+@pytest.mark.parametrize("edit_path", ["plain", "fast"])
 @pytest.mark.parametrize(
     "changes, events",
     [
@@ -121,21 +123,22 @@ def codebook_events(caplog) -> set[str]:
     ],
     ids=["easyedit-defaults", "warm", "all-new-keys", "mixed", "replace-all", "replace-prompt", "adv"],
 )
-def test_edit_stream_matches_reference(zsre_records, caplog, changes, events):
+def test_edit_stream_matches_reference(zsre_records, caplog, changes, events, edit_path):
     caplog.set_level(logging.DEBUG, logger="defer_core.grace")
-    assert_stream_matches(zsre_records[:6], grace_hparams(**changes), zsre_records[:8])
+    assert_stream_matches(zsre_records[:6], grace_hparams(**changes), zsre_records[:8], edit_path)
     assert events <= codebook_events(caplog)
 
 
+@pytest.mark.parametrize("edit_path", ["plain", "fast"])
 @pytest.mark.parametrize("eps_expand", ["coverage", "moving_average"])
-def test_radius_expansion_matches_reference(zsre_records, caplog, eps_expand):
+def test_radius_expansion_matches_reference(zsre_records, caplog, eps_expand, edit_path):
     """A twin record has the same labels, so its key lands in the expansion branch when EasyEdit's
     label list lines up with the nearest key: at once after its original (one key), and for the
     middle one of three keys (labels are kept newest first)."""
     caplog.set_level(logging.DEBUG, logger="defer_core.grace")
     a, b, c = zsre_records[:3]
     records = [a, similar_record(a), b, c, similar_record(b)]
-    editor = assert_stream_matches(records, grace_hparams(eps=0.02, eps_expand=eps_expand, val_init="warm"), records)
+    editor = assert_stream_matches(records, grace_hparams(eps=0.02, eps_expand=eps_expand, val_init="warm"), records, edit_path)
     expanded = [m for m in caplog.messages if "radius expanded" in m]
     assert len(expanded) == 2 and expanded[0].startswith("GRACE: key 0 ") and expanded[1].startswith("GRACE: key 1 ")
     assert editor.layer.num_keys == 3
@@ -152,6 +155,23 @@ def test_label_order_decides_between_split_and_expansion(zsre_records, caplog, o
     for record in (a, b, similar_record(a)):
         editor.edit(prompt_target(loaded.tokenizer, record.prompt, record.target))
     assert event in caplog.messages[-1]
+
+
+@pytest.mark.parametrize("layer", [0, 3])
+@pytest.mark.parametrize("changes", [{"eps": 0.04}, {"val_init": "warm", "replacement": "replace_all"}, {"eps": 0.04, "replacement": "replace_prompt", "val_train": "adv"}])
+def test_fast_path_equals_plain_path_on_other_layers(zsre_records, layer, changes):
+    """The first and the last decoder layer: nothing below to skip, nothing above to run."""
+    hparams = grace_hparams(**changes).replace(inner_params=(f"model.layers[{layer}].mlp.down_proj.weight",))
+    runs = []
+    for edit_path in ("plain", "fast"):
+        loaded = tiny_llama(seed=0)
+        editor = GraceEditor(loaded, hparams, seed=SEED, edit_path=edit_path)
+        losses = [editor.edit(prompt_target(loaded.tokenizer, r.prompt, r.target)).losses for r in zsre_records[:5]]
+        runs.append((losses, editor.layer.values.detach(), logits_of(editor.model, loaded.tokenizer, teacher_forced_texts(zsre_records[:5]))))
+    (plain_losses, plain_values, plain_logits), (fast_losses, fast_values, fast_logits) = runs
+    assert plain_losses == fast_losses
+    assert torch.equal(plain_values, fast_values)
+    assert all(torch.equal(a, b) for a, b in zip(plain_logits, fast_logits))
 
 
 def test_key_labels_follow_easyedit_order(zsre_records):
@@ -230,7 +250,7 @@ def test_detach_restores_the_module_and_refusals(tiny):
     base = tiny.model.model.layers[1].mlp.down_proj
     hparams = grace_hparams().replace(inner_params=("model.layers[1].mlp.down_proj.weight",))
     with pytest.raises(DeferInputError, match="edit_path"):
-        GraceEditor(tiny, hparams, edit_path="fast")
+        GraceEditor(tiny, hparams, edit_path="turbo")
     with pytest.raises(DeferInputError, match="needs a Linear"):
         GraceEditor(tiny, hparams.replace(inner_params=("model.layers[1].mlp",)))
     editor = GraceEditor(tiny, hparams)
