@@ -259,7 +259,7 @@ def get_context_templates(model, tok):
 def tokenize(request, tokenizer, context_templates, objective="only_label"):
     """utils.tokenize for one request (batch_size 1, no chat template, general editing)."""
     prompts, labels, loc_prompts = [request["prompt"]], [request["target_new"]], [request["loc_prompt"]]
-    full_prompt = [f"{templ.format(p + ' ' + l)}" for templ in context_templates for p, l in zip(prompts, labels)]
+    full_prompt = [f"{templ.format(p + ' ' + t)}" for templ in context_templates for p, t in zip(prompts, labels)]
     prompt_ids = tokenizer([f"{templ.format(p)}" for templ in context_templates for p in prompts], return_tensors="pt", padding=True, truncation=True)["input_ids"]
     full_prompt += loc_prompts
     num_prompt_toks = [len(i) for i in prompt_ids]
