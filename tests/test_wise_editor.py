@@ -254,3 +254,22 @@ def test_padded_rows_route_as_alone(zsre_records):
     assert editor.memory.last_choice == choices and 0 < choices.count(0) < len(rows)
     for row, own in enumerate(alone):
         torch.testing.assert_close(batched[row, : own.shape[0]], own, rtol=1e-5, atol=1e-5)
+
+
+def test_other_merge_algorithms_follow_easyedits_gta_and_linear():
+    """magnitude / magnitude_norm / sign (EasyEdit's GTA settings) and linear, on small tensors."""
+    from defer_core.wise_merge import merge
+
+    from .reference_wise import ties
+
+    base = torch.zeros(2, 2)
+    shards = [torch.tensor([[1.0, -2.0], [3.0, 0.5]]), torch.tensor([[-1.0, -1.0], [1.0, 4.0]])]
+    weights = [0.5, 0.5]
+    assert torch.equal(merge("ties", weights, base, shards, 0.5), ties(weights, base, shards, 0.5))
+    # sign: no trimming, sign election by the summed deltas, normalised by the agreeing weights
+    assert torch.equal(merge("sign", weights, base, shards, None), torch.tensor([[1.0, -1.5], [2.0, 2.25]]))
+    # magnitude (density 0.5 keeps 2 of 4 entries per shard), summed unnormalised / normalised
+    trimmed = [torch.tensor([[0.0, -2.0], [3.0, 0.0]]), torch.tensor([[0.0, 0.0], [1.0, 4.0]])]
+    assert torch.equal(merge("magnitude", weights, base, shards, 0.5), 0.5 * trimmed[0] + 0.5 * trimmed[1])
+    assert torch.equal(merge("magnitude_norm", weights, base, shards, 0.5), 0.5 * trimmed[0] + 0.5 * trimmed[1])
+    assert torch.equal(merge("linear", [0.25], base + 1, shards, None), 0.25 * shards[0] + 0.75 * (base + 1))
