@@ -29,7 +29,6 @@ REQUIRED_KEYS = (
     "save_freq", "merge_freq", "merge_alg", "objective_optimization", "inner_params", "densities", "weights", "retrieve", "replay",
 )
 OPTIONAL_KEYS = ("batch_size", "max_length", "model_parallel", "use_chat_template", "save_path", "load_path")
-OBJECTIVES = ("only_label", "all")  # EasyEdit masks the prompt for 'only_label'; any other value trains on every token
 SEQUENTIAL_COMMENT = "# sequential_edit: {value}  (not an EasyEdit key: set it on the hparams object; BaseEditor never does)"
 
 
