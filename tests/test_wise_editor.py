@@ -25,7 +25,7 @@ from .reference_wise import Config, ReferenceWise, get_context_templates, tokeni
 
 ROOT = Path(__file__).resolve().parent.parent
 EASYEDIT_YAML = ROOT / "hparams" / "WISE" / "llama-7b.yaml"  # EasyEdit hparams/WISE/llama-7b.yaml, unchanged
-EASYEDIT_CLASS = Path(__file__).parent / "fixtures" / "easyedit_wise_hparams.py"  # easyeditor/models/wise/wise_hparams.py
+EASYEDIT_CLASS = Path(__file__).parent / "fixtures" / "easyedit_wise_hparams.py.txt"  # a copy of easyeditor/models/wise/wise_hparams.py
 LAYER = 2  # the tiny Llama has 4 layers
 SEED = 42  # EasyEdit's seed_everything(42)
 
