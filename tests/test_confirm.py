@@ -151,6 +151,34 @@ def test_a_refused_confirm_leaves_every_file_and_run_status_as_it_was(sweep: Pat
     assert mlflow.client.get_run(mlflow.find_parent()).info.status == status_before == "FINISHED"
 
 
+def _refusals(sweep: Path) -> list[list[str]]:
+    """One refused call per command, each against this finished sweep (or writing into it)."""
+    other = tiny_spec(sweep.parent, name="another")  # another sweep's spec, pointed at this folder
+    best = str(sweep / "best.yaml")
+    return [
+        ["run", str(other), "--output-dir", str(sweep)],
+        ["resume", str(sweep / "parquet")],
+        ["export", str(sweep), "--objective", "loc_tf"],
+        ["report", str(sweep / "parquet")],
+        ["table", str(sweep), "--trials", "#999"],
+        ["curve", str(sweep), "#999"],
+        ["trial", best, "--T", "100000", "--model", "tiny-llama"],
+        ["compare", best, "--T", "100000", "--model", "tiny-llama", "--output", str(sweep / "compared")],
+    ]
+
+
+def test_a_refused_call_of_every_command_leaves_every_file_and_run_status_as_it_was(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20: each command checks its input before it writes anything or reopens a run."""
+    mlflow = sweep_mlflow(SweepLayout(sweep), load_state(SweepLayout(sweep)))
+    before = _folder_bytes(sweep)
+    for argv in _refusals(sweep):
+        assert main([*argv, *(["--quiet"] if argv[0] in ("run", "resume") else [])]) == 2, argv
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+        assert len(err) == 1 and err[0].startswith("defer-sweep: error: "), (argv, err)
+        assert _folder_bytes(sweep) == before, argv
+        assert mlflow.client.get_run(mlflow.find_parent()).info.status == "FINISHED", argv
+
+
 def test_confirm_runs_the_top_k_at_full_T_with_every_seed_and_order(confirmed: tuple[Path, str]) -> None:
     out, top = confirmed
     rows = confirm_rows(out)
