@@ -22,13 +22,14 @@ adds its GPU workers only when trials wait for one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from defer_core.data import EditRecord, load_records
+from defer_core.data import EditRecord, load_records, resolve_data_path
 from defer_core.errors import DeferInputError
 from defer_core.files import require_writable_dir
 from defer_core.runtime import CACHE_ENV, TINY_MODEL, cache_dir, cuda_problem, hub_offline, model_problem, stay_offline_by_default, uses_cuda
@@ -215,5 +216,14 @@ def check_cache_writable() -> None:
 
 
 def load_spec_records(spec: SweepSpec) -> list[EditRecord]:
-    """The T records the trials edit; read once in the driver and shipped to the workers."""
-    return load_records(spec.data.path, limit=spec.T, strip=spec.data.strip)
+    """The T records the trials edit; read once in the driver and shipped to the workers (the
+    check before Ray starts and the stage after it share one read of an unchanged file)."""
+    path = resolve_data_path(spec.data.path)  # a missing file: named here
+    stat = path.stat()
+    return list(_records(str(path), (stat.st_mtime_ns, stat.st_size), spec.T, spec.data.strip))
+
+
+@functools.lru_cache(maxsize=4)
+def _records(path: str, version: tuple[int, int], limit: int, strip: bool) -> tuple[EditRecord, ...]:
+    """`version` (mtime, size) keys the cache, so a file changed on disk is read again."""
+    return tuple(load_records(path, limit=limit, strip=strip))
