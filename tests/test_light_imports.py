@@ -139,3 +139,19 @@ def test_the_sweep_driver_does_not_import_torch_or_transformers() -> None:
         """
     )
     assert heavy_imported(result) == []
+
+
+def test_trial_and_compare_refuse_a_bad_record_before_importing_torch(tmp_path: Path) -> None:
+    """Issue 20: a data file that cannot be used is refused before the model (and torch) loads."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"src": "", "alt": "x", "rephrase": "y", "loc": "nq question: a", "loc_ans": "b", "answers": ["c"]}]')
+    hparams = str(ROOT / "hparams" / "DEFER" / "llama-7b.yaml")
+    for command in ("trial", "compare"):
+        result = run_fresh(
+            f"""
+            from orchestrator.cli import main
+            assert main([{command!r}, {hparams!r}, "--T", "1", "--data", {str(bad)!r}]) == 2
+            """
+        )
+        assert heavy_imported(result) == [], command
+        assert result.stderr.strip() == f"defer-sweep: error: {bad}: record 0: field 'src' is empty", result.stderr

@@ -59,8 +59,6 @@ def trial_plan(args: argparse.Namespace) -> "TrialPlan":
     """`trial`'s --T, --milestones, --protocol, --scoring, --edit-path and --threads."""
     from defer_core.trial import TrialPlan
 
-    if args.T < 1:
-        raise DeferInputError(f"--T must be >= 1, got {args.T}")
     milestones = parse_int_list(args.milestones, "--milestones") if args.milestones else default_milestones(args.T)
     try:
         milestones = milestones_ending_at(milestones, args.T)

@@ -35,15 +35,19 @@ def trial(args: argparse.Namespace) -> ExitCode:
     model_name = args.model or EMBEDDED_MODEL
     if problem := model_problem(model_name):
         raise DeferInputError(f"--model: {problem}")
-    from defer_core import load_hparams, load_model, load_records, model_dtype, resolve_data_path
-    from defer_core.hparams import easyedit_model_name
-    from defer_core.repeats import repeat_members, run_members
+    from defer_core.data import load_records, resolve_data_path
+    from defer_core.hparams import easyedit_model_name, load_hparams
 
-    hparams = load_hparams(args.hparams)
-    plan = trial_plan(args)
+    hparams = load_hparams(args.hparams)  # the hparams, flags and records before torch is imported
     seeds, orders = trial_seeds(args), require_orders(args.orders, "--orders")
+    if args.T < 1:
+        raise DeferInputError(f"--T must be >= 1, got {args.T}")
     data_path = resolve_data_path(args.data)
-    records = load_records(data_path, limit=plan.total_records, strip=args.strip)
+    records = load_records(data_path, limit=args.T, strip=args.strip)  # the plan's last milestone is T
+    plan = trial_plan(args)
+
+    from defer_core import load_model, model_dtype
+    from defer_core.repeats import repeat_members, run_members
     if hparams.model_name and hparams.model_name not in (model_name, easyedit_model_name(model_name)):  # an exported YAML names the embedded model by path
         chosen = "given with --model" if args.model else "the default; choose another with --model"
         print(f"defer-sweep: warning: {args.hparams} names model_name {hparams.model_name!r}; this trial runs {model_name!r} ({chosen})", file=sys.stderr, flush=True)
