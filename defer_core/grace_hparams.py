@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
+from .easyedit_hparams import as_float, as_int, check_keys, common_keys, scientific_floats
 from .errors import DeferInputError
 from .files import atomic_write_text, read_yaml
-from .hparams import _as_float, _as_int
 
 # Every field of EasyEdit's GraceHyperParams without a default (its loader needs all of them),
 # in the order EasyEdit's llama-7b.yaml writes them; then the three with defaults.
@@ -125,52 +125,18 @@ def _optional_text(value: Any, key: str, source: str) -> str | None:
     return value
 
 
-def _easyedit_coercion(config: dict[str, Any]) -> dict[str, Any]:
-    """EasyEdit's `construct_float_from_scientific_notation`: every string float() accepts becomes a float."""
-    coerced = {}
-    for key, value in config.items():
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        coerced[key] = value
-    return coerced
-
-
 def grace_hparams_from_dict(config: Any, source: str = "<hparams>") -> GraceHParams:
     """Validate an EasyEdit GRACE mapping; every problem names `source` and the key."""
-    if not isinstance(config, dict):
-        raise DeferInputError(f"{source}: expected a mapping of GRACE hyperparameters, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(EASYEDIT_KEYS))
-    if unknown:
-        raise DeferInputError(f"{source}: unknown key(s) {', '.join(unknown)}; EasyEdit's GraceHyperParams has {', '.join(EASYEDIT_KEYS)}")
-    missing = [key for key in REQUIRED_KEYS if key not in config]
-    if missing:
-        raise DeferInputError(f"{source}: missing key(s) {', '.join(missing)}")
-    config = _easyedit_coercion(config)
-    if config["alg_name"] != "GRACE":
-        raise DeferInputError(f"{source}: key 'alg_name' must be 'GRACE', got {config['alg_name']!r}")
-    inner = config["inner_params"]
-    if isinstance(inner, str):
-        inner = [inner]
-    if not isinstance(inner, list) or not inner or not all(isinstance(p, str) and p for p in inner):
-        raise DeferInputError(f"{source}: key 'inner_params' must be a non-empty list of module paths, got {inner!r}")
-    if not isinstance(config["model_name"], str) or not config["model_name"]:
-        raise DeferInputError(f"{source}: key 'model_name' must be a non-empty string")
-    device = config["device"]
-    if isinstance(device, float) and device.is_integer():
-        device = int(device)
-    if not isinstance(device, (int, str)) or isinstance(device, bool):
-        raise DeferInputError(f"{source}: key 'device' must be an integer or a device string, got {device!r}")
+    config = scientific_floats(check_keys(config, source, "GRACE", REQUIRED_KEYS, OPTIONAL_KEYS))
+    common = common_keys(config, source, "GRACE")
     hparams = GraceHParams(
         alg_name="GRACE",
-        model_name=config["model_name"],
-        device=device,
-        inner_params=tuple(inner),
-        edit_lr=_as_float(config["edit_lr"], "edit_lr", source),
-        n_iter=_as_int(config["n_iter"], "n_iter", source),
-        eps=_as_float(config["eps"], "eps", source),
+        model_name=common.model_name,
+        device=common.device,
+        inner_params=common.inner_params,
+        edit_lr=as_float(config["edit_lr"], "edit_lr", source),
+        n_iter=as_int(config["n_iter"], "n_iter", source),
+        eps=as_float(config["eps"], "eps", source),
         dist_fn=_choice(config, "dist_fn", DIST_FNS, source),
         val_init=_choice(config, "val_init", VAL_INITS, source),
         val_train=_choice(config, "val_train", VAL_TRAINS, source),
@@ -178,10 +144,10 @@ def grace_hparams_from_dict(config: Any, source: str = "<hparams>") -> GraceHPar
         reg=_optional_text(config["reg"], "reg", source),
         replacement=_choice(config, "replacement", REPLACEMENTS, source),
         eps_expand=_choice(config, "eps_expand", EPS_EXPANDS, source),
-        num_pert=_as_int(config["num_pert"], "num_pert", source),
-        dropout=_as_float(config["dropout"], "dropout", source),
-        batch_size=_as_int(config.get("batch_size", 1), "batch_size", source),
-        max_length=_as_int(config.get("max_length", 30), "max_length", source),
+        num_pert=as_int(config["num_pert"], "num_pert", source),
+        dropout=as_float(config["dropout"], "dropout", source),
+        batch_size=as_int(config.get("batch_size", 1), "batch_size", source),
+        max_length=as_int(config.get("max_length", 30), "max_length", source),
         model_parallel=bool(config.get("model_parallel", False)),
     )
     check_grace_hparams(hparams, source)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from .easyedit_hparams import as_float, as_int, check_keys, common_keys
 from .errors import DeferInputError
 from .files import atomic_write_text, read_yaml
 from .runtime import EMBEDDED_MODEL, embedded_hf_dir
@@ -88,56 +89,20 @@ def easyedit_device(device: str | None) -> int:
     return 0
 
 
-def _as_float(value: Any, key: str, source: str) -> float:
-    if isinstance(value, bool):
-        raise DeferInputError(f"{source}: key '{key}' must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise DeferInputError(f"{source}: key '{key}' must be a number, got {value!r}") from None
-
-
-def _as_int(value: Any, key: str, source: str) -> int:
-    number = _as_float(value, key, source)
-    if not number.is_integer():
-        raise DeferInputError(f"{source}: key '{key}' must be an integer, got {value!r}")
-    return int(number)
-
-
 def hparams_from_dict(config: Any, source: str = "<hparams>") -> DeferHParams:
     """Validate an EasyEdit DEFER mapping; every problem names `source` and the key."""
-    if not isinstance(config, dict):
-        raise DeferInputError(f"{source}: expected a mapping of DEFER hyperparameters, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
-    if unknown:
-        raise DeferInputError(
-            f"{source}: unknown key(s) {', '.join(unknown)}; expected {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in config]
-    if missing:
-        raise DeferInputError(f"{source}: missing key(s) {', '.join(missing)}")
-    if config["alg_name"] != "DEFER":
-        raise DeferInputError(f"{source}: key 'alg_name' must be 'DEFER', got {config['alg_name']!r}")
-    inner = config["inner_params"]
-    if isinstance(inner, str):
-        inner = [inner]
-    if not isinstance(inner, list) or not inner or not all(isinstance(p, str) and p for p in inner):
-        raise DeferInputError(f"{source}: key 'inner_params' must be a non-empty list of module paths, got {inner!r}")
-    if not isinstance(config["model_name"], str) or not config["model_name"]:
-        raise DeferInputError(f"{source}: key 'model_name' must be a non-empty string")
-    device = config["device"]
-    if not isinstance(device, (int, str)) or isinstance(device, bool):
-        raise DeferInputError(f"{source}: key 'device' must be an integer or a device string, got {device!r}")
+    config = check_keys(config, source, "DEFER", REQUIRED_KEYS, OPTIONAL_KEYS)
+    common = common_keys(config, source, "DEFER")
     hparams = DeferHParams(
         alg_name="DEFER",
-        model_name=config["model_name"],
-        device=device,
-        inner_params=tuple(inner),
-        edit_lr=_as_float(config["edit_lr"], "edit_lr", source),
-        n_iter=_as_int(config["n_iter"], "n_iter", source),
-        threshold=_as_float(config["threshold"], "threshold", source),
-        batch_size=_as_int(config.get("batch_size", 1), "batch_size", source),
-        max_length=_as_int(config.get("max_length", 30), "max_length", source),
+        model_name=common.model_name,
+        device=common.device,
+        inner_params=common.inner_params,
+        edit_lr=as_float(config["edit_lr"], "edit_lr", source),
+        n_iter=as_int(config["n_iter"], "n_iter", source),
+        threshold=as_float(config["threshold"], "threshold", source),
+        batch_size=as_int(config.get("batch_size", 1), "batch_size", source),
+        max_length=as_int(config.get("max_length", 30), "max_length", source),
         model_parallel=bool(config.get("model_parallel", False)),
     )
     if hparams.edit_lr <= 0:

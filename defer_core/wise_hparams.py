@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .easyedit_hparams import as_float, as_int, check_keys, common_keys, scientific_floats
 from .errors import DeferInputError
 from .files import atomic_write_text, read_yaml
 
@@ -96,23 +97,6 @@ class WiseHParams:
         return out
 
 
-def _as_float(value: Any, key: str, source: str) -> float:
-    """A number, or a string EasyEdit's `construct_float_from_scientific_notation` turns into one."""
-    if isinstance(value, bool):
-        raise DeferInputError(f"{source}: key '{key}' must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise DeferInputError(f"{source}: key '{key}' must be a number, got {value!r}") from None
-
-
-def _as_int(value: Any, key: str, source: str) -> int:
-    number = _as_float(value, key, source)
-    if not number.is_integer():
-        raise DeferInputError(f"{source}: key '{key}' must be an integer, got {value!r}")
-    return int(number)
-
-
 def _as_bool(value: Any, key: str, source: str) -> bool:
     if not isinstance(value, bool):
         raise DeferInputError(f"{source}: key '{key}' must be true or false, got {value!r}")
@@ -120,7 +104,7 @@ def _as_bool(value: Any, key: str, source: str) -> bool:
 
 
 def _optional_float(value: Any, key: str, source: str) -> float | None:
-    return None if value is None else _as_float(value, key, source)
+    return None if value is None else as_float(value, key, source)
 
 
 def _norm_constraint(value: Any, source: str) -> float | None:
@@ -131,76 +115,47 @@ def _norm_constraint(value: Any, source: str) -> float | None:
     if isinstance(value, int) and not isinstance(value, bool):
         log.warning("%s: norm_constraint %r is an integer; EasyEdit applies it only as a float, so no clamp", source, value)
         return None
-    return _as_float(value, "norm_constraint", source)
+    return as_float(value, "norm_constraint", source)
 
 
 def _margins(value: Any, source: str) -> tuple[float, float, float]:
     if not isinstance(value, list) or len(value) != 3:
         raise DeferInputError(f"{source}: key 'act_margin' must be a list of three numbers (alpha, beta, gamma), got {value!r}")
-    alpha, beta, gamma = (_as_float(v, "act_margin", source) for v in value)
+    alpha, beta, gamma = (as_float(v, "act_margin", source) for v in value)
     return alpha, beta, gamma
-
-
-def _coerce_strings(config: dict[str, Any]) -> dict[str, Any]:
-    """EasyEdit's loader: every top-level string that float() accepts becomes that float."""
-    out = dict(config)
-    for key, value in config.items():
-        if isinstance(value, str):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
 
 
 def wise_hparams_from_dict(config: Any, source: str = "<hparams>") -> WiseHParams:
     """Validate an EasyEdit WISE mapping; every problem is one line naming `source` and the key."""
-    if not isinstance(config, dict):
-        raise DeferInputError(f"{source}: expected a mapping of WISE hyperparameters, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
-    if unknown:
-        raise DeferInputError(f"{source}: unknown key(s) {', '.join(unknown)}; expected {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}")
-    missing = [key for key in REQUIRED_KEYS if key not in config]
-    if missing:
-        raise DeferInputError(f"{source}: missing key(s) {', '.join(missing)}")
-    config = _coerce_strings(config)
-    if config["alg_name"] != "WISE":
-        raise DeferInputError(f"{source}: key 'alg_name' must be 'WISE', got {config['alg_name']!r}")
-    inner = config["inner_params"]
-    if isinstance(inner, str):
-        inner = [inner]
-    if not isinstance(inner, list) or not inner or not all(isinstance(p, str) and p for p in inner):
-        raise DeferInputError(f"{source}: key 'inner_params' must be a non-empty list of module paths, got {inner!r}")
-    for key in ("model_name", "merge_alg", "objective_optimization"):
+    config = scientific_floats(check_keys(config, source, "WISE", REQUIRED_KEYS, OPTIONAL_KEYS))
+    common = common_keys(config, source, "WISE")
+    for key in ("merge_alg", "objective_optimization"):
         if not isinstance(config[key], str) or not config[key]:
             raise DeferInputError(f"{source}: key '{key}' must be a non-empty string, got {config[key]!r}")
-    device = config["device"]
-    if not isinstance(device, (int, str)) or isinstance(device, bool):
-        raise DeferInputError(f"{source}: key 'device' must be an integer or a device string, got {device!r}")
     alpha, beta, gamma = _margins(config["act_margin"], source)
     hparams = WiseHParams(
-        edit_lr=_as_float(config["edit_lr"], "edit_lr", source),
-        n_iter=_as_int(config["n_iter"], "n_iter", source),
+        edit_lr=as_float(config["edit_lr"], "edit_lr", source),
+        n_iter=as_int(config["n_iter"], "n_iter", source),
         objective_optimization=config["objective_optimization"],
-        mask_ratio=_as_float(config["mask_ratio"], "mask_ratio", source),
+        mask_ratio=as_float(config["mask_ratio"], "mask_ratio", source),
         alpha=alpha,
         beta=beta,
         gamma=gamma,
-        act_ratio=_as_float(config["act_ratio"], "act_ratio", source),
-        merge_freq=_as_int(config["merge_freq"], "merge_freq", source),
+        act_ratio=as_float(config["act_ratio"], "act_ratio", source),
+        merge_freq=as_int(config["merge_freq"], "merge_freq", source),
         retrieve=_as_bool(config["retrieve"], "retrieve", source),
         replay=_as_bool(config["replay"], "replay", source),
-        save_freq=_as_int(config["save_freq"], "save_freq", source),
+        save_freq=as_int(config["save_freq"], "save_freq", source),
         merge_alg=config["merge_alg"],
         norm_constraint=_norm_constraint(config["norm_constraint"], source),
-        inner_params=tuple(inner),
+        inner_params=common.inner_params,
         weights=_optional_float(config["weights"], "weights", source),
         densities=_optional_float(config["densities"], "densities", source),
-        device=device,
+        device=common.device,
         alg_name="WISE",
         model_name=config["model_name"],
-        batch_size=_as_int(config.get("batch_size", 1), "batch_size", source),
-        max_length=_as_int(config.get("max_length", 30), "max_length", source),
+        batch_size=as_int(config.get("batch_size", 1), "batch_size", source),
+        max_length=as_int(config.get("max_length", 30), "max_length", source),
         model_parallel=_as_bool(config.get("model_parallel", False), "model_parallel", source),
         use_chat_template=_as_bool(config.get("use_chat_template", False), "use_chat_template", source),
         save_path=config.get("save_path"),
