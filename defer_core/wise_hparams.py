@@ -30,6 +30,8 @@ REQUIRED_KEYS = (
     "save_freq", "merge_freq", "merge_alg", "objective_optimization", "inner_params", "densities", "weights", "retrieve", "replay",
 )
 OPTIONAL_KEYS = ("batch_size", "max_length", "model_parallel", "use_chat_template", "save_path", "load_path")
+MERGE_ALGS = ("ties", "magnitude_norm", "magnitude", "sign", "linear")  # wise_merge.py restates these of EasyEdit's merge_dict
+NOT_RESTATED = ("dare_ties", "dare_linear", "slerp")  # EasyEdit's others: random or numpy-based
 SEQUENTIAL_COMMENT = "# sequential_edit: {value}  (not an EasyEdit key: set it on the hparams object; BaseEditor never does)"
 
 

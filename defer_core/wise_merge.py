@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from .errors import DeferInputError
+from .wise_hparams import MERGE_ALGS, NOT_RESTATED
 
 # name -> (sparsify, consensus, normalize), as EasyEdit's merge_dict builds its GTA objects
 _GTA = {
@@ -30,8 +31,7 @@ _GTA = {
     "magnitude": ("magnitude", None, False),
     "sign": (None, "sum", True),
 }
-MERGE_ALGS = tuple(_GTA) + ("linear",)
-NOT_RESTATED = ("dare_ties", "dare_linear", "slerp")
+assert set(MERGE_ALGS) == {*_GTA, "linear"}  # MERGE_ALGS (wise_hparams: light, the spec reads it) names these
 
 
 def check_merge_alg(name: str) -> None:

@@ -45,7 +45,6 @@ SELECTIONS = ("best", "pareto", "confirmed")  # or comma-separated trial ids / O
 CONFIDENCE = 0.95  # intervals.milestone_intervals' default
 DIGITS = 2  # decimals of a cell, as format_interval's default
 FALLBACK_MARK = "†"  # a row asked for t that has one member: its cells are bootstrap intervals
-HPARAM_COLUMNS = ("layer", "edit_lr", "n_iter", "threshold")
 CELL_FIELDS = ("mean", "low", "high", "half_width", "n")  # a csv cell's columns, `<metric>@<n_edits>_<field>`
 
 Row = Mapping[str, Any]
@@ -294,7 +293,7 @@ def hparam_columns(table: SweepTable) -> list[str]:
     extra = ["protocol"] if len(table.protocols) > 1 else []
     if len({r.members for r in table.rows}) > 1:
         extra.append(MEMBER_COUNT)
-    return [*HPARAM_COLUMNS, *extra]
+    return [*editor_columns_of(table), *extra]
 
 
 def hparam_text(row: TableRow, column: str) -> str:
@@ -303,7 +302,7 @@ def hparam_text(row: TableRow, column: str) -> str:
     value = row.trial.get(column)
     if value is None:
         return "–"
-    return f"{value:.3g}" if column in ("edit_lr", "threshold") else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def caption(table: SweepTable) -> str:
@@ -435,8 +434,16 @@ def render_latex(table: SweepTable) -> str:
     ])
 
 
+def editor_columns_of(table: SweepTable) -> tuple[str, ...]:
+    """The swept editor's parameters (spec.editor_columns; imported here: the spec's models are
+    not loaded by the CLI's --help)."""
+    from .spec import editor_columns
+
+    return editor_columns(table.spec.editor)
+
+
 def csv_columns(table: SweepTable) -> list[str]:
-    return ["trial_id", "trial", "stage", CONFIRMS, "protocol", "members", "interval", "module", *HPARAM_COLUMNS,
+    return ["trial_id", "trial", "stage", CONFIRMS, "protocol", "members", "interval", "module", *editor_columns_of(table),
             *(f"{c.name}_{f}" for c in table.columns for f in CELL_FIELDS)]
 
 
@@ -450,7 +457,7 @@ def render_csv(table: SweepTable) -> str:
         kind = BOOTSTRAP if row.fallback or table.interval == BOOTSTRAP else T_INTERVAL
         out: dict[str, Any] = {"trial_id": row.trial[TRIAL_ID], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
                                "protocol": row.trial.get("protocol"), "members": row.members, "interval": kind, "module": row.trial.get("module"),
-                               **{h: row.trial.get(h) for h in HPARAM_COLUMNS}}
+                               **{h: row.trial.get(h) for h in editor_columns_of(table)}}
         for column in table.columns:
             cell = row.cells.get((column.key, column.n_edits))
             interval = None if cell is None else cell.interval

@@ -22,7 +22,7 @@ from ..results.rows import Status
 from ..results.ranking import bounds_text, is_feasible
 from ..spec.trial_config import describe_config
 from ..results.candidates import threshold_mode
-from ..spec import SweepSpec
+from ..spec import SweepSpec, editor_columns
 from .data import Row, SweepData, row_key, scorings_with_data, top_trials, trial_yaml
 from .importance import Importance
 from .drawing import HEIGHT_PX, WIDTH_PX, Hotspot, trial_label
@@ -105,7 +105,6 @@ _SECTION_TEXT = {  # section key -> (title, intro); keys and order are plots.SEC
     "params": ("Hyperparameters vs objective", "Where in the search space the good trials are."),
 }
 _NOTHING_YET = "Nothing to plot yet: no trial has reported these values."
-_HPARAM_COLUMNS = ("layer", "edit_lr", "n_iter", "threshold")
 HOTSPOT_RADIUS_PX = 7  # a plot point's hover area, in image pixels
 
 
@@ -236,7 +235,7 @@ def _top_table(data: SweepData) -> TopTable:
     rows, front_keys = top_trials(data)
     metric_cols = [metric_key(m, s) for s in scorings_with_data(data) for m in METRICS]
     feasible_col = ["feasible"] if spec.constraints else []
-    head = ["rank", "trial", *(["Pareto"] if spec.multi_objective else []), *_HPARAM_COLUMNS, *metric_cols, *feasible_col, "seconds", "EasyEdit YAML"]
+    head = ["rank", "trial", *(["Pareto"] if spec.multi_objective else []), *editor_columns(spec.editor), *metric_cols, *feasible_col, "seconds", "EasyEdit YAML"]
     best_key = row_key(data.best) if data.best else None
     searched = list(spec.search_space.searched())
     return TopTable(
@@ -259,7 +258,7 @@ def _ranking_text(spec: SweepSpec) -> str:
 
 
 def _top_row(spec: SweepSpec, rank: int, row: Row, is_best: bool, on_front: bool, metric_cols: Sequence[str], yaml: str) -> TopRow:
-    hparams = [str(row["layer"]), f"{row['edit_lr']:.3g}", str(row["n_iter"]), fmt(row.get("threshold"))]
+    hparams = [f"{row[name]:.3g}" if name in ("edit_lr", "eps") and row.get(name) is not None else fmt(row.get(name)) for name in editor_columns(spec.editor)]
     feasible = [("yes" if is_feasible(row, spec.constraints) else "no")] if spec.constraints else []
     cells = [*hparams, *(fmt(row.get(c)) for c in metric_cols), *feasible, fmt(row.get("seconds"), 1)]
     return TopRow(rank, _trial_ref(row), is_best, on_front, cells, yaml)

@@ -78,7 +78,7 @@ def _param() -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class TrialRow:
-    """trials/: one DEFER trial, its config, where and how it ran, its last milestone's metrics.
+    """trials/: one trial (DEFER's, GRACE's or WISE's), its config, where and how it ran, its last milestone's metrics.
     The columns marked _param() are known when it starts and are its MLflow run's params."""
 
     sweep_id: str
@@ -91,7 +91,21 @@ class TrialRow:
     module: str = _param()
     edit_lr: float = _param()
     n_iter: int = _param()
-    threshold: float | None = _param()  # curve mode: the threshold of the best point at the last milestone
+    threshold: float | None = _param()  # DEFER; curve mode: the threshold of the best point at the last milestone
+    editor: str = _param()  # the editor the sweep sweeps: defer, grace or wise (spec.editor)
+    # The other editors' parameters (spec/search_space.EDITOR_PARAMS), null where the editor has
+    # none or the spec leaves them at EasyEdit's value:
+    eps: float | None = _param()  # GRACE
+    val_init: str | None = _param()
+    replacement: str | None = _param()
+    eps_expand: str | None = _param()
+    mask_ratio: float | None = _param()  # WISE
+    act_ratio: float | None = _param()
+    norm_constraint: float | None = _param()
+    save_freq: int | None = _param()
+    merge_freq: int | None = _param()
+    merge_alg: str | None = _param()
+    retrieve: bool | None = _param()
     model: str = _param()
     dtype: str = _param()  # the dtype the trial ran in (auto resolved)
     protocol: str = _param()

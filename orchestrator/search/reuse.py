@@ -1,8 +1,9 @@
 """Never train twice: which recorded or running training a proposal can reuse, and the replay
 of a recorded training's milestone reports that stands in for a second one.
 
-A training is (layer, module, edit_lr, n_iter); seed, protocol, data, T, dtype and scorings
-are fixed per sweep. When Optuna proposes a training already running or recorded, the Tune
+A training is its module and every parameter but DEFER's threshold (DEFER: layer, edit_lr,
+n_iter; GRACE and WISE: all theirs); seed, protocol, data, T, dtype and scorings are fixed per
+sweep. When Optuna proposes a training already running or recorded, the Tune
 trial reuses it (config REUSE_OF + "replay": the original's milestone reports, which the
 worker replays without a model): in curve mode always; with a sampled threshold when the
 threshold is the same, or when tf is the only scoring (the replayed metrics are then re-read
@@ -30,16 +31,16 @@ from ..spec.trial_config import full_config, module_for
 
 # What a replayed report keeps of the original's (the worker adds its own pid, node, no edits).
 REPLAYED_KEYS = (N_EDITS, THRESHOLD, GRID_KEY, POINTS_KEY, *METRIC_COLUMNS)
-TrainingKey = tuple[int, str, float, int]
+TrainingKey = tuple[Any, ...]  # (module, (name, value), ...)
 CompactGates = tuple[tuple[str, int, float, float, float], ...]  # (probe, chunk, gate, on, off) per row
 Params = Mapping[str, Any]
 ParamsOf = Callable[[str], Params]  # a Tune trial id -> its Optuna trial's params
 
 
 def training_key(spec: SweepSpec, params: Params) -> TrainingKey:
-    """What makes two trials of a sweep the same training (the threshold is only read)."""
+    """What makes two trials of a sweep the same training (DEFER's threshold is only read)."""
     config = full_config(spec, params)
-    return (int(config["layer"]), module_for(spec, config["layer"]), float(config["edit_lr"]), int(config["n_iter"]))
+    return (module_for(spec, config["layer"]), *((name, value) for name, value in config.items() if name != THRESHOLD))
 
 
 def compact(gates: Sequence[Mapping[str, Any]]) -> CompactGates:
@@ -141,11 +142,11 @@ class Reuse:
         spec = self.spec
         if spec.curve_mode or spec.scorings == (TF,):
             return True
-        return full_config(spec, params)[THRESHOLD] == full_config(spec, original_params)[THRESHOLD]
+        return full_config(spec, params).get(THRESHOLD) == full_config(spec, original_params).get(THRESHOLD)
 
     def _rereads(self, params: Params, original_params: Params) -> bool:
         spec = self.spec
-        return not spec.curve_mode and full_config(spec, params)[THRESHOLD] != full_config(spec, original_params)[THRESHOLD]
+        return not spec.curve_mode and full_config(spec, params).get(THRESHOLD) != full_config(spec, original_params).get(THRESHOLD)
 
     def _replayable(self, original: str, params: Params, original_params: Params) -> bool:
         """A finished original with reports (and, to re-read them, gate rows at every milestone)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import optuna
 
-from ..spec import Choice, FloatRange, IntRange, SweepSpec
+from ..spec import Choice, FloatRange, IntRange, Options, SweepSpec
 
 
 def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -16,6 +16,6 @@ def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.Base
             space[name] = optuna.distributions.IntDistribution(param.low, param.high)
         elif isinstance(param, FloatRange):
             space[name] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
-        elif isinstance(param, Choice):
+        elif isinstance(param, (Choice, Options)):
             space[name] = optuna.distributions.CategoricalDistribution(list(param.values))
     return space

@@ -16,7 +16,7 @@ from ..protocol import (
 from ..results.candidates import threshold_mode
 from ..results.ranking import feasible_or_none
 from ..results.rows import EditRow, GridRow, MemberMilestoneRow, MilestoneRow, PointRow, RecordScoreRow, Row, Status, TrialGateRow, TrialRow, metrics_of
-from ..spec import SweepSpec
+from ..spec import OTHER_EDITORS_PARAMS, SweepSpec
 from ..spec.trial_config import describe_config, full_config, module_for
 
 
@@ -31,6 +31,7 @@ def spec_columns(spec: SweepSpec) -> dict[str, Any]:
         "strip": spec.data.strip,
         "threads": spec.resources_per_trial.threads,
         "threshold_mode": threshold_mode(spec),
+        "editor": spec.editor,
     }
 
 
@@ -206,6 +207,7 @@ class TrialLog:
             edit_lr=self.config["edit_lr"],
             n_iter=self.config["n_iter"],
             threshold=self.threshold(spec),
+            **{name: self.config.get(name) for name in OTHER_EDITORS_PARAMS},
             n_edits=self.reached,
             metrics=metrics_of(self.last_milestone or {}),
             seconds=self.seconds,

@@ -4,11 +4,11 @@ one line per problem (reader.py), with a JSON Schema for editors (schema.py)."""
 
 from .models import SweepSpec
 from .reader import load_spec, spec_from_dict, spec_to_yaml
-from .search_space import CURVE_TRAINING_THRESHOLD, LAYER_FIELD, SEARCHED, Choice, FloatRange, IntRange, SearchSpace
+from .search_space import CURVE_TRAINING_THRESHOLD, EDITOR_PARAMS, EDITORS, LAYER_FIELD, OTHER_EDITORS_PARAMS, SEARCHED, Choice, FloatRange, IntRange, Options, SearchSpace, editor_columns
 from .sections import ConfirmSpec, Constraint, CurveSpec, DataSpec, EarlyStopping, MlflowSpec, ModelSpec, Objective, OptunaSpec, RaySpec, Repeats, Resources
 
 __all__ = [
-    "CURVE_TRAINING_THRESHOLD", "LAYER_FIELD", "SEARCHED", "Choice", "ConfirmSpec", "Constraint", "CurveSpec", "DataSpec", "EarlyStopping", "FloatRange",
+    "CURVE_TRAINING_THRESHOLD", "EDITOR_PARAMS", "EDITORS", "LAYER_FIELD", "OTHER_EDITORS_PARAMS", "SEARCHED", "Choice", "Options", "ConfirmSpec", "Constraint", "CurveSpec", "DataSpec", "EarlyStopping", "FloatRange",
     "IntRange", "MlflowSpec", "ModelSpec", "Objective", "OptunaSpec", "RaySpec", "Repeats", "Resources", "SearchSpace", "SweepSpec", "load_spec",
-    "spec_from_dict", "spec_to_yaml",
+    "spec_from_dict", "spec_to_yaml", "editor_columns",
 ]

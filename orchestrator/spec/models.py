@@ -23,7 +23,7 @@ from defer_core.results import DEFAULT_SCORINGS, PROTOCOLS, SCORINGS, default_mi
 
 from ..protocol import METRIC_RANGES, THRESHOLD_CURVE, metric_names
 from .fields import Count, NonNegativeInt, Section, Text, derived, enum, fail, kind, mapping, missing, one_of, or_shorthand, text
-from .search_space import SEARCHED, UNIT_RANGE, InitialPoint, SearchSpace, counts, describe, within
+from .search_space import EDITOR_PARAMS, EDITORS, SEARCHED, UNIT_RANGE, InitialPoint, SearchSpace, counts, describe, within
 from .sections import ConfirmSpec, Constraint, CurveSpec, DataSpec, EarlyStopping, MlflowSpec, ModelSpec, Objective, OptunaSpec, RaySpec, Repeats, Resources
 
 DEFAULT_NAME = "sweep"  # a spec read from a file is named after the file instead
@@ -102,7 +102,7 @@ Point = Annotated[InitialPoint, BeforeValidator(lambda point: mapping(point, SEA
 
 
 class SweepSpec(Section):
-    """A sweep of DEFER's hyperparameters: what to edit, what to search, where results go."""
+    """A sweep of one editor's hyperparameters (DEFER by default): what to edit, what to search, where results go."""
 
     name: Text = derived("default: the spec file's name without .yaml")
     model: Annotated[ModelSpec, _shorthand("name")] = Field(json_schema_extra=or_shorthand({"type": "string"}))
@@ -111,6 +111,7 @@ class SweepSpec(Section):
     milestones: tuple[Count, ...] = derived("edit counts at which trials report; default 1, 10, 100, ... below T; T is always added")
     protocol: Annotated[str, one_of(PROTOCOLS), enum(PROTOCOLS)] = "stream"
     scorings: Annotated[tuple[Scoring, ...], BeforeValidator(_scorings)] = Field(DEFAULT_SCORINGS, json_schema_extra=or_shorthand({"enum": list(SCORINGS)}))
+    editor: Annotated[str, one_of(EDITORS), enum(EDITORS)] = Field("defer", description="the lifelong editor swept: DEFER, GRACE or WISE (EasyEdit's restated)")
     search_space: SearchSpace
     initial_points: Annotated[tuple[Point, ...], BeforeValidator(_point_list)] = ()
     curve: CurveSpec = Field(CurveSpec(), description=f"only with search_space.threshold: {THRESHOLD_CURVE}")
@@ -170,6 +171,22 @@ class SweepSpec(Section):
         except ValueError as error:
             raise fail(str(error)) from None
 
+    @field_validator("search_space")
+    @classmethod
+    def _editors_parameters(cls, space: SearchSpace, info: ValidationInfo) -> SearchSpace:
+        """Only the editor's own parameters; DEFER needs its threshold."""
+        editor = info.data.get("editor")
+        if editor is None:
+            return space
+        own = EDITOR_PARAMS[editor]
+        for name in space.given():
+            if name not in own:
+                owners = " or ".join(e for e, params in EDITOR_PARAMS.items() if name in params)
+                raise fail(f"is a parameter of editor: {owners}, not of editor: {editor} (its parameters: {', '.join(own)})", name)
+        if editor == "defer" and space.threshold is None:
+            raise missing("threshold")
+        return space
+
     @field_validator("initial_points")
     @classmethod
     def _points_in_space(cls, points: tuple[dict[str, int | float], ...], info: ValidationInfo) -> tuple[dict[str, int | float], ...]:
@@ -186,6 +203,8 @@ class SweepSpec(Section):
                     raise missing(index, name)
             for name in SEARCHED:
                 param = searched.get(name, fixed.get(name))
+                if name in point and param is None:
+                    raise fail("is not a parameter of this search space", index, name)
                 if name in point and not within(point[name], param):
                     raise fail(f"= {point[name]} lies outside the search space ({describe(param)})", index, name)
         return tuple({name: point[name] for name in searched} for point in points)
@@ -276,7 +295,9 @@ class SweepSpec(Section):
         num_trials = info.data.get("num_trials")
         if num_trials is not None and pack_size > num_trials:
             raise fail(f"must be at most num_trials ({num_trials}), got {pack_size}")
-        space = info.data.get("search_space")
+        space, editor = info.data.get("search_space"), info.data.get("editor")
+        if pack_size > 1 and editor not in (None, "defer"):
+            raise fail(f"= {pack_size} is DEFER's (its members share one batched forward pass); {editor} trials run one per Tune trial: set pack_size: 1")
         if pack_size > 1 and space is not None and space.curve_mode:
             raise fail(f"= {pack_size} is not supported with search_space.threshold: {THRESHOLD_CURVE} (its bookkeeping of curve points and "
                        "chosen thresholds assumes one training per Tune trial); set pack_size: 1")

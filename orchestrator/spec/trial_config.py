@@ -1,8 +1,11 @@
 """From a trial's config to what it means: the full typed config (searched values plus the
-spec's fixed ones), its module path and DEFER hparams, its short description.
+spec's fixed ones), its module path and the editor's EasyEdit hparams, its short description.
 
-A trial config holds only the four searched numbers (layer, edit_lr, n_iter, threshold);
-the module path is the spec's template with `{layer}` filled in by str.format, never eval.
+A trial config holds only the editor's parameters the spec names (search_space.EDITOR_PARAMS);
+every other field of the editor's hparams is the value in EasyEdit's own llama-7b file for that
+editor (hparams/DEFER|GRACE|WISE/llama-7b.yaml, shipped unchanged), model_name and device
+as EasyEdit reads them. The module path is the spec's template with `{layer}` filled in by
+str.format, never eval.
 In curve mode the threshold is no Optuna parameter: a training runs at
 CURVE_TRAINING_THRESHOLD and is read at every threshold; a config that names one (a curve
 point being exported) keeps it. Light (no Optuna): the worker and the outputs use it.
@@ -10,47 +13,54 @@ point being exported) keeps it. Light (no Optuna): the worker and the outputs us
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from defer_core.hparams import DeferHParams, easyedit_device, easyedit_model_name
 
 from ..protocol import THRESHOLD
 from .models import SweepSpec
-from .search_space import CURVE_TRAINING_THRESHOLD, SEARCHED
+from .search_space import CURVE_TRAINING_THRESHOLD, PARAM_TYPES, SEARCHED
+
+if TYPE_CHECKING:
+    from defer_core.grace_hparams import GraceHParams
+    from defer_core.wise_hparams import WiseHParams
+
+EASYEDIT_HPARAMS = Path(__file__).resolve().parents[2] / "hparams"  # EasyEdit's own files, unchanged
 
 
-def full_config(spec: SweepSpec, config: Mapping[str, Any]) -> dict[str, int | float]:
-    """Searched values from Optuna plus the spec's fixed ones, typed."""
+def full_config(spec: SweepSpec, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Searched values from Optuna plus the spec's fixed ones, typed: every parameter the spec
+    names (search_space.given)."""
     merged = {**spec.search_space.fixed(), **{k: config[k] for k in SEARCHED if k in config}}
     if spec.curve_mode:
         merged.setdefault(THRESHOLD, CURVE_TRAINING_THRESHOLD)
-    missing = [k for k in SEARCHED if k not in merged]
+    names = spec.search_space.given()
+    missing = [k for k in names if k not in merged]
     if missing:
         raise KeyError(f"trial config lacks {', '.join(missing)}")
-    return {
-        "layer": int(merged["layer"]),
-        "edit_lr": float(merged["edit_lr"]),
-        "n_iter": int(merged["n_iter"]),
-        THRESHOLD: float(merged[THRESHOLD]),
-    }
+    return {name: PARAM_TYPES[name](merged[name]) for name in names}
 
 
 def module_for(spec: SweepSpec, layer: int) -> str:
     return spec.search_space.module_template.format(layer=int(layer))
 
 
-def hparams_for(spec: SweepSpec, config: Mapping[str, Any]) -> DeferHParams:
-    """A trial config as the EasyEdit hparams an export writes (model_name and device as EasyEdit
-    reads them, defer_core.hparams); the worker uses only its numbers and module path."""
+def hparams_for(spec: SweepSpec, config: Mapping[str, Any]) -> "DeferHParams | GraceHParams | WiseHParams":
+    """A trial config as the editor's EasyEdit hparams, what the worker runs and an export
+    writes (model_name and device as EasyEdit reads them, defer_core.hparams)."""
     values = full_config(spec, config)
-    return DeferHParams(
-        model_name=easyedit_model_name(spec.model.name),
-        inner_params=(f"{module_for(spec, values['layer'])}.weight",),
-        edit_lr=values["edit_lr"],
-        n_iter=values["n_iter"],
-        threshold=values[THRESHOLD],
-        device=easyedit_device(spec.model.device),
-    )
+    inner_params = (f"{module_for(spec, values.pop('layer'))}.weight",)
+    where = {"model_name": easyedit_model_name(spec.model.name), "inner_params": inner_params, "device": easyedit_device(spec.model.device)}
+    if spec.editor == "defer":
+        return DeferHParams(**where, **values)
+    if spec.editor == "grace":
+        from defer_core.grace_hparams import load_grace_hparams
+
+        return load_grace_hparams(EASYEDIT_HPARAMS / "GRACE" / "llama-7b.yaml").replace(**where, **values)
+    from defer_core.wise_hparams import load_wise_hparams
+
+    return load_wise_hparams(EASYEDIT_HPARAMS / "WISE" / "llama-7b.yaml").replace(**where, **values)
 
 
 def describe_config(config: Mapping[str, Any]) -> str:
@@ -64,4 +74,6 @@ def describe_config(config: Mapping[str, Any]) -> str:
         parts.append(f"it={int(config['n_iter'])}")
     if "threshold" in config:
         parts.append(f"th={float(config['threshold']):.2f}")
+    shown = ("layer", "edit_lr", "n_iter", "threshold")
+    parts += [f"{name}={config[name]:.3g}" if isinstance(config[name], float) else f"{name}={config[name]}" for name in SEARCHED if name in config and name not in shown]
     return " ".join(parts)
