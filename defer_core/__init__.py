@@ -1,4 +1,5 @@
-"""DEFER continual editing, as the GRACE paper's baseline and EasyEdit define it.
+"""DEFER continual editing, as the GRACE paper's baseline and EasyEdit define it, and the other
+lifelong editors it is compared with (GRACE, WISE: defer_core.editors), run by the same trials.
 
 Data flow: records (data) → a model (models) → an adaptor on one Linear (adaptor, editor)
 → a stream of edits with evaluations at milestones (trial, evaluation, scoring) → results.
@@ -20,6 +21,14 @@ _SUBMODULE_OF = {
     "load_records": "data",
     "resolve_data_path": "data",
     "DeferEditor": "editor",
+    "EDITORS": "editors",
+    "editor_of": "editors",
+    "load_editor_hparams": "editors",
+    "save_editor_hparams": "editors",
+    "GraceEditor": "grace",
+    "GraceHParams": "grace_hparams",
+    "WiseEditor": "wise",
+    "WiseHParams": "wise_hparams",
     "DeferInputError": "errors",
     "DeferHParams": "hparams",
     "dump_hparams": "hparams",
@@ -52,6 +61,14 @@ _SUBMODULE_OF = {
 }
 
 __all__ = [
+    "EDITORS",
+    "GraceEditor",
+    "GraceHParams",
+    "WiseEditor",
+    "WiseHParams",
+    "editor_of",
+    "load_editor_hparams",
+    "save_editor_hparams",
     "DeferAdaptor",
     "DeferEditor",
     "DeferHParams",

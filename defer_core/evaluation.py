@@ -16,6 +16,7 @@ Every record's own scores are kept (`score_records`); a milestone is their mean.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -183,14 +184,15 @@ class UneditedLocality:
         atomic_write_text(self.path, json.dumps(self.predictions))
 
     def ensure(
-        self, scorer: Scorer, adaptor: DeferAdaptor, records: Sequence[EditRecord], probes: Sequence[RecordProbes], scoring: str, kind: str = "loc"
+        self, scorer: Scorer, adaptor: DeferAdaptor | None, records: Sequence[EditRecord], probes: Sequence[RecordProbes], scoring: str, kind: str = "loc"
     ) -> None:
-        """Compute (adaptor bypassed) and store the records' predictions not known yet."""
+        """Compute (adaptor bypassed; None: the model as loaded, no editor attached) and store the
+        records' predictions not known yet."""
         known = self.predictions.setdefault(unedited_key(scoring, kind), {})
         missing = [(r, p) for r, p in zip(records, probes) if r.record_id not in known]
         if not missing:
             return
-        with adaptor.bypassed():
+        with adaptor.bypassed() if adaptor is not None else contextlib.nullcontext():
             predicted = scorer.predict(adaptor, scoring, [p.probe(scoring, kind) for _, p in missing])
         for (record, _), tokens in zip(missing, predicted):
             known[record.record_id] = tokens

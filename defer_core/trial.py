@@ -11,41 +11,37 @@ chunks: for each milestone T', edit T' records, evaluate them, roll back, take t
 stream and immediate edit the same records in the same order, so one plan may ask for both:
 one edit stream then serves both, each record scored after its own edit and at the milestones.
 
-Wherever records are scored, each one's rel/gen/loc probes also get a gate row (gate, tf
-accuracy forced on and unedited: defer_core.curve reads tf metrics at any threshold from them),
-and with a threshold grid the generation scorings are scored at each grid threshold. A plan
-with `threshold_scores=False` skips the scoring at the adaptor's own threshold (curve mode).
+The editor is DEFER, GRACE or WISE, by the type of `hparams` (defer_core.editors); the loops
+here see it through a view (trial_view.EditorView). DEFER (defer_view): wherever records are
+scored, each one's rel/gen/loc probes also get a gate row (gate, tf accuracy forced on and
+unedited: defer_core.curve reads tf metrics at any threshold from them), and with a threshold
+grid the generation scorings are scored at each grid threshold; a plan with
+`threshold_scores=False` skips the scoring at the adaptor's own threshold (curve mode); K DEFER
+trials can be packed into one forward pass. GRACE and WISE (lifelong_view): one trial at a time,
+scored row by row at their own decision, no gate rows or grid; the order of evaluation forwards
+and how it relates to EasyEdit's scoring are in lifelong_view's docstring.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Sequence, Union
 
-from .adaptor import DeferAdaptor
-from .curve import accuracy_at
 from .data import EditRecord
-from .editor import EDIT_PATHS, DeferEditor, EditStats
+from .defer_view import defer_view
+from .editor import EDIT_PATHS
+from .editors import editor_of
 from .errors import DeferInputError
-from .evaluation import (
-    RecordProbes,
-    Scorer,
-    UneditedLocality,
-    build_probes,
-    edit_gate,
-    ensure_unedited_tf,
-    gate_rows,
-    mean_metrics,
-    score_grid,
-    score_records,
-    unedited_cache_file,
-)
+from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, mean_metrics, unedited_cache_file
+from .grace_hparams import GraceHParams
 from .hparams import DeferHParams
+from .lifelong_view import check_lifelong_plan, lifelong_view
 from .models import LoadedModel
 from .runtime import DEFAULT_THREADS, torch_threads
 from .results import (
@@ -54,19 +50,16 @@ from .results import (
     PROTOCOLS,
     SCORINGS,
     SHARED_STREAM,
-    TF,
     EditOutcome,
-    GateRow,
     GridPoint,
     MilestoneResult,
     RecordScores,
     TrialResult,
-    metric_key,
 )
-from .packed import PackedDeferAdaptor, PackedDeferEditor
-from .scoring import token_accuracy
-from .tokens import PromptTarget
+from .trial_view import EditorView, Scored
+from .wise_hparams import WiseHParams
 
+AnyHParams = Union[DeferHParams, GraceHParams, WiseHParams]
 OnEdit = Callable[[EditOutcome], None]
 OnMilestone = Callable[[MilestoneResult], None]
 
@@ -77,7 +70,9 @@ class TrialPlan:
     `threshold_grid`: thresholds at which the generation scorings are also scored (GridPoint);
     `threshold_scores=False`: no scoring at the adaptor's own threshold (empty metrics and
     records), only gate rows and the grid. `threads`: torch's intra-op thread count for the
-    trial (runtime.DEFAULT_THREADS, a sweep worker's default); it can move gates by an ulp."""
+    trial (runtime.DEFAULT_THREADS, a sweep worker's default); it can move gates by an ulp.
+    GRACE and WISE trials take neither a grid nor curve mode, and one protocol at a time
+    (lifelong_view.check_lifelong_plan says why); WISE runs `edit_path` "fast" as plain."""
 
     protocol: str | tuple[str, ...] = "stream"
     milestones: tuple[int, ...] = (1,)
@@ -129,19 +124,6 @@ def model_dtype(loaded: LoadedModel) -> str:
     return str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
 
 
-class _Editor(Protocol):
-    """What the trial loop needs: K members edited together, each scored on its own."""
-
-    size: int
-    thresholds: list[float]  # each member's own
-
-    def edit(self, probe: PromptTarget) -> list[EditStats]: ...
-
-    def reset(self) -> None: ...
-
-    def member(self, index: int) -> contextlib.AbstractContextManager: ...
-
-
 _EVALUATION_CACHE: dict[tuple[int, tuple[str, ...], str], UneditedLocality] = {}
 
 
@@ -155,64 +137,10 @@ def unedited_locality_for(loaded: LoadedModel, records: Sequence[EditRecord], ca
     return _EVALUATION_CACHE[key]
 
 
-class _SingleEditor:
-    """One DeferEditor seen as a pack of one, so one loop serves single and packed trials."""
-
-    size = 1
-
-    def __init__(self, editor: DeferEditor) -> None:
-        self.editor = editor
-        self.adaptor = editor.adaptor
-        self.thresholds = [editor.hparams.threshold]
-
-    def edit(self, probe: PromptTarget) -> list[EditStats]:
-        return [self.editor.edit(probe)]
-
-    def reset(self) -> None:
-        self.editor.reset()
-
-    @contextlib.contextmanager
-    def member(self, index: int) -> Iterator[DeferAdaptor]:
-        yield self.editor.adaptor
-
-
-@contextlib.contextmanager
-def _editor_for(loaded: LoadedModel, hparams: Sequence[DeferHParams], seeds: Sequence[int], edit_path: str) -> Iterator[_Editor]:
-    if len(hparams) == 1:
-        editor = DeferEditor(loaded, hparams[0], seed=seeds[0], edit_path=edit_path)
-        wrapped: _Editor = _SingleEditor(editor)
-    else:
-        editor = PackedDeferEditor(loaded, hparams, seeds)
-        wrapped = _PackedView(editor)
-    try:
-        yield wrapped
-    finally:
-        editor.detach()
-
-
-class _PackedView:
-    def __init__(self, editor: PackedDeferEditor) -> None:
-        self.editor = editor
-        self.size = editor.size
-        self.adaptor = editor.adaptor
-        self.thresholds = [h.threshold for h in editor.hparams]
-
-    def edit(self, probe: PromptTarget) -> list[EditStats]:
-        return self.editor.edit(probe)
-
-    def reset(self) -> None:
-        self.editor.reset()
-
-    @contextlib.contextmanager
-    def member(self, index: int) -> Iterator[PackedDeferAdaptor]:
-        with self.editor.adaptor.member(index):
-            yield self.editor.adaptor
-
-
 def run_trial(
     loaded: LoadedModel,
     records: Sequence[EditRecord],
-    hparams: DeferHParams,
+    hparams: AnyHParams,
     plan: TrialPlan,
     *,
     seed: int = 0,
@@ -221,6 +149,7 @@ def run_trial(
     unedited: UneditedLocality | None = None,
     cache_dir: Path | None = None,
     eval_batch_size: int = 32,
+    irrelevant_path: str | os.PathLike[str] | None = None,
 ) -> TrialResult:
     """One trial: the records edited in order, metrics at every milestone."""
     (result,) = run_trials(
@@ -234,6 +163,7 @@ def run_trial(
         unedited=unedited,
         cache_dir=cache_dir,
         eval_batch_size=eval_batch_size,
+        irrelevant_path=irrelevant_path,
     )
     return result
 
@@ -241,7 +171,7 @@ def run_trial(
 def run_trials(
     loaded: LoadedModel,
     records: Sequence[EditRecord],
-    hparams: Sequence[DeferHParams],
+    hparams: Sequence[AnyHParams],
     plan: TrialPlan,
     *,
     seeds: Sequence[int],
@@ -250,18 +180,51 @@ def run_trials(
     unedited: UneditedLocality | None = None,
     cache_dir: Path | None = None,
     eval_batch_size: int = 32,
+    irrelevant_path: str | os.PathLike[str] | None = None,
 ) -> list[TrialResult]:
-    """K trials on the same module in lockstep (packed into one forward pass when K > 1);
-    callbacks get the member index. Each result equals that trial run alone. Runs with torch
-    set to `plan.threads` threads."""
+    """K trials on the same module in lockstep (packed into one forward pass when K > 1, DEFER
+    only); callbacks get the member index. Each result equals that trial run alone. Runs with
+    torch set to `plan.threads` threads. `hparams` are all DeferHParams, all GraceHParams or all
+    WiseHParams. `irrelevant_path`: WISE's ZsRE training file (default: the data directory's
+    zsre/zsre_mend_train-1k.json); the others ignore it. `eval_batch_size`: DEFER's padded
+    evaluation batches (GRACE and WISE are scored one row at a time)."""
     with torch_threads(plan.threads):
-        return _run_trials(loaded, records, hparams, plan, seeds, on_edit, on_milestone, unedited, cache_dir, eval_batch_size)
+        return _run_trials(loaded, records, hparams, plan, seeds, on_edit, on_milestone, unedited, cache_dir, eval_batch_size, irrelevant_path)
+
+
+def _trial_editor(hparams: Sequence[AnyHParams], plan: TrialPlan) -> str:
+    """The one editor every member uses, checked against the plan."""
+    editors = {editor_of(h) for h in hparams}
+    if len(editors) != 1:
+        raise DeferInputError(f"hparams: one call runs one editor, got {', '.join(sorted(editors))}")
+    (editor,) = editors
+    if editor != "defer":
+        if len(hparams) > 1:
+            raise DeferInputError(f"hparams: packs of {len(hparams)} trials are DEFER only; run {editor.upper()} trials one at a time")
+        check_lifelong_plan(plan, editor.upper())
+    return editor
+
+
+def _view_for(
+    loaded: LoadedModel,
+    hparams: Sequence[AnyHParams],
+    seeds: Sequence[int],
+    plan: TrialPlan,
+    scorer: Scorer,
+    unedited: UneditedLocality,
+    records: Sequence[EditRecord],
+    probes: Sequence[RecordProbes],
+    irrelevant_path: str | os.PathLike[str] | None,
+) -> contextlib.AbstractContextManager[EditorView]:
+    if _trial_editor(hparams, plan) == "defer":
+        return defer_view(loaded, hparams, seeds, plan, scorer, unedited, records, probes, model_dtype(loaded))  # type: ignore[arg-type]
+    return lifelong_view(loaded, hparams[0], seeds[0], plan, scorer, unedited, records, probes, irrelevant_path)  # type: ignore[arg-type]
 
 
 def _run_trials(
     loaded: LoadedModel,
     records: Sequence[EditRecord],
-    hparams: Sequence[DeferHParams],
+    hparams: Sequence[AnyHParams],
     plan: TrialPlan,
     seeds: Sequence[int],
     on_edit: Callable[[int, EditOutcome], None] | None,
@@ -269,11 +232,13 @@ def _run_trials(
     unedited: UneditedLocality | None,
     cache_dir: Path | None,
     eval_batch_size: int,
+    irrelevant_path: str | os.PathLike[str] | None,
 ) -> list[TrialResult]:
     if len(records) < plan.total_records:
         raise DeferInputError(f"the plan needs {plan.total_records} records, got {len(records)}")
     if len(seeds) != len(hparams) or not hparams:
         raise DeferInputError(f"need one seed per trial, got {len(seeds)} seeds for {len(hparams)} trials")
+    _trial_editor(hparams, plan)  # refuse before tokenizing anything
     records = list(records[: plan.total_records])
     probes = [build_probes(loaded, record) for record in records]
     scorer = Scorer(loaded, batch_size=eval_batch_size)
@@ -290,31 +255,13 @@ def _run_trials(
         if on_milestone:
             on_milestone(k, milestone)
 
-    with _editor_for(loaded, hparams, seeds, plan.edit_path) as editor:
-        with editor.member(0) as adaptor:  # not edited yet: the unedited model
-            ensure_unedited_tf(scorer, adaptor, records, probes, unedited)
-        run = _Run(editor, scorer, plan, unedited, model_dtype(loaded), record_edit, record_milestone)
+    with _view_for(loaded, hparams, seeds, plan, scorer, unedited, records, probes, irrelevant_path) as view:
+        run = _Run(view, plan, record_edit, record_milestone)
         if plan.protocols == ("chunks",):
             run.chunks(records, probes)
         else:
             run.stream(records, probes)
     return results
-
-
-@dataclass
-class _Scored:
-    """One member's evaluation of some records: each record's scores at the member's threshold
-    (none when the plan skips them), gate rows, and per grid threshold each record's
-    generation scores."""
-
-    rows: list[dict[str, float]] = field(default_factory=list)
-    gates: list[GateRow] = field(default_factory=list)
-    grid: list[list[dict[str, float]]] = field(default_factory=list)
-
-    def extend(self, other: "_Scored") -> None:
-        self.rows += other.rows
-        self.gates += other.gates
-        self.grid = [mine + theirs for mine, theirs in zip(self.grid, other.grid)] if self.grid else [list(g) for g in other.grid]
 
 
 def _over_chunks(per_chunk: Sequence[Sequence[dict[str, float]]]) -> dict[str, float]:
@@ -331,69 +278,41 @@ def _record_scores(records: Sequence[EditRecord], rows: Sequence[dict[str, float
 
 @dataclass
 class _Run:
-    """The protocols' loops over one editor (K members in lockstep), with what every
-    evaluation needs."""
+    """The protocols' loops over one editor view (K members in lockstep)."""
 
-    editor: _Editor
-    scorer: Scorer
+    view: EditorView
     plan: TrialPlan
-    unedited: UneditedLocality
-    dtype: str
     on_edit: Callable[[int, EditOutcome], None]
     on_milestone: Callable[[int, MilestoneResult], None]
 
-    def evaluate(self, adaptor: DeferAdaptor, records: Sequence[EditRecord], probes: Sequence[RecordProbes], chunk: int = 0) -> _Scored:
-        """Gate rows, the scores at the adaptor's threshold (unless skipped) and the grid."""
-        plan = self.plan
-        scored = _Scored(gates=gate_rows(self.scorer, adaptor, records, probes, plan.scorings, self.unedited, chunk))
-        if plan.threshold_scores:
-            scored.rows = score_records(self.scorer, adaptor, records, probes, plan.scorings, self.unedited)
-        if plan.grid_scorings:
-            scored.grid = score_grid(self.scorer, adaptor, records, probes, plan.grid_scorings, plan.threshold_grid, self.unedited)
-        return scored
+    def evaluate_all(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes], chunk: int = 0) -> list[Scored]:
+        """Per member, its evaluation on the model as it is now."""
+        return [self.view.evaluate(k, records, probes, chunk) for k in range(self.view.size)]
 
-    def evaluate_all(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes], chunk: int = 0) -> list[_Scored]:
-        """Per member, `evaluate` on the model as it is now."""
-        out = []
-        for k in range(self.editor.size):
-            with self.editor.member(k) as adaptor:
-                out.append(self.evaluate(adaptor, records, probes, chunk))
-        return out
-
-    def edit_all(self, index: int, record: EditRecord, probe: RecordProbes, chunk: int, immediate: bool) -> tuple[list[_Scored], float]:
+    def edit_all(self, index: int, record: EditRecord, probe: RecordProbes, chunk: int, immediate: bool) -> tuple[list[Scored], float]:
         """One edit of every member; when `immediate`, each member's evaluation of this record
-        right after its edit (its rel row is then the edit's gate row when tf is scored) and the
-        seconds it took."""
+        right after its edit (then the edit's check may read it) and the seconds it took."""
         scored, seconds = [], 0.0
-        shares_rel = immediate and TF in self.plan.scorings
-        for k, stats in enumerate(self.editor.edit(probe.edit)):
-            with self.editor.member(k) as adaptor:
-                if immediate:
-                    start = time.perf_counter()
-                    scored.append(self.evaluate(adaptor, [record], [probe]))
-                    seconds += time.perf_counter() - start
-                edit_row = scored[-1].gates[0] if shares_rel else edit_gate(self.scorer, adaptor, record, probe, self.unedited)
-                if not self.plan.threshold_scores:
-                    success = accuracy_at(edit_row.gate, edit_row.on, edit_row.off, self.editor.thresholds[k], self.dtype)
-                elif shares_rel:
-                    success = scored[-1].rows[0][metric_key("rel", TF)]
-                else:
-                    (predicted,) = self.scorer.predict(adaptor, TF, [probe.edit])
-                    success = token_accuracy(predicted, probe.edit.target_ids)
+        for k, stats in enumerate(self.view.edit(record, probe)):
+            if immediate:
+                start = time.perf_counter()
+                scored.append(self.view.evaluate(k, [record], [probe], after_edit=True))
+                seconds += time.perf_counter() - start
+            check = self.view.check_edit(k, record, probe, scored[-1] if immediate else None)
             self.on_edit(k, EditOutcome(
                 index=index,
                 record_id=record.record_id,
                 final_loss=stats.final_loss,
                 seconds=stats.seconds,
-                success=success,
+                success=check.success,
                 chunk=chunk,
-                gate=edit_row.gate,
-                success_on=edit_row.on,
-                success_off=edit_row.off,
+                gate=check.gate,
+                success_on=check.on,
+                success_off=check.off,
             ))
         return scored, seconds
 
-    def milestone(self, k: int, n_edits: int, protocol: str, seconds: float, chunks: Sequence[tuple[Sequence[EditRecord], _Scored]]) -> None:
+    def milestone(self, k: int, n_edits: int, protocol: str, seconds: float, chunks: Sequence[tuple[Sequence[EditRecord], Scored]]) -> None:
         """Member k's result from its evaluation of each chunk's records (one chunk unless the
         protocol is chunks): means per chunk, then over chunks."""
         grid = tuple(
@@ -412,10 +331,10 @@ class _Run:
 
     def stream(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes]) -> None:
         """stream and/or immediate over one edit stream."""
-        plan, size = self.plan, self.editor.size
+        plan, size = self.plan, self.view.size
         milestones = set(plan.milestones)
         immediate = "immediate" in plan.protocols
-        at_edit = [_Scored() for _ in range(size)]  # immediate: each member's records, each scored right after its edit
+        at_edit = [Scored() for _ in range(size)]  # immediate: each member's records, each scored right after its edit
         immediate_seconds = 0.0
         for index, (record, probe) in enumerate(zip(records, probes), start=1):
             scored, seconds = self.edit_all(index, record, probe, 0, immediate)
@@ -438,17 +357,17 @@ class _Run:
     def chunks(self, records: Sequence[EditRecord], probes: Sequence[RecordProbes]) -> None:
         edit_index = 0
         for size in self.plan.milestones:
-            per_chunk: list[tuple[Sequence[EditRecord], list[_Scored]]] = []  # chunk -> (its records, member -> evaluation)
+            per_chunk: list[tuple[Sequence[EditRecord], list[Scored]]] = []  # chunk -> (its records, member -> evaluation)
             seconds = 0.0
             for chunk in range(len(records) // size):
-                self.editor.reset()
+                self.view.reset()
                 span = slice(chunk * size, (chunk + 1) * size)
                 for record, probe in zip(records[span], probes[span]):
                     edit_index += 1
                     self.edit_all(edit_index, record, probe, chunk, immediate=False)
                 start = time.perf_counter()
                 per_chunk.append((records[span], self.evaluate_all(records[span], probes[span], chunk)))
-                seconds += (time.perf_counter() - start) / self.editor.size
-            for k in range(self.editor.size):
+                seconds += (time.perf_counter() - start) / self.view.size
+            for k in range(self.view.size):
                 self.milestone(k, size, "chunks", seconds, [(chunk_records, members[k]) for chunk_records, members in per_chunk])
-        self.editor.reset()
+        self.view.reset()
