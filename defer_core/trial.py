@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, TypeVar, Union
 
 from .data import EditRecord
 from .defer_view import defer_view
@@ -60,6 +60,7 @@ from .trial_view import EditorView, Scored
 from .wise_hparams import WiseHParams
 
 AnyHParams = Union[DeferHParams, GraceHParams, WiseHParams]
+T_ = TypeVar("T_")
 OnEdit = Callable[[EditOutcome], None]
 OnMilestone = Callable[[MilestoneResult], None]
 
@@ -182,14 +183,25 @@ def run_trials(
     eval_batch_size: int = 32,
     irrelevant_path: str | os.PathLike[str] | None = None,
 ) -> list[TrialResult]:
-    """K trials on the same module in lockstep (packed into one forward pass when K > 1, DEFER
-    only); callbacks get the member index. Each result equals that trial run alone. Runs with
-    torch set to `plan.threads` threads. `hparams` are all DeferHParams, all GraceHParams or all
+    """K trials on the same module, callbacks with the member index; each result equals that
+    trial run alone. DEFER's K run in lockstep, packed into one forward pass; GRACE's and WISE's
+    one after another (their editors have no packed form). Runs with torch set to
+    `plan.threads` threads. `hparams` are all DeferHParams, all GraceHParams or all
     WiseHParams. `irrelevant_path`: WISE's ZsRE training file (default: the data directory's
     zsre/zsre_mend_train-1k.json); the others ignore it. `eval_batch_size`: DEFER's padded
     evaluation batches (GRACE and WISE are scored one row at a time)."""
     with torch_threads(plan.threads):
+        if len(hparams) > 1 and len(seeds) == len(hparams) and {editor_of(h) for h in hparams} in ({"grace"}, {"wise"}):
+            return [
+                _run_trials(loaded, records, [member], plan, [seed], _as_member(on_edit, k), _as_member(on_milestone, k), unedited, cache_dir, eval_batch_size, irrelevant_path)[0]
+                for k, (member, seed) in enumerate(zip(hparams, seeds))
+            ]
         return _run_trials(loaded, records, hparams, plan, seeds, on_edit, on_milestone, unedited, cache_dir, eval_batch_size, irrelevant_path)
+
+
+def _as_member(callback: Callable[[int, T_], None] | None, k: int) -> Callable[[int, T_], None] | None:
+    """A run of one member reports as member k of the call."""
+    return None if callback is None else (lambda _, value: callback(k, value))
 
 
 def _trial_editor(hparams: Sequence[AnyHParams], plan: TrialPlan) -> str:
@@ -199,7 +211,7 @@ def _trial_editor(hparams: Sequence[AnyHParams], plan: TrialPlan) -> str:
         raise DeferInputError(f"hparams: one call runs one editor, got {', '.join(sorted(editors))}")
     (editor,) = editors
     if editor != "defer":
-        if len(hparams) > 1:
+        if len(hparams) > 1:  # run_trials runs them one at a time
             raise DeferInputError(f"hparams: packs of {len(hparams)} trials are DEFER only; run {editor.upper()} trials one at a time")
         check_lifelong_plan(plan, editor.upper())
     return editor

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flags(resume)
     resume.set_defaults(handler=commands.resume)
 
-    export = sub.add_parser("export", help="write the best (or a Pareto-front) configuration as an EasyEdit DEFER YAML")
+    export = sub.add_parser("export", help="write the best (or a Pareto-front) configuration as the editor's EasyEdit hparams YAML")
     export.add_argument("output_dir")
     choice = export.add_mutually_exclusive_group()
     choice.add_argument("--objective", default=None, help="objective name to rank by (default: the spec's first objective)")

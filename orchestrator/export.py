@@ -1,8 +1,9 @@
-"""Export a sweep's best configuration (or a point of its Pareto front) as EasyEdit DEFER YAML.
+"""Export a sweep's best configuration (or a point of its Pareto front) as the editor's EasyEdit YAML.
 
 What is chosen, and why, is results/best.py's (one read of the tables; confirmed results first,
 constraints, curve-mode points off the knife edge); this module writes it. The YAML is written
-by defer_core.save_hparams, so `load_hparams` and EasyEdit's DeferHyperParams read it back; its
+by defer_core.save_editor_hparams in the editor's own layout (DEFER, GRACE or WISE), so the
+editor's loader and EasyEdit's hyperparameter class read it back; its
 first line is a comment naming the dtype the trial ran in, and a trial tuned in another dtype
 than EasyEdit's float32 is exported with a warning (its optimum may not carry over). Comment
 lines after the dtype line say how a curve-mode threshold was moved off its breakpoint, and
@@ -20,7 +21,8 @@ from typing import Any
 
 from defer_core.curve import TF, SafeThreshold
 from defer_core.errors import DeferInputError
-from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, DeferHParams, dump_hparams, easyedit_family, save_hparams
+from defer_core.editors import EditorHParams, dump_editor_hparams, save_editor_hparams
+from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, easyedit_family
 from defer_core.results import DEFAULT_DTYPE, METRICS, metric_key
 
 from .results import query
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def yaml_text(chosen: ChosenTrial) -> str:
     """The exported file's text."""
-    return dump_hparams(chosen.hparams, chosen.dtype, yaml_notes(chosen))
+    return dump_editor_hparams(chosen.hparams, chosen.dtype, yaml_notes(chosen))
 
 
 def yaml_notes(chosen: ChosenTrial) -> list[str]:
@@ -45,7 +47,7 @@ def yaml_notes(chosen: ChosenTrial) -> list[str]:
     return margin_notes(chosen.margin, chosen.row) + easyedit_notes(chosen.hparams)
 
 
-def easyedit_notes(hparams: DeferHParams) -> list[str]:
+def easyedit_notes(hparams: EditorHParams) -> list[str]:
     """A comment when EasyEdit's editor would not know which model class to load for model_name."""
     if easyedit_family(hparams.model_name) is not None:
         return []
@@ -86,9 +88,9 @@ def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None
             f"{layout.best_yaml}: is the sweep's own best; --objective, --pareto-index and --no-confirmed export another configuration: give it a file with -o FILE"
         )
     chosen = query.best(layout, spec, objective, pareto_index, confirmed)
-    written = save_hparams(chosen.hparams, target, dtype=chosen.dtype, notes=yaml_notes(chosen))
+    written = save_editor_hparams(chosen.hparams, target, dtype=chosen.dtype, notes=yaml_notes(chosen))
     if chosen.dtype != DEFAULT_DTYPE:
-        log.warning("%s: trial %s was tuned in %s, but EasyEdit's DEFER runs %s, where these values may score differently",
+        log.warning("%s: trial %s was tuned in %s, but EasyEdit's editors run %s, where these values may score differently",
                     written, chosen.row[TRIAL_ID], chosen.dtype, DEFAULT_DTYPE)
     if mlflow is not None:
         try:

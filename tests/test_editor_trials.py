@@ -296,12 +296,26 @@ def one_line_error(call, *needles):
 def test_refusals_are_one_line(tiny, zsre_records, hparams, tmp_path):
     records = zsre_records[:2]
     plan = TrialPlan(milestones=(1, 2))
-    one_line_error(lambda: run_trials(tiny, records, [hparams, hparams], plan, seeds=[0, 1]), "packs", "DEFER only")
     one_line_error(lambda: run_trial(tiny, records, hparams, TrialPlan(milestones=(2,), threshold_grid=(0.5,))), "threshold_grid")
     one_line_error(lambda: run_trial(tiny, records, hparams, TrialPlan(milestones=(2,), threshold_scores=False)), "threshold_scores", "curve mode")
     one_line_error(lambda: run_trial(tiny, records, hparams, TrialPlan(protocol=("stream", "immediate"), milestones=(2,))), "protocol", "share")
     one_line_error(lambda: run_trials(tiny, records, [hparams, tiny_hparams()], plan, seeds=[0, 1]), "one editor")
     assert type(tiny.model.model.layers[LAYER].mlp.down_proj).__name__ == "Linear", "a refusal attaches nothing"
+
+
+@pytest.mark.parametrize("hparams", [grace_hparams(), wise_hparams()], ids=["grace", "wise"])
+def test_several_members_run_one_after_another_each_as_alone(tiny, zsre_records, hparams):
+    """No packed form: run_trials runs K GRACE or WISE members in turn, callbacks keeping the index."""
+    records, plan = zsre_records[:2], TrialPlan(milestones=(1, 2))
+    seen: list[tuple[int, int]] = []
+    together = run_trials(tiny, records, [hparams, hparams], plan, seeds=[0, 1], on_milestone=lambda k, m: seen.append((k, m.n_edits)))
+    alone = [run_trial(tiny, records, hparams, plan, seed=seed) for seed in (0, 1)]
+    def numbers(result):  # a milestone's wall seconds differ run to run
+        return [(m.n_edits, m.metrics, m.records) for m in result.milestones]
+
+    assert [numbers(r) for r in together] == [numbers(r) for r in alone]
+    assert [[e.final_loss for e in r.edits] for r in together] == [[e.final_loss for e in r.edits] for r in alone]
+    assert seen == [(0, 1), (0, 2), (1, 1), (1, 2)]
 
 
 def test_missing_training_file_is_named(tiny, zsre_records, tmp_path):

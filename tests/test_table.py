@@ -76,10 +76,11 @@ def by_trial(out: Path, table: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def expected_t(members: list[dict[str, Any]], key: str, n_edits: int) -> tuple[float, float, int]:
-    """(low, high, n) of the Student t interval over the members' values, with scipy."""
+    """(low, high, n) of the Student t interval over the members' values, with scipy, clipped to
+    [0, 1] where every accuracy lies."""
     values = np.array([m[key] for m in members if m["n_edits"] == n_edits], dtype=float)
     half = stats.t.ppf((1 + CONFIDENCE) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return values.mean() - half, values.mean() + half, len(values)
+    return max(0.0, values.mean() - half), min(1.0, values.mean() + half), len(values)
 
 
 def expected_bootstrap(records: list[dict[str, Any]], key: str, n_edits: int) -> tuple[float, float, int]:
@@ -109,7 +110,11 @@ def expected_cells(out: Path, trial_id: str, kind: str) -> dict[str, tuple[float
     return cells
 
 
-def cell_text(mean: float, low: float, high: float) -> str:
+def cell_text(mean: float, low: float, high: float, kind: str = "t") -> str:
+    """`0.63 ± 0.02`; a t interval clipped to [0, 1] as its bounds, `0.50 [0.00, 1.00]`; a
+    bootstrap interval is shown by its half-width, symmetric or not."""
+    if kind == "t" and (low == 0.0 or high == 1.0) and low != high:  # low == high: no spread, nothing to clip
+        return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
     return f"{mean:.2f} ± {(high - low) / 2:.2f}"
 
 
@@ -173,7 +178,7 @@ def test_bootstrap_cells_resample_the_records_mean_over_members(repeated: Path, 
     (row,) = rows
     expected = expected_cells(repeated, label_to_id(repeated)["#001"], "bootstrap")
     for name, (mean, low, high, n) in expected.items():
-        assert row[name] == cell_text(mean, low, high), name
+        assert row[name] == cell_text(mean, low, high, "bootstrap"), name
     # stream: each order scores its first n_edits records, so a milestone's records are the union over orders
     n = [expected[f"rel_tf@{n_edits}"][3] for n_edits in MILESTONES]
     assert n[-1] == MILESTONES[-1] and MILESTONES[0] <= n[0] <= 2 * MILESTONES[0]
@@ -186,7 +191,7 @@ def test_one_member_falls_back_to_the_bootstrap_and_says_so(single: Path, capsys
     ids = label_to_id(single)
     for row in rows:
         for name, (mean, low, high, _) in expected_cells(single, ids[row["trial"].split()[0]], "bootstrap").items():
-            assert row[name] == cell_text(mean, low, high), name
+            assert row[name] == cell_text(mean, low, high, "bootstrap"), name
     assert f"{FALLBACK_MARK}: one repeat member per configuration" in caption and "Student t interval over" not in caption
 
 

@@ -16,7 +16,7 @@ What the page shows:
 - hyperparameter importance from Optuna's evaluators (fANOVA and PED-ANOVA) on the study,
   or a note saying why there are too few completed trials;
 - each objective against each searched hyperparameter;
-- the top trials (curve mode: points) with their metrics and the EasyEdit DEFER YAML
+- the top trials (curve mode: points) with their metrics and the editor's EasyEdit YAML
   `defer-sweep export` would write for them.
 
 The parts: data.py loads the sweep, importance.py asks Optuna, plots.py picks the figures

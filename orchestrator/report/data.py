@@ -92,7 +92,7 @@ class SweepData:
         same metrics): where the plots star it."""
         if self.choice is None:
             return None
-        return {**self.choice.row, THRESHOLD: self.choice.hparams.threshold}
+        return {**self.choice.row, THRESHOLD: getattr(self.choice.hparams, THRESHOLD, None)}  # DEFER's; GRACE and WISE have none
 
     def gates_of(self, row: Row) -> tuple[Any, ...]:
         """The gate rows at T of the training behind a candidate (a reuse's: its original's)."""
@@ -208,7 +208,7 @@ def top_trainings(data: SweepData, limit: int = TOP_TRAININGS) -> list[Row]:
 
 
 def trial_yaml(data: SweepData, row: Row) -> str:
-    """The EasyEdit DEFER YAML `defer-sweep export` writes for this trial (in curve mode at the
+    """The EasyEdit YAML `defer-sweep export` writes for this trial (in curve mode at the
     point's threshold off the knife edge, with the comment lines saying so)."""
     spec = data.spec
     chosen = chosen_as_is(spec, dict(row))

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from defer_core.curve import SafeThreshold
 from defer_core.errors import DeferInputError
-from defer_core.hparams import DeferHParams
 
 from ..protocol import CONFIRMS, METRIC_COLUMNS, OPTUNA_TRIAL, THRESHOLD, trial_label
 from ..spec import Objective, SweepSpec
@@ -38,6 +37,7 @@ from .rows import GATES, POINTS, TRIAL_ID, TRIALS, Status
 from .stages import ConfirmPlan, confirmed_results, search_stage
 
 if TYPE_CHECKING:
+    from defer_core.editors import EditorHParams
     from defer_core.results import GateRow
 
     from .store import Tables
@@ -51,7 +51,7 @@ class ChosenTrial:
 
     row: dict[str, Any]  # in curve mode the chosen point: its threshold the breakpoint
     reason: str
-    hparams: DeferHParams  # what the export holds: in curve mode the threshold off the knife edge
+    hparams: "EditorHParams"  # what the export holds: in curve mode the threshold off the knife edge
     dtype: str  # the dtype the trial ran in
     margin: SafeThreshold | None = None  # curve mode: how hparams.threshold was found (None: the row's, kept)
 

@@ -113,7 +113,7 @@ def summary_line(spec: SweepSpec, trials: Sequence[Trial], statuses: Mapping[str
     )
     complete = [
         {**result, "trial_id": member_trial_id(t.trial_id, k, spec.pack_size), OPTUNA_TRIAL: config.get(OPTUNA_TRIAL), REUSE_OF: config.get(REUSE_OF), "config": config,
-         THRESHOLD: result.get(THRESHOLD) if spec.curve_mode else full_config(spec, config)[THRESHOLD]}
+         THRESHOLD: result.get(THRESHOLD) if spec.curve_mode else full_config(spec, config).get(THRESHOLD)}
         for t in trials
         if statuses.get(t.trial_id) == Status.COMPLETE
         for k, (config, result) in enumerate(zip(member_configs(t.config), member_results(t.last_result or {})))

@@ -16,18 +16,19 @@ from typing_extensions import TypedDict
 
 from defer_core.errors import DeferInputError
 
+from defer_core.editors import EDITORS
 from defer_core.grace_hparams import EPS_EXPANDS, REPLACEMENTS, VAL_INITS
 from defer_core.wise_hparams import MERGE_ALGS
 
 from ..protocol import THRESHOLD_CURVE
 from .fields import CHOICE, FIXED, RANGE, SPEC_ERROR, WORD, Count, Flag, Float, NonNegativeInt, Positional, Section, Text, fail, integer, kind
 
-EDITORS = ("defer", "grace", "wise")
-EDITOR_PARAMS = {  # the search-space keys each editor reads, besides module_template
+EDITOR_PARAMS: dict[str, tuple[str, ...]] = {  # the search-space keys each editor reads, besides module_template
     "defer": ("layer", "edit_lr", "threshold", "n_iter"),
     "grace": ("layer", "edit_lr", "n_iter", "eps", "val_init", "replacement", "eps_expand"),
     "wise": ("layer", "edit_lr", "n_iter", "mask_ratio", "act_ratio", "norm_constraint", "save_freq", "merge_freq", "merge_alg", "retrieve"),
 }
+assert tuple(EDITOR_PARAMS) == EDITORS
 SEARCHED = tuple(dict.fromkeys(name for params in EDITOR_PARAMS.values() for name in params))  # every parameter of any editor
 def editor_columns(editor: str) -> tuple[str, ...]:
     """The editor's parameters as tables show them: layer, edit_lr and n_iter first, then its own."""

@@ -64,16 +64,18 @@ def hparams_for(spec: SweepSpec, config: Mapping[str, Any]) -> "DeferHParams | G
 
 
 def describe_config(config: Mapping[str, Any]) -> str:
-    """Short and readable, for run names and progress lines: `L27 lr=7.0e-05 it=100 th=0.50`."""
+    """Short and readable, for run names and progress lines: `L27 lr=7.0e-05 it=100 th=0.50`,
+    then any other editor parameter (`eps=4 val_init=warm`); a parameter without a value is left out."""
+    given = {name: config[name] for name in SEARCHED if config.get(name) is not None}
     parts = []
-    if "layer" in config:
-        parts.append(f"L{int(config['layer'])}")
-    if "edit_lr" in config:
-        parts.append(f"lr={float(config['edit_lr']):.1e}")
-    if "n_iter" in config:
-        parts.append(f"it={int(config['n_iter'])}")
-    if "threshold" in config:
-        parts.append(f"th={float(config['threshold']):.2f}")
-    shown = ("layer", "edit_lr", "n_iter", "threshold")
-    parts += [f"{name}={config[name]:.3g}" if isinstance(config[name], float) else f"{name}={config[name]}" for name in SEARCHED if name in config and name not in shown]
+    if "layer" in given:
+        parts.append(f"L{int(given['layer'])}")
+    if "edit_lr" in given:
+        parts.append(f"lr={float(given['edit_lr']):.1e}")
+    if "n_iter" in given:
+        parts.append(f"it={int(given['n_iter'])}")
+    if THRESHOLD in given:
+        parts.append(f"th={float(given[THRESHOLD]):.2f}")
+    shown = ("layer", "edit_lr", "n_iter", THRESHOLD)
+    parts += [f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}" for name, value in given.items() if name not in shown]
     return " ".join(parts)

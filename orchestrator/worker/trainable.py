@@ -50,11 +50,7 @@ from ..spec import SweepSpec
 from .live import EditReporter
 
 if TYPE_CHECKING:  # torch and transformers load in the worker, not in the driver that imports this module
-    from defer_core.grace_hparams import GraceHParams
-    from defer_core.hparams import DeferHParams
-    from defer_core.wise_hparams import WiseHParams
-
-    EditorHParams = DeferHParams | GraceHParams | WiseHParams
+    from defer_core.editors import EditorHParams
     from defer_core.models import LoadedModel
     from defer_core.trial import TrialPlan
 
@@ -205,20 +201,11 @@ def run_on_worker(
     on_milestone: Callable[[int, MilestoneResult], None],
 ) -> None:
     """defer_core's run_trials with the unedited-scores cache kept per node, so every trial of
-    the sweep on this machine shares it; imported here so the driver never loads torch. Only
-    DEFER edits several members in one batched forward pass: GRACE's and WISE's run one after
-    another (each member's callbacks keep its index, so a repeat reports once all are in)."""
-    from defer_core.hparams import DeferHParams
+    the sweep on this machine shares it; imported here so the driver never loads torch."""
     from defer_core.runtime import cache_dir
     from defer_core.trial import run_trials
 
-    unedited = cache_dir() / "unedited"
-    if isinstance(hparams[0], DeferHParams):
-        run_trials(loaded, records, hparams, plan, seeds=seeds, on_edit=on_edit, on_milestone=on_milestone, cache_dir=unedited)
-        return
-    for k, (member, seed) in enumerate(zip(hparams, seeds)):
-        run_trials(loaded, records, [member], plan, seeds=[seed], cache_dir=unedited,
-                   on_edit=lambda _, outcome, k=k: on_edit(k, outcome), on_milestone=lambda _, milestone, k=k: on_milestone(k, milestone))
+    run_trials(loaded, records, hparams, plan, seeds=seeds, on_edit=on_edit, on_milestone=on_milestone, cache_dir=cache_dir() / "unedited")
 
 
 def _seeds_by_order(members: Sequence[tuple[int, int]]) -> list[tuple[int, list[int]]]:

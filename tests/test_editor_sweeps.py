@@ -1,0 +1,86 @@
+"""A real sweep of GRACE and of WISE on the tiny Llama (local Ray, Optuna, MLflow, Parquet),
+from spec to best.yaml: the trial rows name the editor and its parameters, DEFER's threshold
+and gate rows are absent, the export is the editor's EasyEdit YAML (EasyEdit's keys, loaded
+back by the editor's own loader), and the table shows the editor's columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from defer_core.editors import load_editor_hparams
+from defer_core.grace_hparams import GraceHParams, load_grace_hparams
+from defer_core.wise_hparams import WiseHParams, load_wise_hparams
+from orchestrator.cli import main
+from orchestrator.spec import EDITOR_PARAMS, OTHER_EDITORS_PARAMS, load_spec
+from orchestrator.spec.trial_config import EASYEDIT_HPARAMS
+from orchestrator.sweep.driver import execute
+from orchestrator.sweep.preflight import prepare
+
+from .orchestrator_support import children_by_trial, mlflow_runs, parquet_rows, tiny_spec
+
+COMMON = {"layer": 2, "module_template": "model.layers[{layer}].mlp.down_proj", "edit_lr": {"low": 1.0e-2, "high": 1.0, "log": True}, "n_iter": [2, 3]}
+SPACES = {
+    "grace": {**COMMON, "eps": {"low": 0.5, "high": 50.0}, "val_init": ["cold", "warm"]},
+    "wise": {**COMMON, "mask_ratio": {"low": 0.1, "high": 0.5}, "save_freq": 2, "merge_freq": 4},
+}
+LOADERS = {"grace": (load_grace_hparams, GraceHParams, "GRACE"), "wise": (load_wise_hparams, WiseHParams, "WISE")}
+
+
+@pytest.fixture(scope="module")
+def sweeps(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("editors")
+    out = {}
+    for editor, space in SPACES.items():
+        spec = load_spec(tiny_spec(tmp, name=f"tiny-{editor}", editor=editor, search_space=space, initial_points=[], T=4, milestones=[2, 4],
+                                   num_trials=2, concurrency=2, early_stopping=False, objectives=[{"metric": "rel_tf", "direction": "maximize"}]))
+        assert execute(spec, prepare(spec)).finished
+        out[editor] = spec.output_dir
+    return out
+
+
+@pytest.mark.parametrize("editor", list(SPACES))
+def test_trial_rows_name_the_editor_and_its_parameters(sweeps: dict[str, Path], editor: str) -> None:
+    trials = parquet_rows(sweeps[editor], "trials")
+    assert len(trials) == 2 and all(t["status"] == "complete" and t["editor"] == editor for t in trials)
+    searched = [name for name in SPACES[editor] if name in EDITOR_PARAMS[editor] and isinstance(SPACES[editor][name], (dict, list))]
+    for trial in trials:
+        assert trial["threshold"] is None and trial["rel_tf"] is not None and trial["loc_tf"] is not None
+        assert all(trial[name] is not None for name in searched), trial
+        assert all(trial[name] is None for name in OTHER_EDITORS_PARAMS if name not in SPACES[editor])
+    assert not parquet_rows(sweeps[editor], "gates")  # DEFER's gates: no threshold read at inference here
+    edits = parquet_rows(sweeps[editor], "edits")
+    assert len(edits) == 2 * 4 and all(e["gate"] is None and e["final_loss"] is not None for e in edits)
+    _, children, _ = mlflow_runs(sweeps[editor])
+    runs = children_by_trial(children)
+    for trial in trials:
+        params = runs[trial["trial_id"]].data.params
+        assert params["editor"] == editor and "threshold" not in params and all(name in params for name in searched)
+
+
+@pytest.mark.parametrize("editor", list(SPACES))
+def test_best_yaml_is_the_editors_easyedit_file(sweeps: dict[str, Path], editor: str) -> None:
+    load, kind, alg_name = LOADERS[editor]
+    best = sweeps[editor] / "best.yaml"
+    text = best.read_text()
+    assert text.startswith("# dtype: float32")
+    exported = load(best)
+    assert isinstance(exported, kind) and exported.alg_name == alg_name and load_editor_hparams(best) == exported
+    shipped = load(EASYEDIT_HPARAMS / alg_name / "llama-7b.yaml")
+    assert list(yaml.safe_load(text)) == list(shipped.to_easyedit_dict())  # EasyEdit's own keys, in its order
+    trials = parquet_rows(sweeps[editor], "trials")
+    exported_from = [t for t in trials if (t["edit_lr"], t["n_iter"]) == (exported.edit_lr, exported.n_iter)]
+    assert exported_from and exported_from[0]["rel_tf"] == max(t["rel_tf"] for t in trials)  # the best by the objective
+
+
+@pytest.mark.parametrize("editor", list(SPACES))
+def test_table_and_report_show_the_editors_columns(sweeps: dict[str, Path], editor: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["table", str(sweeps[editor]), "--trials", "pareto", "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split(",")
+    own = [name for name in EDITOR_PARAMS[editor] if name != "layer"]
+    assert all(name in header for name in own) and "threshold" not in header
+    assert main(["report", str(sweeps[editor])]) == 0
+    page = (sweeps[editor] / "report" / "report.html").read_text()
+    assert all(f"<th>{name}</th>" in page for name in own[:3])
