@@ -1,17 +1,21 @@
-"""`defer-sweep compare`: one DEFER configuration under every protocol × scoring × dtype asked.
+"""`defer-sweep compare`: one configuration per editor (DEFER, GRACE, WISE) under every protocol ×
+scoring × dtype asked.
 
-DEFER's published numbers disagree because of evaluation choices (docs/scoring-and-protocols.md):
+Published numbers disagree because of evaluation choices (docs/scoring-and-protocols.md):
 when each record is scored (protocol), which tokens a generation is compared with
-(scoring), and the model's dtype. This runs one configuration under each combination and gives
-a WISE-style table, rows = protocol × scoring × dtype, columns = Rel/Gen/Loc at each T (the mean
+(scoring), and the model's dtype. This runs each editor's configuration under each combination
+and gives a WISE-style table, rows = editor × protocol × scoring × dtype, columns = Rel/Gen/Loc
+at each T (the mean
 over the repeat members, seeds × edit orders, when several; with `error_bars` also the Student t
 half-width over them), plus every record's scores as Parquet, so each cell can be traced to the
 records it averages.
 
-It runs defer_core directly (no Ray) and shares what can be shared: one model per dtype; one
-edit stream for stream and immediate (the same edits, scored at different times); every scoring
-read from the same edits; several seeds edited in one packed forward pass (`run_trials`, whose
-members equal each seed run alone); each edit order (defer_core.orders) is its own pass. Imports stay light at module level (the CLI's help lists
+It runs defer_core directly (no Ray) and shares what can be shared: one model per dtype (every
+editor attaches to it and detaches after); for DEFER one edit stream for stream and immediate
+(the same edits, scored at different times; GRACE and WISE run them apart, since their
+immediate evaluations can change later edits); every scoring read from the same edits; several
+seeds in one `run_trials` call (DEFER's packed in one forward pass); each edit order
+(defer_core.orders) is its own pass. Imports stay light at module level (the CLI's help lists
 FORMATS); torch loads when a comparison runs.
 """
 
@@ -31,7 +35,7 @@ from typing import Any, Callable
 from defer_core.data import EditRecord
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
-from defer_core.hparams import DeferHParams
+from defer_core.editors import EditorHParams, editor_of
 from defer_core.orders import ordered_records
 from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, metric_key
 from defer_core.runtime import DEFAULT_THREADS
@@ -47,13 +51,15 @@ RECORDS_FILE = "records.parquet"  # OUT/records.parquet: one row per record behi
 METRIC_LABELS = {"rel": "Rel", "gen": "Gen", "loc": "Loc"}
 CONFIDENCE = 0.95  # of the error bars over repeat members
 # The rows whose numbers published runs report (docs/scoring-and-protocols.md): EasyEdit scores
-# DEFER teacher-forced in float32; its sequential_edit=True loop changed in commit 3c21b20.
+# DEFER teacher-forced in float32; its sequential_edit=True loop changed in commit 3c21b20. Only
+# DEFER's rows are checked equal to EasyEdit's code end to end, so only they are named.
 REPRODUCES = {
-    ("stream", "tf", "float32"): "EasyEdit before 3c21b20 (WISE paper)",
-    ("immediate", "tf", "float32"): "EasyEdit from 3c21b20 (HEAD)",
+    ("defer", "stream", "tf", "float32"): "EasyEdit before 3c21b20 (WISE paper)",
+    ("defer", "immediate", "tf", "float32"): "EasyEdit from 3c21b20 (HEAD)",
 }
+KEY_COLUMNS = ("editor", "protocol", "scoring", "dtype")  # a row's identity, the table's first columns
 
-RowKey = tuple[str, str, str]  # protocol, scoring, dtype
+RowKey = tuple[str, str, str, str]  # editor, protocol, scoring, dtype
 Progress = Callable[[str], None]
 
 
@@ -65,9 +71,9 @@ def _known(values: tuple[Any, ...], allowed: tuple[Any, ...], what: str) -> None
 
 @dataclass(frozen=True)
 class ComparePlan:
-    """One DEFER configuration and every variant it is run under."""
+    """One configuration per editor and every variant each is run under."""
 
-    hparams: DeferHParams
+    hparams: tuple[EditorHParams, ...]
     model: str
     milestones: tuple[int, ...]
     protocols: tuple[str, ...]
@@ -82,6 +88,11 @@ class ComparePlan:
     threads: int = DEFAULT_THREADS  # torch's intra-op thread count of every run (defer_core.runtime)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.hparams, tuple):
+            object.__setattr__(self, "hparams", (self.hparams,))  # one configuration
+        editors = self.editors
+        if not editors or len(set(editors)) != len(editors):
+            raise DeferInputError(f"hparams: one configuration per editor, got editors {list(editors)}")
         _known(self.protocols, PROTOCOLS, "protocols")
         _known(self.scorings, SCORINGS, "scorings")
         _known(self.dtypes, tuple(sorted(set(DTYPE_SPELLINGS.values()))), "dtypes")
@@ -101,13 +112,18 @@ class ComparePlan:
         """Repeat members behind each cell: every seed in every edit order."""
         return len(self.seeds) * self.orders
 
-    def edit_streams(self) -> list[tuple[str, ...]]:
-        """The runs one dtype needs: stream and immediate share one edit stream, chunks has its own."""
-        shared = tuple(p for p in SHARED_STREAM if p in self.protocols)
-        return ([shared] if shared else []) + [(p,) for p in self.protocols if p not in SHARED_STREAM]
+    @property
+    def editors(self) -> tuple[str, ...]:
+        return tuple(editor_of(h) for h in self.hparams)
+
+    def edit_streams(self, editor: str) -> list[tuple[str, ...]]:
+        """The runs one editor needs per dtype: for DEFER stream and immediate share one edit
+        stream; every other protocol (and GRACE's and WISE's each) has its own."""
+        shared = tuple(p for p in SHARED_STREAM if p in self.protocols) if editor == "defer" else ()
+        return ([shared] if shared else []) + [(p,) for p in self.protocols if p not in shared]
 
     def row_keys(self) -> list[RowKey]:
-        return [(p, s, d) for p in self.protocols for s in self.scorings for d in self.dtypes]
+        return [(e, p, s, d) for e in self.editors for p in self.protocols for s in self.scorings for d in self.dtypes]
 
 
 @dataclass
@@ -141,27 +157,28 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
     for dtype in plan.dtypes:
         loaded = load_model(plan.model, dtype=dtype, device=plan.device)
         unedited = UneditedLocality()  # per model: the unedited predictions depend on the dtype
-        for protocols, order in ((p, o) for p in plan.edit_streams() for o in range(plan.orders)):
-            label = f"{dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
-            total = _edit_count(protocols, plan.milestones)
-            say(f"{label}: {total} edits x {len(plan.seeds)} seed(s), scorings {','.join(plan.scorings)}")
-            trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings, threads=plan.threads)
+        for hparams, editor in zip(plan.hparams, plan.editors):
+            for protocols, order in ((p, o) for p in plan.edit_streams(editor) for o in range(plan.orders)):
+                label = f"{editor} {dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
+                total = _edit_count(protocols, plan.milestones)
+                say(f"{label}: {total} edits x {len(plan.seeds)} seed(s), scorings {','.join(plan.scorings)}")
+                trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings, threads=plan.threads)
 
-            def show_edit(k: int, outcome: Any, label: str = label, total: int = total) -> None:
-                if k == 0:
-                    say(f"{label}: edit {outcome.index}/{total} loss {outcome.final_loss:.4f} success {outcome.success:.2f} {outcome.seconds:.2f}s")
+                def show_edit(k: int, outcome: Any, label: str = label, total: int = total) -> None:
+                    if k == 0:
+                        say(f"{label}: edit {outcome.index}/{total} loss {outcome.final_loss:.4f} success {outcome.success:.2f} {outcome.seconds:.2f}s")
 
-            def show_milestone(k: int, milestone: MilestoneResult, label: str = label) -> None:
-                if k == len(plan.seeds) - 1:
-                    scores = " ".join(f"{key} {value:.3f}" for key, value in milestone.metrics.items())
-                    say(f"{label}: {milestone.protocol} T={milestone.n_edits} (seed {plan.seeds[k]}): {scores}")
+                def show_milestone(k: int, milestone: MilestoneResult, label: str = label) -> None:
+                    if k == len(plan.seeds) - 1:
+                        scores = " ".join(f"{key} {value:.3f}" for key, value in milestone.metrics.items())
+                        say(f"{label}: {milestone.protocol} T={milestone.n_edits} (seed {plan.seeds[k]}): {scores}")
 
-            in_order = ordered_records(records, order, plan.total_records)
-            results = run_trials(loaded, in_order, [plan.hparams] * len(plan.seeds), trial_plan, seeds=list(plan.seeds),
-                                 on_edit=show_edit, on_milestone=show_milestone, unedited=unedited)
-            for seed, result in zip(plan.seeds, results):
-                for milestone in result.milestones:
-                    _collect(plan, dtype, (seed, order), milestone, per_member, rows)
+                in_order = ordered_records(records, order, plan.total_records)
+                results = run_trials(loaded, in_order, [hparams] * len(plan.seeds), trial_plan, seeds=list(plan.seeds),
+                                     on_edit=show_edit, on_milestone=show_milestone, unedited=unedited)
+                for seed, result in zip(plan.seeds, results):
+                    for milestone in result.milestones:
+                        _collect(plan, hparams, dtype, (seed, order), milestone, per_member, rows)
         del loaded
         gc.collect()
     intervals = {key: {n: {m: repeat_interval([v[m] for v in members], CONFIDENCE) for m in METRICS} for n, members in by_t.items()}
@@ -175,19 +192,20 @@ def _edit_count(protocols: tuple[str, ...], milestones: tuple[int, ...]) -> int:
     return milestones[-1]
 
 
-def _collect(plan: ComparePlan, dtype: str, member: tuple[int, int], milestone: MilestoneResult, per_member: dict, rows: list[dict[str, Any]]) -> None:
-    """One milestone of one member (seed, order): its cell values per scoring, and its records' rows."""
-    hparams = plan.hparams
+def _collect(plan: ComparePlan, hparams: EditorHParams, dtype: str, member: tuple[int, int], milestone: MilestoneResult, per_member: dict,
+             rows: list[dict[str, Any]]) -> None:
+    """One milestone of one member (seed, order) of one editor: its cell values per scoring, and its records' rows."""
+    editor = editor_of(hparams)
     seed, order = member
     for scoring in plan.scorings:
-        key = (milestone.protocol, scoring, dtype)
+        key = (editor, milestone.protocol, scoring, dtype)
         per_member[key].setdefault(milestone.n_edits, []).append({m: milestone.metrics[metric_key(m, scoring)] for m in METRICS})
         for record in milestone.records:
             rows.append({
-                "model": plan.model, "dtype": dtype, "protocol": milestone.protocol, "scoring": scoring, "seed": seed, "order": order,
+                "editor": editor, "model": plan.model, "dtype": dtype, "protocol": milestone.protocol, "scoring": scoring, "seed": seed, "order": order,
                 "T": milestone.n_edits, "chunk": record.chunk, "record_id": record.record_id,
                 **{m: record.metrics[metric_key(m, scoring)] for m in METRICS},
-                "inner_param": hparams.module_path, "edit_lr": hparams.edit_lr, "n_iter": hparams.n_iter, "threshold": hparams.threshold,
+                "inner_param": hparams.module_path, "edit_lr": hparams.edit_lr, "n_iter": hparams.n_iter, "threshold": getattr(hparams, "threshold", None),
                 "strip": plan.strip, "threads": plan.threads,
             })
 
@@ -245,26 +263,36 @@ def render(comparison: Comparison, fmt: str) -> str:
 
 def _markdown(comparison: Comparison) -> str:
     plan = comparison.plan
-    header = ["protocol", "scoring", "dtype", *(f"{METRIC_LABELS[m]} T={n}" for n in plan.milestones for m in METRICS), "reproduces"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 4) + "---|"]
+    header = [*KEY_COLUMNS, *(f"{METRIC_LABELS[m]} T={n}" for n in plan.milestones for m in METRICS), "reproduces"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(KEY_COLUMNS) + "---:|" * (len(header) - len(KEY_COLUMNS) - 1) + "---|"]
     for key in plan.row_keys():
         lines.append("| " + " | ".join([*key, *_shown(comparison, key), REPRODUCES.get(key, "")]) + " |")
-    hp = plan.hparams
     lines.append("")
-    lines.append(f"{plan.model}, {hp.module_path}, edit_lr {hp.edit_lr:g}, n_iter {hp.n_iter}, threshold {hp.threshold:g}; {_members_note(plan)}; "
+    lines.append(f"{plan.model}; {'; '.join(_hparams_text(h) for h in plan.hparams)}; {_members_note(plan)}; "
                  f"text {'stripped' if plan.strip else 'as written'}; {plan.threads} torch thread(s); per-record rows in {RECORDS_FILE}")
     return "\n".join(lines)
 
 
+def _hparams_text(hparams: EditorHParams) -> str:
+    """`defer model.layers[27].mlp.down_proj, edit_lr 7e-05, n_iter 100, threshold 0.5`: an
+    editor's configuration as the caption names it (GRACE: eps, val_init; WISE: mask_ratio,
+    act_ratio, save_freq, merge_freq, retrieve)."""
+    own = {"defer": ("threshold",), "grace": ("eps", "val_init", "replacement"), "wise": ("mask_ratio", "act_ratio", "save_freq", "merge_freq", "retrieve")}
+    editor = editor_of(hparams)
+    values = [f"edit_lr {hparams.edit_lr:g}", f"n_iter {hparams.n_iter}", *(f"{name} {getattr(hparams, name):g}" if isinstance(getattr(hparams, name), float)
+                                                                            else f"{name} {getattr(hparams, name)}" for name in own[editor])]
+    return f"{editor} {hparams.module_path}, {', '.join(values)}"
+
+
 def _latex(comparison: Comparison) -> str:
     plan = comparison.plan
-    spec = "lll" + "|rrr" * len(plan.milestones)
+    spec = "l" * len(KEY_COLUMNS) + "|rrr" * len(plan.milestones)
     groups = " & ".join(f"\\multicolumn{{3}}{{c{'|' if i < len(plan.milestones) - 1 else ''}}}{{$T={n}$}}" for i, n in enumerate(plan.milestones))
     lines = [
         f"\\begin{{tabular}}{{{spec}}}",
         "\\hline",
-        f" & & & {groups} \\\\",
-        "protocol & scoring & dtype & " + " & ".join(METRIC_LABELS[m] for _ in plan.milestones for m in METRICS) + " \\\\",
+        f"{' & ' * len(KEY_COLUMNS)}{groups} \\\\",
+        " & ".join(KEY_COLUMNS) + " & " + " & ".join(METRIC_LABELS[m] for _ in plan.milestones for m in METRICS) + " \\\\",
         "\\hline",
     ]
     for key in plan.row_keys():
@@ -281,7 +309,7 @@ def _csv(comparison: Comparison) -> str:
     count = [plan.member_count] if plan.error_bars else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["protocol", "scoring", "dtype", *(column + ("" if f == "mean" else f"_{f}") for column in column_names(plan) for f in fields),
+    writer.writerow([*KEY_COLUMNS, *(column + ("" if f == "mean" else f"_{f}") for column in column_names(plan) for f in fields),
                      *(["n"] if count else [])])
     for key in plan.row_keys():
         writer.writerow([*key, *(repr(getattr(interval, f)) for interval in _intervals(comparison, key) for f in fields), *count])
@@ -292,7 +320,7 @@ def _json(comparison: Comparison) -> str:
     plan = comparison.plan
     return json.dumps({
         "model": plan.model,
-        "hparams": plan.hparams.to_easyedit_dict(),
+        "hparams": {editor: h.to_easyedit_dict() for editor, h in zip(plan.editors, plan.hparams)},
         "data": plan.data,
         "strip": plan.strip,
         "threads": plan.threads,
@@ -307,8 +335,8 @@ def _json(comparison: Comparison) -> str:
 
 def _json_row(comparison: Comparison, key: RowKey) -> dict[str, Any]:
     """One row: `cells` the means; with error bars also `half_width` (same shape) and `n`."""
-    plan, (p, s, d) = comparison.plan, key
-    row: dict[str, Any] = {"protocol": p, "scoring": s, "dtype": d, "reproduces": REPRODUCES.get(key),
+    plan = comparison.plan
+    row: dict[str, Any] = {**dict(zip(KEY_COLUMNS, key)), "reproduces": REPRODUCES.get(key),
                            "cells": {str(n): comparison.cells[key][n] for n in plan.milestones}}
     if plan.error_bars:
         row["half_width"] = {str(n): {m: _half_width(i) for m, i in comparison.intervals[key][n].items()} for n in plan.milestones}
@@ -335,12 +363,13 @@ def write_outputs(comparison: Comparison, fmt: str, directory: Path) -> tuple[Pa
 
 
 def records_schema() -> Any:
-    """Columns of records.parquet: one row per record, seed, edit order, protocol, scoring, dtype
-    and T (built on demand, so importing this module stays light)."""
+    """Columns of records.parquet: one row per editor, record, seed, edit order, protocol, scoring,
+    dtype and T (built on demand, so importing this module stays light); threshold is DEFER's
+    (null for the others)."""
     import pyarrow as pa
 
     return pa.schema([
-        pa.field("model", pa.string()), pa.field("dtype", pa.string()), pa.field("protocol", pa.string()),
+        pa.field("editor", pa.string()), pa.field("model", pa.string()), pa.field("dtype", pa.string()), pa.field("protocol", pa.string()),
         pa.field("scoring", pa.string()), pa.field("seed", pa.int64()), pa.field("order", pa.int64()),
         pa.field("T", pa.int64()),
         pa.field("chunk", pa.int64()), pa.field("record_id", pa.string()),

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from defer_core import TrialPlan, load_model, run_trial
+from defer_core.errors import DeferInputError
 from defer_core.results import METRICS, PROTOCOLS, SCORINGS, metric_key
 from orchestrator.compare import FORMATS, ComparePlan, column_names, render, run_comparison, write_outputs
 
@@ -48,7 +49,7 @@ def test_cells_equal_separate_trials_and_the_mean_of_their_records(comparison, z
     expected = _trial_cells(zsre_records[: T[-1]], protocol)
     rows = comparison.records
     for (scoring, n), values in expected.items():
-        assert comparison.cells[(protocol, scoring, "float32")][n] == values
+        assert comparison.cells[("defer", protocol, scoring, "float32")][n] == values
         for metric in METRICS:
             per_seed = [fmean(r[metric] for r in rows if (r["protocol"], r["scoring"], r["T"], r["seed"]) == (protocol, scoring, n, seed)) for seed in SEEDS]
             assert fmean(per_seed) == pytest.approx(values[metric], abs=1e-12)
@@ -73,23 +74,23 @@ def test_every_format_parses_to_the_cells(comparison, fmt):
     expected = {key: [comparison.cells[key][n][m] for n in T for m in METRICS] for key in keys}
     if fmt == "json":
         data = json.loads(text)
-        got = {(r["protocol"], r["scoring"], r["dtype"]): [r["cells"][str(n)][m] for n in T for m in METRICS] for r in data["rows"]}
-        assert got == expected and data["hparams"]["edit_lr"] == HPARAMS.edit_lr and data["seeds"] == list(SEEDS)
+        got = {(r["editor"], r["protocol"], r["scoring"], r["dtype"]): [r["cells"][str(n)][m] for n in T for m in METRICS] for r in data["rows"]}
+        assert got == expected and data["hparams"]["defer"]["edit_lr"] == HPARAMS.edit_lr and data["seeds"] == list(SEEDS)
         return
     if fmt == "csv":
         header, *body = list(csv.reader(io.StringIO(text)))
-        assert header == ["protocol", "scoring", "dtype", *column_names(comparison.plan)]
-        assert {tuple(r[:3]): [float(v) for v in r[3:]] for r in body} == expected
+        assert header == ["editor", "protocol", "scoring", "dtype", *column_names(comparison.plan)]
+        assert {tuple(r[:4]): [float(v) for v in r[4:]] for r in body} == expected
         return
     rows = _markdown_rows(text) if fmt == "md" else _latex_rows(text)
     body = rows[1:] if fmt == "md" else rows
-    got = {tuple(r[:3]): [float(v) for v in r[3 : 3 + 3 * len(T)]] for r in body}
+    got = {tuple(r[:4]): [float(v) for v in r[4 : 4 + 3 * len(T)]] for r in body}
     assert list(got) == keys
     for key in keys:
         assert got[key] == pytest.approx(expected[key], abs=5e-4)
     if fmt == "md":
-        assert rows[0][:4] == ["protocol", "scoring", "dtype", "Rel T=1"]
-        assert dict((tuple(r[:3]), r[-1]) for r in body)[("immediate", "tf", "float32")] == "EasyEdit from 3c21b20 (HEAD)"
+        assert rows[0][:5] == ["editor", "protocol", "scoring", "dtype", "Rel T=1"]
+        assert dict((tuple(r[:4]), r[-1]) for r in body)[("defer", "immediate", "tf", "float32")] == "EasyEdit from 3c21b20 (HEAD)"
 
 
 def test_outputs_are_written_beside_each_other(comparison, tmp_path):
@@ -102,7 +103,7 @@ def test_bfloat16_runs_in_bfloat16(zsre_records):
     plan = ComparePlan(hparams=HPARAMS, model="tiny-llama", milestones=(1,), protocols=("immediate",), scorings=("tf",), dtypes=("bfloat16",))
     result = run_comparison(plan, zsre_records[:1])
     alone = run_trial(load_model("tiny-llama", dtype="bfloat16"), zsre_records[:1], HPARAMS, TrialPlan(protocol="immediate", scorings=("tf",)))
-    assert result.cells[("immediate", "tf", "bfloat16")][1] == {m: alone.milestones[0].metrics[metric_key(m, "tf")] for m in METRICS}
+    assert result.cells[("defer", "immediate", "tf", "bfloat16")][1] == {m: alone.milestones[0].metrics[metric_key(m, "tf")] for m in METRICS}
     assert {r["dtype"] for r in result.records} == {"bfloat16"}
 
 
@@ -151,3 +152,44 @@ def test_bad_flags_are_one_line_and_write_nothing(tmp_path, flag, value, message
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("defer-sweep: error: ") and message in lines[0]
     assert not out.exists()
+
+
+def test_editors_side_by_side_each_row_equal_to_that_editor_run_alone(zsre_records, tmp_path):
+    """compare with a DEFER and a GRACE file: one row per editor x protocol x scoring; each GRACE
+    row equals run_trial of that GRACE configuration (stream and immediate run apart for GRACE,
+    as its immediate evaluations can change later edits)."""
+    from defer_core.editors import load_editor_hparams, save_editor_hparams
+    from defer_core.grace_hparams import load_grace_hparams
+
+    grace = load_grace_hparams(ROOT / "hparams" / "GRACE" / "llama-7b.yaml").replace(inner_params=("model.layers[2].mlp.down_proj.weight",), n_iter=3, eps=20.0)
+    grace_file = save_editor_hparams(grace, tmp_path / "grace.yaml")
+    defer_file = _hparams_file(tmp_path)
+    protocols = ("stream", "immediate")
+    plan = ComparePlan(hparams=(load_editor_hparams(defer_file), load_editor_hparams(grace_file)), model="tiny-llama", milestones=T, protocols=protocols,
+                       scorings=("tf",), dtypes=("float32",))
+    assert plan.edit_streams("defer") == [("stream", "immediate")] and plan.edit_streams("grace") == [("stream",), ("immediate",)]
+    result = run_comparison(plan, zsre_records[: T[-1]])
+    assert [key[:2] for key in plan.row_keys()] == [("defer", "stream"), ("defer", "immediate"), ("grace", "stream"), ("grace", "immediate")]
+    for protocol in protocols:
+        alone = run_trial(load_model("tiny-llama"), zsre_records[: T[-1]], grace, TrialPlan(protocol=protocol, milestones=T, scorings=("tf",)))
+        for milestone in alone.milestones:
+            assert result.cells[("grace", protocol, "tf", "float32")][milestone.n_edits] == {m: milestone.metrics[metric_key(m, "tf")] for m in METRICS}
+    assert {r["editor"] for r in result.records} == {"defer", "grace"} and all(r["threshold"] is None for r in result.records if r["editor"] == "grace")
+    text = render(result, "md")
+    assert "grace model.layers[2].mlp.down_proj.weight, edit_lr 1, n_iter 3, eps 20, val_init cold, replacement replace_last" in text
+    with pytest.raises(DeferInputError, match="one configuration per editor"):
+        ComparePlan(hparams=(grace, grace), model="tiny-llama", milestones=T, protocols=protocols, scorings=("tf",), dtypes=("float32",))
+
+
+@pytest.mark.parametrize("files, editors, message", [
+    (1, "defer,grace", "give HPARAMS files or --editors"),
+    (0, None, "give HPARAMS files or --editors"),
+    (0, "rome", "--editors: expected distinct comma-separated names among defer, grace, wise"),
+    (2, None, "one file per editor, got editors defer, defer"),
+])
+def test_editor_choices_are_checked_in_one_line_before_anything_runs(tmp_path, files, editors, message):
+    hparams = [str(_hparams_file(tmp_path))] * files
+    done = _cli("compare", *hparams, *(["--editors", editors] if editors else []), "--T", "1", "--model", "tiny-llama", "--output", str(tmp_path / "never"))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "never").exists()

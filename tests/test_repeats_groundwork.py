@@ -160,8 +160,8 @@ def test_cells_are_the_mean_and_t_interval_of_separate_trials(comparison, member
                 for metric in METRICS:
                     values = _member_values(member_runs, protocol, scoring, n, metric)
                     assert len(values) == len(SEEDS) * ORDERS
-                    assert comparison.cells[(protocol, scoring, "float32")][n][metric] == fmean(values)
-                    assert comparison.intervals[(protocol, scoring, "float32")][n][metric] == repeat_interval(values)
+                    assert comparison.cells[("defer", protocol, scoring, "float32")][n][metric] == fmean(values)
+                    assert comparison.intervals[("defer", protocol, scoring, "float32")][n][metric] == repeat_interval(values)
     first_edited = {o: member_runs[(0, o)].milestones_of("stream")[0].records[0].record_id for o in range(ORDERS)}
     assert first_edited[0] != first_edited[1], "order 1 starts with another record"
 
@@ -175,17 +175,17 @@ def test_records_parquet_names_seed_and_order(comparison, zsre_records, tmp_path
 
 
 def test_tables_show_mean_and_half_width(comparison):
-    key, n = ("stream", "tf", "float32"), T[-1]
+    key, n = ("defer", "stream", "tf", "float32"), T[-1]
     interval = comparison.intervals[key][n]["rel"]
     assert interval.n == 4 and interval.half_width > 0
-    md_row = next(line for line in render(comparison, "md").splitlines() if line.startswith("| stream | tf |"))
-    assert md_row.split(" | ")[3 + 3 * (len(T) - 1)] == f"{interval.mean:.3f} ± {interval.half_width:.3f}"
+    md_row = next(line for line in render(comparison, "md").splitlines() if line.startswith("| defer | stream | tf |"))
+    assert md_row.split(" | ")[4 + 3 * (len(T) - 1)] == f"{interval.mean:.3f} ± {interval.half_width:.3f}"
     assert f"{interval.mean:.3f} $\\pm$ {interval.half_width:.3f}" in render(comparison, "latex")
     header, *rows = list(csv.reader(io.StringIO(render(comparison, "csv"))))
-    row = dict(zip(header, next(r for r in rows if tuple(r[:3]) == key)))
+    row = dict(zip(header, next(r for r in rows if tuple(r[:4]) == key)))
     assert (float(row[f"rel@{n}"]), float(row[f"rel@{n}_half_width"]), row["n"]) == (interval.mean, interval.half_width, "4")
     data = json.loads(render(comparison, "json"))
-    json_row = next(r for r in data["rows"] if (r["protocol"], r["scoring"], r["dtype"]) == key)
+    json_row = next(r for r in data["rows"] if (r["editor"], r["protocol"], r["scoring"], r["dtype"]) == key)
     assert (json_row["cells"][str(n)]["rel"], json_row["half_width"][str(n)]["rel"], json_row["n"], data["orders"]) == (interval.mean, interval.half_width, 4, 2)
     plain = render(replace(comparison, plan=replace(comparison.plan, error_bars=False)), "md")
     assert "±" not in plain and f"| {interval.mean:.3f} |" in plain
@@ -217,7 +217,7 @@ def test_compare_and_trial_commands_agree_over_seeds_and_orders(comparison, tmp_
     assert [(m["seed"], m["order"]) for m in result["members"]] == [(0, 0), (1, 0), (0, 1), (1, 1)]
     for milestone in result["milestones"]:
         for scoring in SCORINGS:
-            interval = comparison.intervals[("stream", scoring, "float32")][milestone["n_edits"]]
+            interval = comparison.intervals[("defer", "stream", scoring, "float32")][milestone["n_edits"]]
             for metric in METRICS:
                 name = metric_key(metric, scoring)
                 assert (milestone["metrics"][name], milestone["half_width"][name], milestone["n"]) == (interval[metric].mean, interval[metric].half_width, 4)

@@ -1,4 +1,4 @@
-"""`defer-sweep compare`: one configuration under every protocol × scoring × dtype, as a table."""
+"""`defer-sweep compare`: one configuration per editor under every protocol × scoring × dtype, as a table."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from .console import ExitCode
 
 
 def compare(args: argparse.Namespace) -> ExitCode:
-    """`defer-sweep compare HPARAMS --T 1,10,100 ...`: the configuration under every protocol ×
-    scoring × dtype asked; progress on stderr, the table on stdout, the table and the
-    per-record Parquet in --output."""
+    """`defer-sweep compare HPARAMS... --T 1,10,100 ...` (or `--editors defer,grace,wise`): each
+    editor's configuration under every protocol × scoring × dtype asked; progress on stderr,
+    the table on stdout, the table and the per-record Parquet in --output."""
     from defer_core.runtime import EMBEDDED_MODEL, require_device, stay_offline_by_default
 
     stay_offline_by_default()  # before transformers is imported
     from defer_core.data import load_records, resolve_data_path
     from defer_core.files import require_writable_dir
-    from defer_core.hparams import load_hparams
+    from defer_core.editors import EDITORS, editor_of, load_editor_hparams
+
+    from ..spec.trial_config import EASYEDIT_HPARAMS
     from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, dtype_name
 
     from ..compare import ComparePlan, render, run_comparison, write_outputs  # light: torch is imported when it runs
@@ -33,7 +35,13 @@ def compare(args: argparse.Namespace) -> ExitCode:
         raise DeferInputError(f"--T: expected distinct positive edit counts in ascending order, got {args.T!r}")
     seeds, orders = parse_seeds(args.seeds, "--seeds"), require_orders(args.orders, "--orders")
     dtypes = tuple(dict.fromkeys(dtype_name(d) for d in parse_choices(args.dtypes, "--dtypes", DTYPE_CHOICES)))
-    hparams = load_hparams(args.hparams)
+    if bool(args.hparams) == (args.editors is not None):
+        raise DeferInputError("give HPARAMS files or --editors (EasyEdit's llama-7b files for each), one of the two")
+    files = args.hparams or [EASYEDIT_HPARAMS / editor.upper() / "llama-7b.yaml" for editor in parse_choices(args.editors, "--editors", EDITORS)]
+    hparams = tuple(load_editor_hparams(path) for path in files)
+    editors = [editor_of(h) for h in hparams]
+    if len(set(editors)) != len(editors):
+        raise DeferInputError(f"HPARAMS: one file per editor, got editors {', '.join(editors)}")
     data_path = resolve_data_path(args.data)
     plan = ComparePlan(
         hparams=hparams, model=args.model or EMBEDDED_MODEL, milestones=milestones,
@@ -44,7 +52,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
     records = load_records(data_path, limit=plan.total_records, strip=args.strip)
     output = Path(args.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     require_writable_dir(output, "the comparison's output directory")  # before hours of editing, not after
-    print(f"compare: {plan.model}, {hparams.module_path}, T {list(milestones)}, protocols {','.join(plan.protocols)}, "
+    print(f"compare: {plan.model}, {', '.join(f'{e} {h.module_path}' for e, h in zip(editors, hparams))}, T {list(milestones)}, protocols {','.join(plan.protocols)}, "
           f"scorings {','.join(plan.scorings)}, dtypes {','.join(dtypes)}, seeds {list(seeds)}"
           + (f", edit orders 0..{orders - 1}" if orders > 1 else "") + f", {plan.threads} torch thread(s), data {data_path}", file=sys.stderr, flush=True)
     comparison = run_comparison(plan, records, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
