@@ -64,3 +64,16 @@ def dump_editor_hparams(hparams: EditorHParams, dtype: str | None = None, notes:
 def save_editor_hparams(hparams: EditorHParams, path: str | os.PathLike[str], dtype: str | None = None, notes: Sequence[str] = ()) -> Path:
     """Write atomically (each editor's own writer's layout): a reader never sees half a file."""
     return atomic_write_text(Path(path), dump_editor_hparams(hparams, dtype, notes))
+
+
+_SUMMARY_FIELDS = {"defer": ("threshold",), "grace": ("eps", "val_init", "replacement"), "wise": ("mask_ratio", "act_ratio", "save_freq", "merge_freq", "retrieve")}
+
+
+def hparams_summary(hparams: EditorHParams) -> str:
+    """`model.layers[27].mlp.down_proj.weight, edit_lr 7e-05, n_iter 100, threshold 0.5` (DEFER):
+    a configuration as a header or caption names it (GRACE: eps, val_init, replacement after
+    n_iter; WISE: mask_ratio, act_ratio, save_freq, merge_freq, retrieve)."""
+    editor = editor_of(hparams)
+    fields = [("edit_lr", hparams.edit_lr), ("n_iter", hparams.n_iter), *((name, getattr(hparams, name)) for name in _SUMMARY_FIELDS[editor])]
+    values = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}" for name, value in fields)
+    return f"{hparams.module_path}, {values}"

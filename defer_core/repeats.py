@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from .data import EditRecord
 from .evaluation import UneditedLocality
-from .hparams import DeferHParams
+from .editors import EditorHParams
 from .models import LoadedModel
 from .orders import ordered_records
 from .results import EditOutcome, MilestoneResult, TrialResult
@@ -30,7 +30,7 @@ def repeat_members(seeds: Sequence[int], orders: int) -> list[Member]:
 def run_members(
     loaded: LoadedModel,
     records: Sequence[EditRecord],
-    hparams: DeferHParams,
+    hparams: EditorHParams,
     plan: TrialPlan,
     members: Sequence[Member],
     *,

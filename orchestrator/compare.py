@@ -35,7 +35,7 @@ from typing import Any, Callable
 from defer_core.data import EditRecord
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
-from defer_core.editors import EditorHParams, editor_of
+from defer_core.editors import EditorHParams, editor_of, hparams_summary
 from defer_core.orders import ordered_records
 from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, metric_key
 from defer_core.runtime import DEFAULT_THREADS
@@ -268,20 +268,9 @@ def _markdown(comparison: Comparison) -> str:
     for key in plan.row_keys():
         lines.append("| " + " | ".join([*key, *_shown(comparison, key), REPRODUCES.get(key, "")]) + " |")
     lines.append("")
-    lines.append(f"{plan.model}; {'; '.join(_hparams_text(h) for h in plan.hparams)}; {_members_note(plan)}; "
+    lines.append(f"{plan.model}; {'; '.join(f'{e} {hparams_summary(h)}' for e, h in zip(plan.editors, plan.hparams))}; {_members_note(plan)}; "
                  f"text {'stripped' if plan.strip else 'as written'}; {plan.threads} torch thread(s); per-record rows in {RECORDS_FILE}")
     return "\n".join(lines)
-
-
-def _hparams_text(hparams: EditorHParams) -> str:
-    """`defer model.layers[27].mlp.down_proj, edit_lr 7e-05, n_iter 100, threshold 0.5`: an
-    editor's configuration as the caption names it (GRACE: eps, val_init; WISE: mask_ratio,
-    act_ratio, save_freq, merge_freq, retrieve)."""
-    own = {"defer": ("threshold",), "grace": ("eps", "val_init", "replacement"), "wise": ("mask_ratio", "act_ratio", "save_freq", "merge_freq", "retrieve")}
-    editor = editor_of(hparams)
-    values = [f"edit_lr {hparams.edit_lr:g}", f"n_iter {hparams.n_iter}", *(f"{name} {getattr(hparams, name):g}" if isinstance(getattr(hparams, name), float)
-                                                                            else f"{name} {getattr(hparams, name)}" for name in own[editor])]
-    return f"{editor} {hparams.module_path}, {', '.join(values)}"
 
 
 def _latex(comparison: Comparison) -> str:

@@ -50,3 +50,18 @@ def test_out_of_range_layer_is_one_clear_line(tmp_path):
 def test_missing_data_file_names_the_release(tmp_path):
     done = _trial(str(_hparams_file(tmp_path)), "--T", "1", "--model", "tiny-llama", "--data", str(tmp_path / "nope.json"))
     assert done.returncode == 2 and "WISE / EasyEdit data release" in done.stderr
+
+
+def test_a_grace_or_wise_file_runs_its_editor(tmp_path):
+    """EasyEdit's own GRACE and WISE files (alg_name picks the editor), pointed at the tiny model."""
+    for name in ("GRACE", "WISE"):
+        config = yaml.safe_load((ROOT / "hparams" / name / "llama-7b.yaml").read_text())
+        config.update(inner_params=["model.layers[2].mlp.down_proj.weight"], n_iter=2, **({"save_freq": 1, "merge_freq": 2} if name == "WISE" else {}))
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        done = _trial(str(path), "--T", "2", "--model", "tiny-llama", "--scoring", "tf", "--json")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["hparams"]["alg_name"] == name and result["hparams"]["n_iter"] == 2
+        assert [m["n_edits"] for m in result["milestones"]] == [1, 2] and len(result["edits"]) == 2
+        assert f"{name} trial: model tiny-llama" in done.stderr

@@ -16,7 +16,7 @@ from .args import require_orders, trial_plan, trial_seeds
 from .console import ExitCode
 
 if TYPE_CHECKING:
-    from defer_core.hparams import DeferHParams
+    from defer_core.editors import EditorHParams
     from defer_core.results import MilestoneResult, TrialResult
     from defer_core.trial import TrialPlan
 
@@ -36,9 +36,10 @@ def trial(args: argparse.Namespace) -> ExitCode:
     if problem := model_problem(model_name):
         raise DeferInputError(f"--model: {problem}")
     from defer_core.data import load_records, resolve_data_path
-    from defer_core.hparams import easyedit_model_name, load_hparams
+    from defer_core.editors import editor_of, hparams_summary, load_editor_hparams
+    from defer_core.hparams import easyedit_model_name
 
-    hparams = load_hparams(args.hparams)  # the hparams, flags and records before torch is imported
+    hparams = load_editor_hparams(args.hparams)  # the hparams, flags and records before torch is imported
     seeds, orders = trial_seeds(args), require_orders(args.orders, "--orders")
     if args.T < 1:
         raise DeferInputError(f"--T must be >= 1, got {args.T}")
@@ -74,8 +75,8 @@ def trial(args: argparse.Namespace) -> ExitCode:
         print(f"{member(k)}milestone T={milestone.n_edits} ({milestone.protocol}, eval {milestone.seconds:.1f}s): {scores}", file=sys.stderr, flush=True)
 
     print(
-        f"DEFER trial: model {model_name} ({loaded.num_layers} layers, {model_dtype(loaded)}, loaded in {load_seconds:.1f}s), "
-        f"{hparams.module_path}, edit_lr {hparams.edit_lr:g}, n_iter {hparams.n_iter}, threshold {hparams.threshold:g}, "
+        f"{editor_of(hparams).upper()} trial: model {model_name} ({loaded.num_layers} layers, {model_dtype(loaded)}, loaded in {load_seconds:.1f}s), "
+        f"{hparams_summary(hparams)}, "
         f"{plan.protocol} protocol, milestones {list(plan.milestones)}, {plan.threads} torch thread(s), data {data_path}{' (stripped)' if args.strip else ''}"
         + (f", {len(members)} runs: seeds {list(seeds)} x edit orders 0..{orders - 1}" if len(members) > 1 else ""),
         file=sys.stderr,
@@ -108,7 +109,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
-def _print_repeats(args: argparse.Namespace, model_name: str, hparams: "DeferHParams", dtype: str, plan: "TrialPlan",
+def _print_repeats(args: argparse.Namespace, model_name: str, hparams: "EditorHParams", dtype: str, plan: "TrialPlan",
                    members: list[tuple[int, int]], results: list["TrialResult"], started: float) -> ExitCode:
     """Several seeds x orders: per milestone the mean ± Student t half-width over the runs (JSON:
     `milestones` holds means, half-widths and n; `members` every run as one run's JSON has it)."""
