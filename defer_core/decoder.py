@@ -57,9 +57,11 @@ class UpperDecoder:
 
 
 @torch.no_grad()
-def capture_layer_input(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def capture_layer_input(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Run the model up to `layer` and keep what that layer is called with (hidden states and
-    the keyword arguments: mask, rotary embeddings, positions); the rest of the forward is skipped."""
+    the keyword arguments: mask, rotary embeddings, positions); the rest of the forward is skipped.
+    `attention_mask` is passed on when given (GRACE's plain step passes one; DEFER's does not),
+    so the capture makes the very call the plain path makes."""
     captured: dict = {}
 
     def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -71,7 +73,7 @@ def capture_layer_input(model: nn.Module, layer: nn.Module, input_ids: torch.Ten
 
     handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        model(input_ids=input_ids, use_cache=False)
+        model(input_ids=input_ids, use_cache=False, **({} if attention_mask is None else {"attention_mask": attention_mask}))
     except _StopForward:
         pass
     finally:

@@ -64,7 +64,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .decoder import UpperDecoder, decoder_layers
+from .decoder import UpperDecoder, capture_layer_input, decoder_layers
 from .editor import EditStats
 from .errors import DeferInputError
 from .grace_hparams import GraceHParams, check_grace_hparams
@@ -323,7 +323,7 @@ class GraceEditor:
     def _fast_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> StepLoss:
         layers = decoder_layers(self.model)
         assert layers is not None and self.layer_index is not None
-        hidden_in, layer_kwargs = capture_layer_call(self.model, layers[self.layer_index], input_ids, attention_mask)
+        hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], input_ids, attention_mask)
         upper = UpperDecoder.of(self.model, self.layer_index)
         vocab_size = self.model.config.vocab_size
 
@@ -332,31 +332,3 @@ class GraceEditor:
             return self.model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
 
         return step
-
-
-class _StopForward(Exception):
-    """Raised by a pre-hook to end a forward pass once the inputs it needs are captured."""
-
-
-@torch.no_grad()
-def capture_layer_call(model: nn.Module, layer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """What `layer` is called with (hidden states and keyword arguments) in the plain step's
-    forward: the same call as the plain path (attention mask included, no cache), stopped at
-    `layer`, so the edited layer and everything above see exactly the plain path's inputs."""
-    captured: dict = {}
-
-    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if len(args) > 1:
-            raise RuntimeError("the fast edit path expects decoder layers called with keyword arguments")
-        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
-        captured["kwargs"] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
-        raise _StopForward
-
-    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured["hidden"], captured["kwargs"]
