@@ -21,7 +21,7 @@ from typing import Any
 
 from defer_core.curve import TF, SafeThreshold
 from defer_core.errors import DeferInputError
-from defer_core.editors import EditorHParams, dump_editor_hparams, save_editor_hparams
+from defer_core.editors import EditorHParams, dump_editor_hparams, editor_of, save_editor_hparams
 from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, easyedit_family
 from defer_core.results import DEFAULT_DTYPE, METRICS, metric_key
 
@@ -90,8 +90,8 @@ def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None
     chosen = query.best(layout, spec, objective, pareto_index, confirmed)
     written = save_editor_hparams(chosen.hparams, target, dtype=chosen.dtype, notes=yaml_notes(chosen))
     if chosen.dtype != DEFAULT_DTYPE:
-        log.warning("%s: trial %s was tuned in %s, but EasyEdit's editors run %s, where these values may score differently",
-                    written, chosen.row[TRIAL_ID], chosen.dtype, DEFAULT_DTYPE)
+        log.warning("%s: trial %s was tuned in %s, but EasyEdit's %s runs %s, where these values may score differently",
+                    written, chosen.row[TRIAL_ID], chosen.dtype, editor_of(chosen.hparams).upper(), DEFAULT_DTYPE)
     if mlflow is not None:
         try:
             if target == layout.best_yaml:
