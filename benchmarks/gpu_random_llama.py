@@ -14,7 +14,8 @@ peak GPU memory of each part.
 Needs CUDA; not part of `make test`. Run: python benchmarks/gpu_random_llama.py --data FILE
 --train FILE (a ZsRE edit file, the first --T records edited; WISE's irrelevant prompts from the
 ZsRE train split). `--shape tiny --device cpu` runs the same code on a small model (a check of
-the script, not a figure).
+the script, not a figure); `--model smollm2-135m --device cpu` on a real model (the embedded one)
+instead of random weights, for CPU figures.
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def main() -> None:
     parser.add_argument("--parts", default="a,b,e", help="comma-separated parts to run (a, b, e)")
     parser.add_argument("--shape", choices=("7b", "tiny"), default="7b")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", default=None, help="a real model (defer_core.load_model name) instead of the random Llama-2-7B shape")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_random_llama.py: needs CUDA")
@@ -187,13 +189,19 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = False
     parts = set(args.parts.split(","))
     started = time.perf_counter()
-    loaded = random_llama(args.device, shape=LLAMA2_7B_SHAPE if args.shape == "7b" else TINY_SHAPE)
+    if args.model:
+        from defer_core.models import load_model
+
+        loaded = load_model(args.model, dtype="float32", device=args.device)
+    else:
+        loaded = random_llama(args.device, shape=LLAMA2_7B_SHAPE if args.shape == "7b" else TINY_SHAPE)
     build_s = time.perf_counter() - started
     records = load_records(args.data, limit=args.T)
     probes = [build_probes(loaded, record).edit for record in records]
     figures: dict[str, object] = {
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device, "torch": torch.__version__, "python": platform.python_version(),
-        "model": f"Llama-2-7B shape ({args.shape}), random weights, float32, {sum(p.numel() for p in loaded.model.parameters()) / 1e9:.2f}B parameters",
+        "model": (args.model or f"Llama-2-7B shape ({args.shape}), random weights") + f", float32, {sum(p.numel() for p in loaded.model.parameters()) / 1e9:.3f}B parameters",
+        "threads": torch.get_num_threads(),
         "build_s": build_s, "layer": args.layer, "n_iter": args.n_iter,
     }
     if "a" in parts:
