@@ -54,7 +54,7 @@ _SUBMODULE_OF = {
     "PackedDeferEditor": "packed",
     "repeat_members": "repeats",
     "run_members": "repeats",
-    "TrialPlan": "trial",
+    "TrialPlan": "plan",
     "model_dtype": "trial",
     "run_trial": "trial",
     "run_trials": "trial",

@@ -30,7 +30,7 @@ from .tokens import PromptTarget
 from .trial_view import EditCheck, Scored
 
 if TYPE_CHECKING:
-    from .trial import TrialPlan
+    from .plan import TrialPlan
 
 
 class _Members(Protocol):

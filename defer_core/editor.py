@@ -22,6 +22,7 @@ from torch import nn
 from .adaptor import DeferAdaptor
 from .decoder import UpperDecoder, capture_layer_input, decoder_layers
 from .errors import DeferInputError
+from .plan import EDIT_PATHS
 from .hparams import DeferHParams
 from .models import LoadedModel
 from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
@@ -29,7 +30,6 @@ from .tokens import PromptTarget
 
 log = logging.getLogger(__name__)
 
-EDIT_PATHS = ("fast", "plain")
 StepLoss = Callable[[], torch.Tensor]
 
 

@@ -83,7 +83,7 @@ from .wise_batch import WiseRequest, read_irrelevant_prompts
 from .wise_hparams import WiseHParams
 
 if TYPE_CHECKING:
-    from .trial import TrialPlan
+    from .plan import TrialPlan
 
 log = logging.getLogger(__name__)
 

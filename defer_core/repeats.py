@@ -17,7 +17,8 @@ from .editors import EditorHParams
 from .models import LoadedModel
 from .orders import ordered_records
 from .results import EditOutcome, MilestoneResult, TrialResult
-from .trial import TrialPlan, run_trial
+from .plan import TrialPlan
+from .trial import run_trial
 
 Member = tuple[int, int]  # (seed, order)
 

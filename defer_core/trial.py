@@ -25,7 +25,6 @@ and how it relates to EasyEdit's scoring are in lifelong_view's docstring.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -35,21 +34,16 @@ from typing import Callable, Sequence, TypeVar, Union
 
 from .data import EditRecord
 from .defer_view import defer_view
-from .editor import EDIT_PATHS
 from .editors import editor_of
 from .errors import DeferInputError
+from .plan import TrialPlan
 from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, mean_metrics, unedited_cache_file
 from .grace_hparams import GraceHParams
 from .hparams import DeferHParams
 from .lifelong_view import check_lifelong_plan, lifelong_view
 from .models import LoadedModel
-from .runtime import DEFAULT_THREADS, torch_threads
+from .runtime import torch_threads
 from .results import (
-    DEFAULT_SCORINGS,
-    GENERATION_SCORINGS,
-    PROTOCOLS,
-    SCORINGS,
-    SHARED_STREAM,
     EditOutcome,
     GridPoint,
     MilestoneResult,
@@ -63,61 +57,6 @@ AnyHParams = Union[DeferHParams, GraceHParams, WiseHParams]
 T_ = TypeVar("T_")
 OnEdit = Callable[[EditOutcome], None]
 OnMilestone = Callable[[MilestoneResult], None]
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """`protocol`: one of PROTOCOLS, or ("stream", "immediate"): one edit stream scored both ways.
-    `threshold_grid`: thresholds at which the generation scorings are also scored (GridPoint);
-    `threshold_scores=False`: no scoring at the adaptor's own threshold (empty metrics and
-    records), only gate rows and the grid. `threads`: torch's intra-op thread count for the
-    trial (runtime.DEFAULT_THREADS, a sweep worker's default); it can move gates by an ulp.
-    GRACE and WISE trials take neither a grid nor curve mode, and one protocol at a time
-    (lifelong_view.check_lifelong_plan says why); WISE runs `edit_path` "fast" as plain."""
-
-    protocol: str | tuple[str, ...] = "stream"
-    milestones: tuple[int, ...] = (1,)
-    scorings: tuple[str, ...] = DEFAULT_SCORINGS
-    edit_path: str = "fast"
-    threshold_grid: tuple[float, ...] = ()
-    threshold_scores: bool = True
-    threads: int = DEFAULT_THREADS
-
-    def __post_init__(self) -> None:
-        protocols = self.protocols
-        if not protocols or any(p not in PROTOCOLS for p in protocols) or len(set(protocols)) != len(protocols):
-            raise DeferInputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        if len(protocols) > 1 and not set(protocols) <= set(SHARED_STREAM):
-            raise DeferInputError(f"only {' and '.join(SHARED_STREAM)} share an edit stream; run the others on their own, got {list(protocols)}")
-        if not self.milestones or list(self.milestones) != sorted(set(self.milestones)) or self.milestones[0] < 1:
-            raise DeferInputError(f"milestones must be distinct positive edit counts in ascending order, got {list(self.milestones)}")
-        unknown = [s for s in self.scorings if s not in SCORINGS]
-        if not self.scorings or unknown:
-            raise DeferInputError(f"scorings must be a non-empty subset of {', '.join(SCORINGS)}, got {list(self.scorings)}")
-        if self.edit_path not in EDIT_PATHS:
-            raise DeferInputError(f"edit_path must be one of {', '.join(EDIT_PATHS)}, got {self.edit_path!r}")
-        grid = list(self.threshold_grid)
-        numbers = all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0.0 <= t <= 1.0 for t in grid)
-        if not numbers or len(set(grid)) != len(grid):
-            raise DeferInputError(f"threshold_grid must be distinct numbers in [0, 1], got {grid}")
-        object.__setattr__(self, "threshold_grid", tuple(float(t) for t in grid))
-        if not isinstance(self.threshold_scores, bool):
-            raise DeferInputError(f"threshold_scores must be true or false, got {self.threshold_scores!r}")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
-            raise DeferInputError(f"threads must be a whole number >= 1, got {self.threads!r}")
-
-    @property
-    def protocols(self) -> tuple[str, ...]:
-        return (self.protocol,) if isinstance(self.protocol, str) else tuple(self.protocol)
-
-    @property
-    def total_records(self) -> int:
-        return self.milestones[-1]
-
-    @property
-    def grid_scorings(self) -> tuple[str, ...]:
-        """The generation scorings scored at the grid thresholds (none without a grid)."""
-        return tuple(s for s in self.scorings if s in GENERATION_SCORINGS) if self.threshold_grid else ()
 
 
 def model_dtype(loaded: LoadedModel) -> str:

@@ -146,7 +146,8 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
     gets one line per edit (of the first seed) and per milestone."""
     from defer_core.evaluation import UneditedLocality
     from defer_core.models import load_model
-    from defer_core.trial import TrialPlan, run_trials
+    from defer_core.plan import TrialPlan
+    from defer_core.trial import run_trials
 
     if len(records) < plan.total_records:
         raise DeferInputError(f"the comparison needs {plan.total_records} records, got {len(records)}")

@@ -10,7 +10,7 @@ from defer_core.errors import DeferInputError
 from defer_core.results import default_milestones, milestones_ending_at
 
 if TYPE_CHECKING:
-    from defer_core.trial import TrialPlan
+    from defer_core.plan import TrialPlan
 
     from ..sweep.confirm import ConfirmRequest
 
@@ -57,7 +57,7 @@ def parse_choices(text: str, flag: str, allowed: Sequence[str]) -> tuple[str, ..
 
 def trial_plan(args: argparse.Namespace) -> "TrialPlan":
     """`trial`'s --T, --milestones, --protocol, --scoring, --edit-path and --threads."""
-    from defer_core.trial import TrialPlan
+    from defer_core.plan import TrialPlan
 
     milestones = parse_int_list(args.milestones, "--milestones") if args.milestones else default_milestones(args.T)
     try:

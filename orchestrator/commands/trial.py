@@ -18,7 +18,7 @@ from .console import ExitCode
 if TYPE_CHECKING:
     from defer_core.editors import EditorHParams
     from defer_core.results import MilestoneResult, TrialResult
-    from defer_core.trial import TrialPlan
+    from defer_core.plan import TrialPlan
 
     from ..intervals import Interval
 

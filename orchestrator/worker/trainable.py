@@ -52,7 +52,7 @@ from .live import EditReporter
 if TYPE_CHECKING:  # torch and transformers load in the worker, not in the driver that imports this module
     from defer_core.editors import EditorHParams
     from defer_core.models import LoadedModel
-    from defer_core.trial import TrialPlan
+    from defer_core.plan import TrialPlan
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def curve_report(spec: SweepSpec, milestone: MilestoneResult, edits: list[EditOu
 def training_plan(spec: SweepSpec) -> TrialPlan:
     """Curve mode reads metrics from the gate rows and the grid, not at the adaptor's own
     threshold. The thread count is the spec's (resources_per_trial.threads), set by run_trials."""
-    from defer_core.trial import TrialPlan
+    from defer_core.plan import TrialPlan
 
     threads = spec.resources_per_trial.threads
     if not spec.curve_mode:
