@@ -24,7 +24,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
     from defer_core.files import require_writable_dir
     from defer_core.editors import EDITORS, editor_of, load_editor_hparams
 
-    from ..spec.trial_config import EASYEDIT_HPARAMS
+    from ..spec.trial_config import easyedit_hparams_file
     from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, dtype_name
 
     from ..compare import ComparePlan, render, run_comparison, write_outputs  # light: torch is imported when it runs
@@ -37,7 +37,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
     dtypes = tuple(dict.fromkeys(dtype_name(d) for d in parse_choices(args.dtypes, "--dtypes", DTYPE_CHOICES)))
     if bool(args.hparams) == (args.editors is not None):
         raise DeferInputError("give HPARAMS files or --editors (EasyEdit's llama-7b files for each), one of the two")
-    files = args.hparams or [EASYEDIT_HPARAMS / editor.upper() / "llama-7b.yaml" for editor in parse_choices(args.editors, "--editors", EDITORS)]
+    files = args.hparams or [easyedit_hparams_file(editor) for editor in parse_choices(args.editors, "--editors", EDITORS)]
     hparams = tuple(load_editor_hparams(path) for path in files)
     editors = [editor_of(h) for h in hparams]
     if len(set(editors)) != len(editors):

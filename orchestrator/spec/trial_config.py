@@ -13,6 +13,7 @@ point being exported) keeps it. Light (no Optuna): the worker and the outputs us
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -54,13 +55,21 @@ def hparams_for(spec: SweepSpec, config: Mapping[str, Any]) -> "DeferHParams | G
     where = {"model_name": easyedit_model_name(spec.model.name), "inner_params": inner_params, "device": easyedit_device(spec.model.device)}
     if spec.editor == "defer":
         return DeferHParams(**where, **values)
-    if spec.editor == "grace":
-        from defer_core.grace_hparams import load_grace_hparams
+    return _easyedit_base(spec.editor).replace(**where, **values)
 
-        return load_grace_hparams(EASYEDIT_HPARAMS / "GRACE" / "llama-7b.yaml").replace(**where, **values)
-    from defer_core.wise_hparams import load_wise_hparams
 
-    return load_wise_hparams(EASYEDIT_HPARAMS / "WISE" / "llama-7b.yaml").replace(**where, **values)
+def easyedit_hparams_file(editor: str) -> Path:
+    """EasyEdit's own llama-7b hparams file of an editor (defer, grace, wise), shipped unchanged."""
+    return EASYEDIT_HPARAMS / editor.upper() / "llama-7b.yaml"
+
+
+@functools.lru_cache(maxsize=None)
+def _easyedit_base(editor: str) -> "GraceHParams | WiseHParams":
+    """Read once per process (hparams_for runs per trial, and per row in a report); the hparams
+    are frozen, so every caller's `replace` makes its own copy."""
+    from defer_core.editors import load_editor_hparams
+
+    return load_editor_hparams(easyedit_hparams_file(editor))  # type: ignore[return-value]
 
 
 def describe_config(config: Mapping[str, Any]) -> str:
