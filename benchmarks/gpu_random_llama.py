@@ -4,8 +4,8 @@ download):
 
 (a) DEFER: seconds per edit at one layer, plain (full forward) vs fast (suffix-only) path, medians;
 (b) GRACE: the same, plain vs fast, and whether the fast path's losses equal the plain path's
-    on this device; WISE: seconds per edit (plain only: it has no faster path), its steps taken
-    (early stopping) and seconds per step. Each editor with EasyEdit's llama-7b hparams at the
+    on this device; WISE: the same, with its steps taken (early stopping) and seconds per step.
+    Each editor with EasyEdit's llama-7b hparams at the
     same layer, n_iter set to --n-iter so the editors' per-edit figures compare;
 (e) DEFER: a T-edit stream scored tf + gen at T, plain vs fast: their wall times, and whether they
     give the same numbers on this device (the fast path claims exactly the plain path's);
@@ -129,23 +129,34 @@ def grace_seconds_per_edit(loaded: LoadedModel, probes, layer: int, n_iter: int)
 
 def wise_seconds_per_edit(loaded: LoadedModel, probes, irrelevant: list[str], layer: int, n_iter: int) -> dict[str, object]:
     """WISE with EasyEdit's llama-7b hparams at `layer` (WISE-Retrieve, as that file sets): each
-    probe edited once, plain path (the only one); early stopping may end an edit before n_iter."""
+    probe edited once per path, a fresh memory per path; early stopping may end an edit before
+    n_iter. The median seconds and seconds per step, and whether the two paths' losses are equal."""
     hparams = load_wise_hparams(HPARAMS / "WISE" / "llama-7b.yaml").replace(inner_params=(f"model.layers[{layer}].mlp.down_proj.weight",), n_iter=n_iter)
-    started = time.perf_counter()
-    editor = WiseEditor(loaded, hparams, seed=42, irrelevant=irrelevant)
-    attach_s = time.perf_counter() - started  # the context templates: generations of the unedited model
-    # A random model's templates are noise and may hold braces str.format cannot fill (EasyEdit
-    # would fail there too): drop them, keeping each template's one "{}" slot.
-    editor.templates = [t[:-2].replace("{", "").replace("}", "") + "{}" for t in editor.templates]
-    try:
-        _reset_peak()
-        stats = []
-        times = [synced_seconds(lambda probe=probe: stats.append(editor.edit(probe))) for probe in probes]
-        steps = [len(s.losses) for s in stats]
-        return {"attach_s": attach_s, "plain_s": statistics.median(times[1:] or times), "steps": steps,
-                "s_per_step": statistics.median(t / n for t, n in zip(times[1:] or times, steps[1:] or steps)), "plain_peak_gib": _peak_gib()}
-    finally:
-        editor.detach()
+    out: dict[str, object] = {}
+    losses = {}
+    for path in ("plain", "fast"):
+        started = time.perf_counter()
+        editor = WiseEditor(loaded, hparams, seed=42, edit_path=path, irrelevant=irrelevant)
+        out[f"{path}_attach_s"] = time.perf_counter() - started  # the context templates: generations of the unedited model
+        # A random model's templates are noise and may hold braces str.format cannot fill (EasyEdit
+        # would fail there too): drop them, keeping each template's one "{}" slot.
+        editor.templates = [t[:-2].replace("{", "").replace("}", "") + "{}" for t in editor.templates]
+        try:
+            _reset_peak()
+            stats = []
+            times = [synced_seconds(lambda probe=probe: stats.append(editor.edit(probe))) for probe in probes]
+            steps = [len(s.losses) for s in stats]
+            out[f"{path}_s"] = statistics.median(times[1:] or times)
+            out[f"{path}_steps"] = steps
+            out[f"{path}_s_per_step"] = statistics.median(t / n for t, n in zip(times[1:] or times, steps[1:] or steps))
+            out[f"{path}_peak_gib"] = _peak_gib()
+            losses[path] = [s.losses for s in stats]
+        finally:
+            editor.detach()
+    out["speedup"] = out["plain_s"] / out["fast_s"]
+    out["losses_equal"] = losses["plain"] == losses["fast"]
+    out["max_loss_abs_diff"] = max((abs(a - b) for p, f in zip(losses["plain"], losses["fast"]) for a, b in zip(p, f)), default=0.0)
+    return out
 
 
 def stream_plain_vs_fast(loaded: LoadedModel, records, layer: int, n_iter: int, T: int) -> dict[str, object]:

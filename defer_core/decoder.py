@@ -9,10 +9,13 @@ called as `layer(hidden, attention_mask=..., position_embeddings=..., ...)`) and
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
@@ -23,6 +26,17 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
     """The decoder's layers, or None when the model has no `layers` ModuleList."""
     layers = getattr(model.get_decoder(), "layers", None)
     return layers if isinstance(layers, nn.ModuleList) else None
+
+
+def edit_path_for(model: nn.Module, layer_index: int | None, edit_path: str) -> str:
+    """The edit path an editor takes: "fast" (suffix-only steps) needs the edited module inside
+    a decoder layer of a Llama-style decoder (`layers`, `norm`); otherwise "plain", with a warning."""
+    if edit_path != "fast":
+        return edit_path
+    if layer_index is not None and decoder_layers(model) is not None and hasattr(model.get_decoder(), "norm"):
+        return "fast"
+    log.warning("fast edit path needs a Llama-style decoder (layers, norm) and a module inside a decoder layer; using the plain path")
+    return "plain"
 
 
 def first_output(output: torch.Tensor | tuple) -> torch.Tensor:

@@ -10,7 +10,6 @@ Two ways to take a step, same numbers:
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -20,15 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adaptor import DeferAdaptor
-from .decoder import UpperDecoder, capture_layer_input, decoder_layers
+from .decoder import UpperDecoder, capture_layer_input, decoder_layers, edit_path_for
 from .errors import DeferInputError
 from .plan import EDIT_PATHS
 from .hparams import DeferHParams
 from .models import LoadedModel
 from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
 from .tokens import PromptTarget
-
-log = logging.getLogger(__name__)
 
 StepLoss = Callable[[], torch.Tensor]
 
@@ -62,18 +59,11 @@ class DeferEditor:
         self.adaptor.reset_heads(seed)
         replace_module(loaded.model, self.path, self.adaptor)
         self.layer_index = decoder_layer_index(self.path)
-        self.edit_path = edit_path if self._fast_path_possible() else "plain"
+        self.edit_path = edit_path_for(self.model, self.layer_index, edit_path)
 
     @property
     def model(self) -> nn.Module:
         return self.loaded.model
-
-    def _fast_path_possible(self) -> bool:
-        decoder = self.model.get_decoder()
-        possible = self.layer_index is not None and decoder_layers(self.model) is not None and hasattr(decoder, "norm")
-        if not possible and self.layer_index is not None:
-            log.warning("fast edit path needs a Llama-style decoder (layers, norm); using the plain path")
-        return possible
 
     def reset(self) -> None:
         """Back to the unedited model (the same initial heads as at attach)."""

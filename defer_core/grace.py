@@ -64,7 +64,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .decoder import UpperDecoder, capture_layer_input, decoder_layers
+from .decoder import UpperDecoder, capture_layer_input, decoder_layers, edit_path_for
 from .editor import EditStats
 from .errors import DeferInputError
 from .grace_hparams import GraceHParams, check_grace_hparams
@@ -262,13 +262,7 @@ class GraceEditor:
         self.layer = GraceLayer(base, hparams, self.generator)
         replace_module(loaded.model, self.path, self.layer)
         self.layer_index = decoder_layer_index(self.path)
-        if edit_path == "fast" and not self._fast_path_possible():
-            log.warning("fast edit path needs a Llama-style decoder (layers, norm) and a module inside a decoder layer; using the plain path")
-            self.edit_path = "plain"
-
-    def _fast_path_possible(self) -> bool:
-        decoder = self.model.get_decoder()
-        return self.layer_index is not None and decoder_layers(self.model) is not None and hasattr(decoder, "norm")
+        self.edit_path = edit_path_for(self.model, self.layer_index, edit_path)
 
     @property
     def model(self) -> nn.Module:

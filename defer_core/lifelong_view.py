@@ -60,7 +60,6 @@ rows and no grid, and a plan asking for a threshold grid or curve mode is refuse
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -85,7 +84,6 @@ from .wise_hparams import WiseHParams
 if TYPE_CHECKING:
     from .plan import TrialPlan
 
-log = logging.getLogger(__name__)
 
 LifelongEditor = GraceEditor | WiseEditor
 
@@ -248,9 +246,7 @@ def lifelong_view(
         editor: LifelongEditor = GraceEditor(loaded, hparams, seed=seed, edit_path=plan.edit_path)
     else:
         irrelevant = read_irrelevant_prompts(plan.total_records, irrelevant_path, rng=random.Random(seed))
-        if plan.edit_path != "plain":
-            log.warning("WISE has only the plain edit path (edit_path %r asked): editing with plain", plan.edit_path)
-        editor = WiseEditor(loaded, hparams, seed=seed, edit_path="plain", irrelevant=irrelevant)
+        editor = WiseEditor(loaded, hparams, seed=seed, edit_path=plan.edit_path, irrelevant=irrelevant)
     try:
         yield LifelongView(editor, plan, unedited)
     finally:

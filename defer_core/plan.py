@@ -22,7 +22,7 @@ class TrialPlan:
     records), only gate rows and the grid. `threads`: torch's intra-op thread count for the
     trial (runtime.DEFAULT_THREADS, a sweep worker's default); it can move gates by an ulp.
     GRACE and WISE trials take neither a grid nor curve mode, and one protocol at a time
-    (lifelong_view.check_lifelong_plan says why); WISE runs `edit_path` "fast" as plain."""
+    (lifelong_view.check_lifelong_plan says why)."""
 
     protocol: str | tuple[str, ...] = "stream"
     milestones: tuple[int, ...] = (1,)

@@ -7,6 +7,10 @@ RandomState, as EasyEdit draws it from its seeded global numpy state), with the 
 the activation loss (margins alpha, beta, gamma: `act_margin`), on the batch of wise_batch.
 Every `save_freq` edits the shard is saved; every `merge_freq` edits the shards are merged
 (TIES by default, wise_merge).
+
+Two edit paths with the same numbers bit for bit (tests/test_wise_editor.py): plain, the whole
+model's forward per step as EasyEdit runs it; fast, the layers below the memory's decoder layer
+run once per edit (nothing below it trains) and each step runs only the layers from it up.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .decoder import UpperDecoder, capture_layer_input, decoder_layers, edit_path_for
 from .editor import EditStats
 from .errors import DeferInputError
 from .models import LoadedModel
-from .module_path import ModulePath, parse_module_path, replace_module, resolve_module
+from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
 from .tokens import PromptTarget
 from .wise_batch import EditBatch, WiseRequest, context_templates, edit_batch, wise_tokenizer
 from .wise_hparams import WiseHParams, check_wise_hparams
@@ -34,7 +39,7 @@ from .wise_merge import check_merge_alg
 
 log = logging.getLogger(__name__)
 
-EDIT_PATHS = ("plain",)
+EDIT_PATHS = ("plain", "fast")
 WEIGHT_DECAY = 1e-5
 
 
@@ -96,7 +101,7 @@ class WiseEditor:
         self, loaded: LoadedModel, hparams: WiseHParams, *, seed: int = 0, edit_path: str = "plain", irrelevant: Sequence[str] = ()
     ) -> None:
         if edit_path not in EDIT_PATHS:
-            raise DeferInputError(f"edit_path must be 'plain' for WISE (no faster path gives the same numbers), got {edit_path!r}")
+            raise DeferInputError(f"edit_path must be one of {', '.join(EDIT_PATHS)}, got {edit_path!r}")
         check_wise_hparams(hparams)
         check_merge_alg(hparams.merge_alg)
         if hparams.replay:
@@ -119,6 +124,8 @@ class WiseEditor:
         self.templates = context_templates(loaded.model, self.tokenizer, loaded.device)  # on the unedited model
         self.memory = WiseMemory(base, hparams, ACT2FN[act_name])
         replace_module(loaded.model, self.path, self.memory)
+        self.layer_index = decoder_layer_index(self.path)
+        self.edit_path = edit_path_for(self.model, self.layer_index, edit_path)
         # On the decoder: the project's scoring calls it directly (model.get_decoder()), and the
         # top model's forward calls it with the attention mask as a keyword too.
         decoder = loaded.model.get_decoder() if hasattr(loaded.model, "get_decoder") else loaded.model
@@ -202,13 +209,26 @@ class WiseEditor:
             memory.merge_shards()
         return EditStats(losses=losses, seconds=time.perf_counter() - start)
 
+    def _step_logits(self, batch: EditBatch) -> Callable[[], torch.Tensor]:
+        """The edit batch's logits with the memory in training: the model's forward (plain), or
+        the layers from the memory's one up over the captured input of that layer (fast: the
+        same operations on the same inputs as the top of the plain forward)."""
+        if self.edit_path == "plain":
+            return lambda: self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        layers = decoder_layers(self.model)
+        assert layers is not None and self.layer_index is not None
+        hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], batch.input_ids, batch.attention_mask)
+        upper = UpperDecoder.of(self.model, self.layer_index)
+        return lambda: upper.logits(upper.hidden_states(hidden_in, **layer_kwargs))
+
     def _train(self, batch: EditBatch) -> list[float]:
         h, memory = self.hparams, self.memory
         optimizer = torch.optim.SGD([memory.new_weight], h.edit_lr, weight_decay=WEIGHT_DECAY)
         stopper = EarlyStop()
         losses: list[float] = []
+        step_logits = self._step_logits(batch)
         for step in range(h.n_iter):
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = step_logits()
             ft = edit_loss(logits, batch.labels)
             assert memory.original_out is not None and memory.edited_out is not None
             loss = ft + activation_loss(memory.original_out, memory.edited_out, h, memory.act).to(ft.device)
@@ -226,4 +246,5 @@ class WiseEditor:
             if h.norm_constraint is not None:
                 memory.clamp_to_original(h.norm_constraint)
         memory.original_out = memory.edited_out = None
+        memory.valid = None  # the fast path's capture stops inside the decoder, before its after-hook
         return losses

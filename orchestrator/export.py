@@ -21,7 +21,7 @@ from typing import Any
 
 from defer_core.curve import TF, SafeThreshold
 from defer_core.errors import DeferInputError
-from defer_core.editors import EditorHParams, dump_editor_hparams, editor_of, save_editor_hparams
+from defer_core.editors import EditorHParams, dump_editor_hparams, editor_of, hparams_summary, save_editor_hparams
 from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, easyedit_family
 from defer_core.results import DEFAULT_DTYPE, METRICS, metric_key
 
@@ -75,6 +75,16 @@ def margin_notes(margin: SafeThreshold | None, row: dict[str, Any]) -> list[str]
 SIDE_EXPORTS = "exports"  # the parent run's artifact folder for side exports
 
 
+def best_tags(chosen: ChosenTrial) -> dict[str, Any]:
+    """The sweep parent run's tags for its best: the trial, the configuration, why; DEFER's
+    threshold on its own too (curve mode may have moved it off the trial's)."""
+    tags: dict[str, Any] = {"best.trial_id": chosen.row[TRIAL_ID], "best.hparams": hparams_summary(chosen.hparams), "best.reason": chosen.reason}
+    threshold = getattr(chosen.hparams, "threshold", None)
+    if threshold is not None:
+        tags["best.threshold"] = threshold
+    return tags
+
+
 def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None, objective: str | None = None, pareto_index: int | None = None,
                 mlflow: MlflowSink | None = None, confirmed: bool = True) -> tuple[Path, ChosenTrial]:
     """The sweep's own export (no choice asked for, into OUT/best.yaml): best.yaml and the MLflow
@@ -95,7 +105,7 @@ def export_best(layout: SweepLayout, spec: SweepSpec, output: Path | None = None
     if mlflow is not None:
         try:
             if target == layout.best_yaml:
-                mlflow.log_best(written, {"best.trial_id": chosen.row[TRIAL_ID], "best.threshold": chosen.hparams.threshold, "best.reason": chosen.reason})
+                mlflow.log_best(written, best_tags(chosen))
             else:
                 mlflow.log_side_export(written, SIDE_EXPORTS)
         except Exception as error:  # noqa: BLE001 - the file is the export; an unreachable tracking store must not fail it

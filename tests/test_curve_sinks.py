@@ -334,7 +334,7 @@ def test_export_writes_the_chosen_breakpoint_off_the_knife_edge(curve_sweep: Rec
     assert not lines[3].startswith("#")
     assert (f"at threshold {FEASIBLE_THRESHOLD:.4g}, feasible under loc_tf >= 0.9; written as threshold 0.5, "
             "the middle of (0.300000012, 0.699999988] where these metrics hold (off the knife edge at the breakpoint 0.699999988)") in printed
-    assert "threshold=0.5" in printed
+    assert "threshold 0.5" in printed
 
     data = load_sweep(require_sweep_dir(curve_sweep.out))  # the report: the same choice, the same file
     assert data.best[THRESHOLD] == FEASIBLE_THRESHOLD and data.choice.hparams.threshold == data.exported_best[THRESHOLD] == SAFE_THRESHOLD

@@ -73,6 +73,10 @@ def test_best_yaml_is_the_editors_easyedit_file(sweeps: dict[str, Path], editor:
     trials = parquet_rows(sweeps[editor], "trials")
     exported_from = [t for t in trials if (t["edit_lr"], t["n_iter"]) == (exported.edit_lr, exported.n_iter)]
     assert exported_from and exported_from[0]["rel_tf"] == max(t["rel_tf"] for t in trials)  # the best by the objective
+    parent, _, _ = mlflow_runs(sweeps[editor])  # attached to the parent run, named there (DEFER's threshold tag only for DEFER)
+    tags = parent.data.tags
+    assert tags["best.trial_id"] in [t["trial_id"] for t in exported_from] and "best.threshold" not in tags
+    assert tags["best.hparams"].startswith(exported.module_path) and f"n_iter {exported.n_iter}" in tags["best.hparams"]
 
 
 @pytest.mark.parametrize("editor", list(SPACES))

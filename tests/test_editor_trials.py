@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import copy
-import logging
 from pathlib import Path
 from statistics import fmean
 
@@ -274,12 +273,16 @@ WISE_CASES = [
 
 
 @pytest.mark.parametrize("changes, protocol, scorings", WISE_CASES)
-def test_wise_trial_equals_naive_loop(zsre_records, changes, protocol, scorings, caplog):
+def test_wise_trial_equals_naive_loop(zsre_records, changes, protocol, scorings):
+    """The plan's default edit path (fast: suffix-only steps) against the naive full-forward loop."""
     hparams = wise_hparams(**changes)
-    with caplog.at_level(logging.WARNING, logger="defer_core.lifelong_view"):
-        milestones = (3, 4) if not hparams.retrieve else MILESTONES
-        assert_trial_matches(hparams, lambda: NaiveWise(hparams), zsre_records, protocol, scorings, milestones=milestones)
-    assert [m for m in caplog.messages if "plain" in m] == ["WISE has only the plain edit path (edit_path 'fast' asked): editing with plain"]
+    milestones = (3, 4) if not hparams.retrieve else MILESTONES
+    assert_trial_matches(hparams, lambda: NaiveWise(hparams), zsre_records, protocol, scorings, milestones=milestones)
+
+
+def test_wise_plain_edit_path_equals_naive_loop(zsre_records):
+    hparams = wise_hparams(retrieve=False, save_freq=2, merge_freq=4)
+    assert_trial_matches(hparams, lambda: NaiveWise(hparams), zsre_records, "stream", ("tf",), milestones=(3, 4), edit_path="plain")
 
 
 # -- refusals ---------------------------------------------------------------------------------------

@@ -139,15 +139,18 @@ def _outputs(call, tok, texts):
     return rows
 
 
+@pytest.mark.parametrize("edit_path", ["plain", "fast"])
 @pytest.mark.parametrize("retrieve", [True, False])
-def test_stream_matches_reference(zsre_records, retrieve):
+def test_stream_matches_reference(zsre_records, retrieve, edit_path):
+    """Both edit paths: the fast one (suffix-only steps) must give the reference's numbers bit for bit too."""
     # act_ratio 5: on this tiny model the threshold then falls among the probes' distances, so
     # after the stream some probes take the original output and some a side weight
     hparams = tiny_wise(n_iter=4, save_freq=2, merge_freq=4, retrieve=retrieve, act_ratio=5.0)
     records = zsre_records[:6]
     irrelevant = read_irrelevant_prompts(len(records))
     ours = tiny_llama(seed=0)
-    editor = WiseEditor(ours, hparams, seed=SEED, irrelevant=irrelevant)
+    editor = WiseEditor(ours, hparams, seed=SEED, edit_path=edit_path, irrelevant=irrelevant)
+    assert editor.edit_path == edit_path
     theirs, ref, tok, templates = _reference(hparams)
     assert editor.templates == templates
     np.random.seed(SEED)
@@ -223,8 +226,8 @@ def test_prompt_target_probe_and_refusals(zsre_records):
     editor = WiseEditor(loaded, tiny_wise(n_iter=1), irrelevant=["x y"])
     assert editor.request_of(build_probes(loaded, record).edit) == WiseRequest(record.prompt, record.target)
     editor.detach()
-    with pytest.raises(DeferInputError, match="edit_path"):
-        WiseEditor(loaded, tiny_wise(), edit_path="fast")
+    with pytest.raises(DeferInputError, match="edit_path must be one of plain, fast"):
+        WiseEditor(loaded, tiny_wise(), edit_path="quick")
     with pytest.raises(DeferInputError, match="merge_alg 'dare_ties'"):
         WiseEditor(loaded, tiny_wise(merge_alg="dare_ties"))
     with pytest.raises(DeferInputError, match="replay"):
