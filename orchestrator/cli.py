@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     curve.set_defaults(handler=commands.curve)
 
     table = sub.add_parser("table", help="print chosen configurations as a paper table (md, LaTeX or csv) with 95%% intervals, from the Parquet dataset alone")
-    table.add_argument("output_dir")
-    table.add_argument("--trials", default=None, help="best, pareto, confirmed, or comma-separated trial ids / Optuna numbers (#007 or 7); default: confirmed if a confirm stage ran, else pareto")
+    table.add_argument("output_dir", nargs="+", metavar="OUT_DIR", help="a sweep's folder; several (e.g. one sweep per editor) make one table with a sweep column")
+    table.add_argument("--trials", default=None, help="best, pareto, confirmed (each sweep's), or comma-separated trial ids / Optuna numbers (#007 or 7; one OUT_DIR); default: confirmed if a confirm stage ran, else pareto")
     table.add_argument("--format", choices=TABLE_FORMATS, default="md", help="md (pipe table and a caption line, default), latex (booktabs table with \\caption) or csv (mean, low, high, half_width, n per cell)")
     table.add_argument("--interval", choices=TABLE_INTERVALS, default="t", help="t: Student t over repeat members (a row with one member falls back to the bootstrap, marked); bootstrap: over the records scored at each milestone (default t)")
     table.add_argument("--scorings", default=None, help="comma-separated scorings to show, e.g. tf,gen (default: the spec's scorings with values)")

@@ -182,6 +182,7 @@ class Cell:
 @dataclass(frozen=True)
 class TableRow:
     trial: dict[str, Any]
+    sweep: str  # the sweep's name (its spec's `name`): a column when the table joins several sweeps
     label: str
     members: int
     seeds: tuple[int, ...]
@@ -208,13 +209,21 @@ class Column:
 
 @dataclass(frozen=True)
 class SweepTable:
-    spec: SweepSpec
+    specs: tuple[SweepSpec, ...]  # one per sweep shown (join_tables: several, e.g. one per editor)
     selection: Selection
     interval: str  # asked: t or bootstrap
     rows: list[TableRow]
     columns: list[Column]
     protocols: tuple[str, ...]  # the rows' protocols (a column when more than one)
     modules: tuple[str, ...]  # the rows' edited modules
+
+    @property
+    def spec(self) -> SweepSpec:
+        return self.specs[0]
+
+    @property
+    def joined(self) -> bool:
+        return len(self.specs) > 1
 
 
 def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None, interval: str = T_INTERVAL, scorings: Sequence[str] | None = None,
@@ -234,10 +243,33 @@ def build_table(layout: SweepLayout, spec: SweepSpec, choice: str | None = None,
     shown = _scorings(spec, scorings, [m for trial_id in chosen_ids for m in means[trial_id].values()])
     columns = _columns(shown, sorted({n for trial_id in chosen_ids for n in means[trial_id]}), milestones)
     stored = stored_rows(layout.parquet, selection.trials)
-    rows = [_table_row(trial, means[trial[TRIAL_ID]], stored[trial[TRIAL_ID]], columns, interval, trials) for trial in selection.trials]
+    rows = [_table_row(spec, trial, means[trial[TRIAL_ID]], stored[trial[TRIAL_ID]], columns, interval, trials) for trial in selection.trials]
     protocols = tuple(dict.fromkeys(str(t.get("protocol") or spec.protocol) for t in selection.trials))
     modules = tuple(dict.fromkeys(str(t.get("module")) for t in selection.trials))
-    return SweepTable(spec, selection, interval, rows, columns, protocols, modules)
+    return SweepTable((spec,), selection, interval, rows, columns, protocols, modules)
+
+
+def join_tables(tables: Sequence[SweepTable]) -> SweepTable:
+    """Several sweeps' tables as one (e.g. a sweep per editor): their rows in the order given, the
+    union of their columns (a cell a sweep did not record shows –), a sweep column in front."""
+    if len(tables) == 1:
+        return tables[0]
+    names = [t.spec.name for t in tables]
+    if len(set(names)) != len(names):
+        raise DeferInputError(f"OUT_DIR: each sweep may be given once, got sweeps {', '.join(names)}")
+    scorings = list(dict.fromkeys(c.scoring for t in tables for c in t.columns))
+    counts = sorted({c.n_edits for t in tables for c in t.columns})
+    present = {(c.scoring, c.n_edits) for t in tables for c in t.columns}
+    columns = [Column(scoring, n, metric) for scoring in scorings for n in counts if (scoring, n) in present for metric in METRICS]
+    return SweepTable(
+        specs=tuple(t.spec for t in tables),
+        selection=Selection([trial for t in tables for trial in t.selection.trials], "; ".join(f"'{t.spec.name}': {t.selection.what}" for t in tables)),
+        interval=tables[0].interval,
+        rows=[row for t in tables for row in t.rows],
+        columns=columns,
+        protocols=tuple(dict.fromkeys(p for t in tables for p in t.protocols)),
+        modules=tuple(dict.fromkeys(m for t in tables for m in t.modules)),
+    )
 
 
 def _scorings(spec: SweepSpec, asked: Sequence[str] | None, rows: Sequence[Row]) -> tuple[str, ...]:
@@ -260,7 +292,7 @@ def _columns(scorings: Sequence[str], recorded: Sequence[int], asked: Sequence[i
     return [Column(scoring, n, metric) for scoring in scorings for n in recorded for metric in METRICS]
 
 
-def _table_row(trial: dict[str, Any], means: Mapping[int, Row], stored: StoredRows, columns: Sequence[Column], asked: str,
+def _table_row(spec: SweepSpec, trial: dict[str, Any], means: Mapping[int, Row], stored: StoredRows, columns: Sequence[Column], asked: str,
                trials: Sequence[Row]) -> TableRow:
     members = stored.member_count(trial)
     spreads = {key: row_spread(trial, stored, key, asked) for key in {c.key for c in columns}}
@@ -271,7 +303,7 @@ def _table_row(trial: dict[str, Any], means: Mapping[int, Row], stored: StoredRo
             found = spreads[column.key].get(column.n_edits)
             cells[(column.key, column.n_edits)] = Cell(float(value), None if found is None else replace(found, mean=float(value)))
     seeds, orders = stored.seeds_orders()
-    return TableRow(trial, row_label(trial, trials), members, seeds, orders, asked == T_INTERVAL and members == 1, cells)
+    return TableRow(trial, spec.name, row_label(trial, trials), members, seeds, orders, asked == T_INTERVAL and members == 1, cells)
 
 
 def row_label(trial: Row, trials: Sequence[Row]) -> str:
@@ -288,17 +320,23 @@ def row_label(trial: Row, trials: Sequence[Row]) -> str:
 # -- text ------------------------------------------------------------------------------------------
 
 
+SWEEP_COLUMN = "sweep"  # a joined table's first column: the row's sweep name
+
+
 def hparam_columns(table: SweepTable) -> list[str]:
-    """The configuration's columns: protocol and members only where the rows differ in them."""
+    """The configuration's columns: the sweep (joined tables), the editors' parameters, protocol
+    and members only where the rows differ in them."""
     extra = ["protocol"] if len(table.protocols) > 1 else []
     if len({r.members for r in table.rows}) > 1:
         extra.append(MEMBER_COUNT)
-    return [*editor_columns_of(table), *extra]
+    return [*([SWEEP_COLUMN] if table.joined else []), *editor_columns_of(table), *extra]
 
 
 def hparam_text(row: TableRow, column: str) -> str:
     if column == MEMBER_COUNT:
         return str(row.members)
+    if column == SWEEP_COLUMN:
+        return row.sweep
     value = row.trial.get(column)
     if value is None:
         return "–"
@@ -307,12 +345,16 @@ def hparam_text(row: TableRow, column: str) -> str:
 
 def caption(table: SweepTable) -> str:
     """What the table shows and how its intervals were made: kind, confidence and n."""
-    spec, rows = table.spec, table.rows
+    rows = table.rows
     protocol = f"protocol {table.protocols[0]}" if len(table.protocols) == 1 else "protocols in the protocol column"
-    module = table.modules[0] if len(table.modules) == 1 else spec.search_space.module_template
+    templates = list(dict.fromkeys(spec.search_space.module_template for spec in table.specs))
+    module = table.modules[0] if len(table.modules) == 1 else " / ".join(templates)
+    models = ", ".join(dict.fromkeys(spec.model.name for spec in table.specs))
+    sweeps = f"'{table.spec.name}'" if not table.joined else "sweeps " + ", ".join(f"'{spec.name}'" for spec in table.specs)
+    missing = "; – where a sweep did not record that column" if table.joined and any(c.key not in {k for k, _ in r.cells} for r in rows for c in table.columns) else ""
     parts = [
-        f"defer-sweep '{spec.name}': {table.selection.what}; {spec.model.name}, edited module {module}, {protocol}, "
-        f"{DEFER_METRICS} at each number of edits, mean over repeat members."
+        f"defer-sweep {sweeps}: {table.selection.what}; {models}, edited module {module}, {protocol}, "
+        f"{DEFER_METRICS} at each number of edits, mean over repeat members{missing}."
     ]
     t_rows = [r for r in rows if table.interval == T_INTERVAL and not r.fallback]
     boot_rows = [r for r in rows if table.interval == BOOTSTRAP or r.fallback]
@@ -412,7 +454,7 @@ def render_latex(table: SweepTable) -> str:
         label = latex_escape(row.label) + (latex_escape(FALLBACK_MARK) if row.fallback else "")
         cells = [latex_escape(cell_text(row.cells.get((c.key, c.n_edits)))) for c in table.columns]
         body.append(" & ".join([label, *(latex_escape(hparam_text(row, h)) for h in hparams), *cells]) + r" \\")
-    label = "tab:" + "".join(ch if ch.isalnum() or ch in "-:." else "-" for ch in table.spec.name)
+    label = "tab:" + "".join(ch if ch.isalnum() or ch in "-:." else "-" for ch in "+".join(spec.name for spec in table.specs))
     return "\n".join([
         r"% defer-sweep table: needs \usepackage{booktabs} and \usepackage{graphicx} (\resizebox)",
         r"\begin{table}[t]",
@@ -435,15 +477,18 @@ def render_latex(table: SweepTable) -> str:
 
 
 def editor_columns_of(table: SweepTable) -> tuple[str, ...]:
-    """The swept editor's parameters (spec.editor_columns; imported here: the spec's models are
-    not loaded by the CLI's --help)."""
+    """The swept editors' parameters, each once, in the sweeps' order; in a joined table only those
+    some row has (spec.editor_columns; imported here: the spec's models are not loaded by the CLI's --help)."""
     from .spec import editor_columns
 
-    return editor_columns(table.spec.editor)
+    columns = tuple(dict.fromkeys(column for spec in table.specs for column in editor_columns(spec.editor)))
+    if not table.joined:
+        return columns
+    return tuple(c for c in columns if any(row.trial.get(c) is not None for row in table.rows))  # another editor's parameters only where set
 
 
 def csv_columns(table: SweepTable) -> list[str]:
-    return ["trial_id", "trial", "stage", CONFIRMS, "protocol", "members", "interval", "module", *editor_columns_of(table),
+    return [*([SWEEP_COLUMN] if table.joined else []), "trial_id", "trial", "stage", CONFIRMS, "protocol", "members", "interval", "module", *editor_columns_of(table),
             *(f"{c.name}_{f}" for c in table.columns for f in CELL_FIELDS)]
 
 
@@ -455,7 +500,7 @@ def render_csv(table: SweepTable) -> str:
     writer.writeheader()
     for row in table.rows:
         kind = BOOTSTRAP if row.fallback or table.interval == BOOTSTRAP else T_INTERVAL
-        out: dict[str, Any] = {"trial_id": row.trial[TRIAL_ID], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
+        out: dict[str, Any] = {**({SWEEP_COLUMN: row.sweep} if table.joined else {}), "trial_id": row.trial[TRIAL_ID], "trial": row.label, "stage": row.trial.get(STAGE), CONFIRMS: row.trial.get(CONFIRMS),
                                "protocol": row.trial.get("protocol"), "members": row.members, "interval": kind, "module": row.trial.get("module"),
                                **{h: row.trial.get(h) for h in editor_columns_of(table)}}
         for column in table.columns:

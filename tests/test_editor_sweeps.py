@@ -88,3 +88,32 @@ def test_table_and_report_show_the_editors_columns(sweeps: dict[str, Path], edit
     assert main(["report", str(sweeps[editor])]) == 0
     page = (sweeps[editor] / "report" / "report.html").read_text()
     assert all(f"<th>{name}</th>" in page for name in own[:3])
+
+
+def test_one_table_across_the_editors_sweeps(sweeps: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`table OUT_GRACE OUT_WISE`: one row per sweep's best, a sweep column, each editor's own
+    parameters (another's left out where no row has them), the cells each sweep's own table shows."""
+    import csv
+    import io
+
+    def csv_rows(*dirs: Path) -> list[dict[str, str]]:
+        assert main(["table", *map(str, dirs), "--trials", "best", "--format", "csv"]) == 0
+        return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+    joined = csv_rows(*sweeps.values())
+    assert [r["sweep"] for r in joined] == [f"tiny-{editor}" for editor in sweeps]
+    alone = [csv_rows(sweeps[editor])[0] for editor in sweeps]
+    for row, own in zip(joined, alone):
+        assert {k: v for k, v in row.items() if k in own} == {k: v for k, v in own.items() if k in row}  # same trial, numbers, intervals
+        assert all(v == "" for k, v in own.items() if k not in row)  # what the join leaves out: parameters no row has
+    grace, wise = joined
+    assert grace["eps"] and not grace["mask_ratio"] and wise["mask_ratio"] and not wise["eps"]
+    assert "threshold" not in joined[0]  # DEFER's column: no sweep here has it
+    assert main(["table", *map(str, sweeps.values()), "--trials", "best"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| trial | sweep | layer | edit_lr | n_iter |") and len(lines) == 2 + len(sweeps) + 2
+    assert lines[-1].startswith("Table: defer-sweep sweeps 'tiny-grace', 'tiny-wise': 'tiny-grace': the best trial")
+    assert main(["table", *map(str, sweeps.values()), "--trials", "0"]) == 2
+    assert "trial ids name trials of one sweep" in capsys.readouterr().err
+    assert main(["table", str(sweeps["grace"]), str(sweeps["grace"])]) == 2
+    assert "each sweep may be given once" in capsys.readouterr().err
