@@ -117,3 +117,25 @@ def test_one_table_across_the_editors_sweeps(sweeps: dict[str, Path], capsys: py
     assert "trial ids name trials of one sweep" in capsys.readouterr().err
     assert main(["table", str(sweeps["grace"]), str(sweeps["grace"])]) == 2
     assert "each sweep may be given once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("editor", list(SPACES))
+def test_confirm_reruns_the_editors_best_with_repeats(sweeps: dict[str, Path], editor: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """confirm on a GRACE / WISE sweep: the best re-run as 2 seeds x 1 order at T=4, its members
+    recorded, best.yaml written from the confirmed trial, and the table's confirmed row a t
+    interval over the 2 members. Last in this file: the tests above read the search stage only
+    (a confirm runs only where the sweep was made, so not on a copy)."""
+    import csv
+    import io
+
+    out = sweeps[editor]
+    assert main(["confirm", str(out), "--top", "1", "--seeds", "0,1", "--orders", "1", "--T", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    confirms = [t for t in parquet_rows(out, "trials") if t["stage"] == "confirm"]
+    assert len(confirms) == 1 and confirms[0]["status"] == "complete" and confirms[0]["editor"] == editor
+    members = [r for r in parquet_rows(out, "member_milestones") if r["trial_id"] == confirms[0]["trial_id"] and r["n_edits"] == 4]
+    assert sorted((r["seed"], r["order"]) for r in members) == [(0, 0), (1, 0)]
+    assert load_editor_hparams(out / "best.yaml").alg_name == LOADERS[editor][2]
+    assert main(["table", str(out), "--format", "csv"]) == 0  # default: the confirmed trials
+    (row,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["stage"] == "confirm" and row["members"] == "2" and row["interval"] == "t"

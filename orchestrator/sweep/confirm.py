@@ -94,8 +94,9 @@ def new_plan(layout: SweepLayout, spec: SweepSpec, request: ConfirmRequest) -> C
 
 
 def pick_of(spec: SweepSpec, row: Mapping[str, Any]) -> Pick:
-    """A candidate or trials row as a pick: its full config at the row's threshold."""
-    if row.get(THRESHOLD) is None:
+    """A candidate or trials row as a pick: its full config (DEFER's at the row's threshold; GRACE
+    and WISE have none)."""
+    if spec.editor == "defer" and row.get(THRESHOLD) is None:
         raise DeferInputError(f"trial {row['trial_id']}: has no threshold to confirm (it reported no milestone)")
     return Pick(training_of(row), trial_label(row.get(OPTUNA_TRIAL), str(row[TRIAL_ID])), full_config(spec, row))
 
