@@ -104,43 +104,16 @@ def seconds_per_edit(loaded: LoadedModel, probe, layer: int, n_iter: int, repeat
     return out
 
 
-def grace_seconds_per_edit(loaded: LoadedModel, probes, layer: int, n_iter: int) -> dict[str, object]:
-    """GRACE with EasyEdit's llama-7b hparams at `layer`: each probe edited once per path (a new
-    key per edit); the median seconds, and whether the two paths' losses are equal here."""
-    hparams = load_grace_hparams(HPARAMS / "GRACE" / "llama-7b.yaml").replace(inner_params=(f"model.layers[{layer}].mlp.down_proj.weight",), n_iter=n_iter)
-    out: dict[str, object] = {}
-    losses = {}
-    for path in ("plain", "fast"):
-        editor = GraceEditor(loaded, hparams, seed=0, edit_path=path)
-        try:
-            _reset_peak()
-            stats = []
-            times = [synced_seconds(lambda probe=probe: stats.append(editor.edit(probe))) for probe in probes]
-            out[f"{path}_s"] = statistics.median(times[1:] or times)  # the first edit warms up kernels
-            out[f"{path}_peak_gib"] = _peak_gib()
-            losses[path] = [s.losses for s in stats]
-        finally:
-            editor.detach()
-    out["speedup"] = out["plain_s"] / out["fast_s"]
-    out["losses_equal"] = losses["plain"] == losses["fast"]
-    out["max_loss_abs_diff"] = max((abs(a - b) for p, f in zip(losses["plain"], losses["fast"]) for a, b in zip(p, f)), default=0.0)
-    return out
-
-
-def wise_seconds_per_edit(loaded: LoadedModel, probes, irrelevant: list[str], layer: int, n_iter: int) -> dict[str, object]:
-    """WISE with EasyEdit's llama-7b hparams at `layer` (WISE-Retrieve, as that file sets): each
-    probe edited once per path, a fresh memory per path; early stopping may end an edit before
-    n_iter. The median seconds and seconds per step, and whether the two paths' losses are equal."""
-    hparams = load_wise_hparams(HPARAMS / "WISE" / "llama-7b.yaml").replace(inner_params=(f"model.layers[{layer}].mlp.down_proj.weight",), n_iter=n_iter)
+def plain_vs_fast(attach: Callable[[str], object], probes) -> dict[str, object]:
+    """Each probe edited once per path by `attach(path)`'s editor (detached after): the median
+    seconds (the first edit warms up kernels), seconds per step, peak memory, and whether the two
+    paths' losses are equal on this device."""
     out: dict[str, object] = {}
     losses = {}
     for path in ("plain", "fast"):
         started = time.perf_counter()
-        editor = WiseEditor(loaded, hparams, seed=42, edit_path=path, irrelevant=irrelevant)
-        out[f"{path}_attach_s"] = time.perf_counter() - started  # the context templates: generations of the unedited model
-        # A random model's templates are noise and may hold braces str.format cannot fill (EasyEdit
-        # would fail there too): drop them, keeping each template's one "{}" slot.
-        editor.templates = [t[:-2].replace("{", "").replace("}", "") + "{}" for t in editor.templates]
+        editor = attach(path)
+        out[f"{path}_attach_s"] = time.perf_counter() - started
         try:
             _reset_peak()
             stats = []
@@ -157,6 +130,28 @@ def wise_seconds_per_edit(loaded: LoadedModel, probes, irrelevant: list[str], la
     out["losses_equal"] = losses["plain"] == losses["fast"]
     out["max_loss_abs_diff"] = max((abs(a - b) for p, f in zip(losses["plain"], losses["fast"]) for a, b in zip(p, f)), default=0.0)
     return out
+
+
+def grace_seconds_per_edit(loaded: LoadedModel, probes, layer: int, n_iter: int) -> dict[str, object]:
+    """GRACE with EasyEdit's llama-7b hparams at `layer`, plain vs fast (a new key per edit)."""
+    hparams = load_grace_hparams(HPARAMS / "GRACE" / "llama-7b.yaml").replace(inner_params=(f"model.layers[{layer}].mlp.down_proj.weight",), n_iter=n_iter)
+    return plain_vs_fast(lambda path: GraceEditor(loaded, hparams, seed=0, edit_path=path), probes)
+
+
+def wise_seconds_per_edit(loaded: LoadedModel, probes, irrelevant: list[str], layer: int, n_iter: int) -> dict[str, object]:
+    """WISE with EasyEdit's llama-7b hparams at `layer` (WISE-Retrieve, as that file sets), plain vs
+    fast, a fresh memory per path (attach: its context templates, generations of the unedited
+    model); early stopping may end an edit before n_iter."""
+    hparams = load_wise_hparams(HPARAMS / "WISE" / "llama-7b.yaml").replace(inner_params=(f"model.layers[{layer}].mlp.down_proj.weight",), n_iter=n_iter)
+
+    def attach(path: str) -> WiseEditor:
+        editor = WiseEditor(loaded, hparams, seed=42, edit_path=path, irrelevant=irrelevant)
+        # A random model's templates are noise and may hold braces str.format cannot fill (EasyEdit
+        # would fail there too): drop them, keeping each template's one "{}" slot.
+        editor.templates = [t[:-2].replace("{", "").replace("}", "") + "{}" for t in editor.templates]
+        return editor
+
+    return plain_vs_fast(attach, probes)
 
 
 def stream_plain_vs_fast(loaded: LoadedModel, records, layer: int, n_iter: int, T: int) -> dict[str, object]:
