@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,6 +38,19 @@ def edit_path_for(model: nn.Module, layer_index: int | None, edit_path: str) -> 
         return "fast"
     log.warning("fast edit path needs a Llama-style decoder (layers, norm) and a module inside a decoder layer; using the plain path")
     return "plain"
+
+
+def suffix_hidden_states(model: nn.Module, layer_index: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                         ) -> tuple[UpperDecoder, Callable[[], torch.Tensor]]:
+    """The fast edit paths' step: the input of decoder layer `layer_index` captured once (the
+    layers below never train), and a call that runs the layers from it up over that input (the
+    top of the plain forward: same operations, same inputs). Each editor reads its logits from
+    the returned UpperDecoder."""
+    layers = decoder_layers(model)
+    assert layers is not None
+    hidden_in, layer_kwargs = capture_layer_input(model, layers[layer_index], input_ids, attention_mask)
+    upper = UpperDecoder.of(model, layer_index)
+    return upper, lambda: upper.hidden_states(hidden_in, **layer_kwargs)
 
 
 def first_output(output: torch.Tensor | tuple) -> torch.Tensor:

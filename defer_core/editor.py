@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adaptor import DeferAdaptor
-from .decoder import UpperDecoder, capture_layer_input, decoder_layers, edit_path_for
+from .decoder import edit_path_for, suffix_hidden_states
 from .errors import DeferInputError
 from .plan import EDIT_PATHS
 from .hparams import DeferHParams
@@ -100,16 +100,13 @@ class DeferEditor:
         return lambda: self.model(input_ids=input_ids, labels=labels, use_cache=False).loss
 
     def _fast_step(self, input_ids: torch.Tensor, n_prompt: int) -> StepLoss:
-        layers = decoder_layers(self.model)
-        assert layers is not None and self.layer_index is not None
-        hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], input_ids)
-        upper = UpperDecoder.of(self.model, self.layer_index)
+        assert self.layer_index is not None
+        upper, top_hidden = suffix_hidden_states(self.model, self.layer_index, input_ids)
         predict_from = torch.arange(n_prompt - 1, input_ids.shape[1] - 1, device=input_ids.device)
         targets = input_ids[0, n_prompt:]
 
         def step() -> torch.Tensor:
-            hidden = upper.hidden_states(hidden_in, **layer_kwargs)
-            logits = upper.logits(hidden[0, predict_from]).float()
+            logits = upper.logits(top_hidden()[0, predict_from]).float()
             return F.cross_entropy(logits, targets)
 
         return step

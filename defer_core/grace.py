@@ -64,17 +64,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .decoder import UpperDecoder, capture_layer_input, decoder_layers, edit_path_for
+from .decoder import edit_path_for, suffix_hidden_states
 from .editor import EditStats
 from .errors import DeferInputError
 from .grace_hparams import GraceHParams, check_grace_hparams
 from .models import LoadedModel
+from .plan import EDIT_PATHS
 from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
 from .tokens import PromptTarget
 
 log = logging.getLogger(__name__)
 
-EDIT_PATHS = ("plain", "fast")
 IGNORE_INDEX = -100  # CrossEntropyLoss's ignore_index, EasyEdit's mask token
 StepLoss = Callable[[], torch.Tensor]
 
@@ -315,14 +315,12 @@ class GraceEditor:
         return lambda: self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False).loss
 
     def _fast_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> StepLoss:
-        layers = decoder_layers(self.model)
-        assert layers is not None and self.layer_index is not None
-        hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], input_ids, attention_mask)
-        upper = UpperDecoder.of(self.model, self.layer_index)
+        assert self.layer_index is not None
+        upper, top_hidden = suffix_hidden_states(self.model, self.layer_index, input_ids, attention_mask)
         vocab_size = self.model.config.vocab_size
 
         def step() -> torch.Tensor:
-            logits = upper.logits(upper.hidden_states(hidden_in, **layer_kwargs))
+            logits = upper.logits(top_hidden())
             return self.model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size)
 
         return step

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .decoder import UpperDecoder, capture_layer_input, decoder_layers, edit_path_for
+from .decoder import edit_path_for, suffix_hidden_states
 from .editor import EditStats
 from .errors import DeferInputError
 from .models import LoadedModel
+from .plan import EDIT_PATHS
 from .module_path import ModulePath, decoder_layer_index, parse_module_path, replace_module, resolve_module
 from .tokens import PromptTarget
 from .wise_batch import EditBatch, WiseRequest, context_templates, edit_batch, wise_tokenizer
@@ -39,7 +40,6 @@ from .wise_merge import check_merge_alg
 
 log = logging.getLogger(__name__)
 
-EDIT_PATHS = ("plain", "fast")
 WEIGHT_DECAY = 1e-5
 
 
@@ -215,11 +215,9 @@ class WiseEditor:
         same operations on the same inputs as the top of the plain forward)."""
         if self.edit_path == "plain":
             return lambda: self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        layers = decoder_layers(self.model)
-        assert layers is not None and self.layer_index is not None
-        hidden_in, layer_kwargs = capture_layer_input(self.model, layers[self.layer_index], batch.input_ids, batch.attention_mask)
-        upper = UpperDecoder.of(self.model, self.layer_index)
-        return lambda: upper.logits(upper.hidden_states(hidden_in, **layer_kwargs))
+        assert self.layer_index is not None
+        upper, top_hidden = suffix_hidden_states(self.model, self.layer_index, batch.input_ids, batch.attention_mask)
+        return lambda: upper.logits(top_hidden())
 
     def _train(self, batch: EditBatch) -> list[float]:
         h, memory = self.hparams, self.memory

@@ -256,7 +256,7 @@ def join_tables(tables: Sequence[SweepTable]) -> SweepTable:
         return tables[0]
     names = [t.spec.name for t in tables]
     if len(set(names)) != len(names):
-        raise DeferInputError(f"OUT_DIR: each sweep may be given once, got sweeps {', '.join(names)}")
+        raise DeferInputError(f"OUT_DIR: the sweep column tells sweeps apart by their spec name, and a name came twice: {', '.join(names)}")
     scorings = list(dict.fromkeys(c.scoring for t in tables for c in t.columns))
     counts = sorted({c.n_edits for t in tables for c in t.columns})
     present = {(c.scoring, c.n_edits) for t in tables for c in t.columns}
@@ -351,7 +351,7 @@ def caption(table: SweepTable) -> str:
     module = table.modules[0] if len(table.modules) == 1 else " / ".join(templates)
     models = ", ".join(dict.fromkeys(spec.model.name for spec in table.specs))
     sweeps = f"'{table.spec.name}'" if not table.joined else "sweeps " + ", ".join(f"'{spec.name}'" for spec in table.specs)
-    missing = "; – where a sweep did not record that column" if table.joined and any(c.key not in {k for k, _ in r.cells} for r in rows for c in table.columns) else ""
+    missing = "; – where a sweep did not record that column" if table.joined and any((c.key, c.n_edits) not in r.cells for r in rows for c in table.columns) else ""
     parts = [
         f"defer-sweep {sweeps}: {table.selection.what}; {models}, edited module {module}, {protocol}, "
         f"{DEFER_METRICS} at each number of edits, mean over repeat members{missing}."

@@ -116,7 +116,7 @@ def test_one_table_across_the_editors_sweeps(sweeps: dict[str, Path], capsys: py
     assert main(["table", *map(str, sweeps.values()), "--trials", "0"]) == 2
     assert "trial ids name trials of one sweep" in capsys.readouterr().err
     assert main(["table", str(sweeps["grace"]), str(sweeps["grace"])]) == 2
-    assert "each sweep may be given once" in capsys.readouterr().err
+    assert "a name came twice: tiny-grace, tiny-grace" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("editor", list(SPACES))

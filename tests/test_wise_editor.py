@@ -226,7 +226,7 @@ def test_prompt_target_probe_and_refusals(zsre_records):
     editor = WiseEditor(loaded, tiny_wise(n_iter=1), irrelevant=["x y"])
     assert editor.request_of(build_probes(loaded, record).edit) == WiseRequest(record.prompt, record.target)
     editor.detach()
-    with pytest.raises(DeferInputError, match="edit_path must be one of plain, fast"):
+    with pytest.raises(DeferInputError, match="edit_path must be one of fast, plain"):
         WiseEditor(loaded, tiny_wise(), edit_path="quick")
     with pytest.raises(DeferInputError, match="merge_alg 'dare_ties'"):
         WiseEditor(loaded, tiny_wise(merge_alg="dare_ties"))
