@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--strip", action="store_true", help=_STRIP_HELP)
     compare.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS, help=_THREADS_HELP)
     compare.add_argument("--format", choices=COMPARE_FORMATS, default="md", help="table format on stdout and in OUTPUT (default md)")
-    compare.add_argument("--output", default=None, help="directory for the table and records.parquet (default runs/compare-DATE-TIME)")
+    compare.add_argument("--output", default=None, help="directory for the table, records.parquet and each finished pass (default runs/compare-DATE-TIME); run again with the same --output to read the passes finished before instead of running them")
     compare.set_defaults(handler=commands.compare)
 
     run = sub.add_parser("run", help="run a sweep from a spec YAML (see search_spaces/)")

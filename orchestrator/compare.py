@@ -15,8 +15,10 @@ editor attaches to it and detaches after); for DEFER one edit stream for stream 
 (the same edits, scored at different times; GRACE and WISE run them apart, since their
 immediate evaluations can change later edits); every scoring read from the same edits; several
 seeds in one `run_trials` call (DEFER's packed in one forward pass); each edit order
-(defer_core.orders) is its own pass. Imports stay light at module level (the CLI's help lists
-FORMATS); torch loads when a comparison runs.
+(defer_core.orders) is its own pass. Each finished pass can be kept in the output directory
+and read back when the comparison runs again (compare_passes), so the cells are computed from
+the per-record rows (member_cells), whether run now or read. Imports stay light at module level
+(the CLI's help lists FORMATS); torch loads when a comparison runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import logging
 import math
 import time
+from statistics import fmean
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +43,7 @@ from defer_core.orders import ordered_records
 from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, metric_key
 from defer_core.runtime import DEFAULT_THREADS
 
+from .compare_passes import pass_file, pass_identity, read_pass, write_pass
 from .intervals import Interval, format_interval, repeat_interval
 
 log = logging.getLogger(__name__)
@@ -134,6 +138,7 @@ class Comparison:
     intervals: dict[RowKey, dict[int, dict[str, Interval]]]  # row -> T -> rel/gen/loc over seeds x orders
     records: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    reused_passes: int = 0  # passes read from an earlier run's output (compare_passes)
 
     @property
     def cells(self) -> dict[RowKey, dict[int, dict[str, float]]]:
@@ -141,50 +146,71 @@ class Comparison:
         return {key: {n: {m: i.mean for m, i in by_m.items()} for n, by_m in by_t.items()} for key, by_t in self.intervals.items()}
 
 
-def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Progress | None = None) -> Comparison:
+def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Progress | None = None, passes_from: Path | None = None) -> Comparison:
     """Every combination of the plan on the first T records, in each edit order; `on_progress`
-    gets one line per edit (of the first seed) and per milestone."""
+    gets one line per edit (of the first seed) and per milestone. With `passes_from` (the
+    output directory) each finished pass is kept there and one kept before is read instead of
+    run (compare_passes)."""
     from defer_core.evaluation import UneditedLocality
     from defer_core.models import load_model
     from defer_core.plan import TrialPlan
-    from defer_core.trial import run_trials
 
     if len(records) < plan.total_records:
         raise DeferInputError(f"the comparison needs {plan.total_records} records, got {len(records)}")
     say = on_progress or (lambda line: None)
     started = time.perf_counter()
-    per_member: dict[RowKey, dict[int, list[dict[str, float]]]] = {key: {} for key in plan.row_keys()}
     rows: list[dict[str, Any]] = []
+    reused = 0
     for dtype in plan.dtypes:
-        loaded = load_model(plan.model, dtype=dtype, device=plan.device)
+        loaded = None  # loaded for the first pass that runs: a comparison read back whole loads no model
         unedited = UneditedLocality()  # per model: the unedited predictions depend on the dtype
         for hparams, editor in zip(plan.hparams, plan.editors):
             for protocols, order in ((p, o) for p in plan.edit_streams(editor) for o in range(plan.orders)):
                 label = f"{editor} {dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
-                total = _edit_count(protocols, plan.milestones)
-                say(f"{label}: {total} edits x {len(plan.seeds)} seed(s), scorings {','.join(plan.scorings)}")
                 trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings, threads=plan.threads)
-
-                def show_edit(k: int, outcome: Any, label: str = label, total: int = total) -> None:
-                    if k == 0:
-                        say(f"{label}: edit {outcome.index}/{total} loss {outcome.final_loss:.4f} success {outcome.success:.2f} {outcome.seconds:.2f}s")
-
-                def show_milestone(k: int, milestone: MilestoneResult, label: str = label) -> None:
-                    if k == len(plan.seeds) - 1:
-                        scores = " ".join(f"{key} {value:.3f}" for key, value in milestone.metrics.items())
-                        say(f"{label}: {milestone.protocol} T={milestone.n_edits} (seed {plan.seeds[k]}): {scores}")
-
                 in_order = ordered_records(records, order, plan.total_records)
-                results = run_trials(loaded, in_order, [hparams] * len(plan.seeds), trial_plan, seeds=list(plan.seeds),
-                                     on_edit=show_edit, on_milestone=show_milestone, unedited=unedited)
-                for seed, result in zip(plan.seeds, results):
-                    for milestone in result.milestones:
-                        _collect(plan, hparams, dtype, (seed, order), milestone, per_member, rows)
+                identity = pass_identity(model=plan.model, device=plan.device, dtype=dtype, hparams=hparams, trial_plan=trial_plan, seeds=plan.seeds,
+                                         order=order, records=in_order)
+                kept = pass_file(passes_from, f"{editor}-{dtype}-{'+'.join(protocols)}-order{order}", identity) if passes_from else None
+                pass_rows = read_pass(kept, identity, records_schema()) if kept else None
+                if pass_rows is not None:
+                    say(f"{label}: read from {kept}, finished before")
+                    reused += 1
+                else:
+                    loaded = loaded or load_model(plan.model, dtype=dtype, device=plan.device)
+                    pass_rows = _run_pass(plan, hparams, dtype, protocols, trial_plan, in_order, (label, order), loaded, unedited, say)
+                    if kept:
+                        write_pass(kept, identity, pass_rows, records_schema())
+                rows.extend(pass_rows)
         del loaded
         gc.collect()
     intervals = {key: {n: {m: repeat_interval([v[m] for v in members], CONFIDENCE) for m in METRICS} for n, members in by_t.items()}
-                 for key, by_t in per_member.items()}
-    return Comparison(plan=plan, intervals=intervals, records=rows, seconds=time.perf_counter() - started)
+                 for key, by_t in member_cells(plan, rows).items()}
+    return Comparison(plan=plan, intervals=intervals, records=rows, seconds=time.perf_counter() - started, reused_passes=reused)
+
+
+def _run_pass(plan: ComparePlan, hparams: EditorHParams, dtype: str, protocols: tuple[str, ...], trial_plan: Any, in_order: list[EditRecord],
+              label_order: tuple[str, int], loaded: Any, unedited: Any, say: Progress) -> list[dict[str, Any]]:
+    """One edit stream of one editor in one edit order, every seed: its per-record rows."""
+    from defer_core.trial import run_trials
+
+    label, order = label_order
+    total = _edit_count(protocols, plan.milestones)
+    say(f"{label}: {total} edits x {len(plan.seeds)} seed(s), scorings {','.join(plan.scorings)}")
+
+    def show_edit(k: int, outcome: Any) -> None:
+        if k == 0:
+            say(f"{label}: edit {outcome.index}/{total} loss {outcome.final_loss:.4f} success {outcome.success:.2f} {outcome.seconds:.2f}s")
+
+    def show_milestone(k: int, milestone: MilestoneResult) -> None:
+        if k == len(plan.seeds) - 1:
+            scores = " ".join(f"{key} {value:.3f}" for key, value in milestone.metrics.items())
+            say(f"{label}: {milestone.protocol} T={milestone.n_edits} (seed {plan.seeds[k]}): {scores}")
+
+    results = run_trials(loaded, in_order, [hparams] * len(plan.seeds), trial_plan, seeds=list(plan.seeds),
+                         on_edit=show_edit, on_milestone=show_milestone, unedited=unedited)
+    return [row for seed, result in zip(plan.seeds, results) for milestone in result.milestones
+            for row in _record_rows(plan, hparams, dtype, (seed, order), milestone)]
 
 
 def _edit_count(protocols: tuple[str, ...], milestones: tuple[int, ...]) -> int:
@@ -193,22 +219,29 @@ def _edit_count(protocols: tuple[str, ...], milestones: tuple[int, ...]) -> int:
     return milestones[-1]
 
 
-def _collect(plan: ComparePlan, hparams: EditorHParams, dtype: str, member: tuple[int, int], milestone: MilestoneResult, per_member: dict,
-             rows: list[dict[str, Any]]) -> None:
-    """One milestone of one member (seed, order) of one editor: its cell values per scoring, and its records' rows."""
+def _record_rows(plan: ComparePlan, hparams: EditorHParams, dtype: str, member: tuple[int, int], milestone: MilestoneResult) -> list[dict[str, Any]]:
+    """One milestone of one member (seed, order) of one editor: its records' rows, per scoring."""
     editor = editor_of(hparams)
     seed, order = member
-    for scoring in plan.scorings:
-        key = (editor, milestone.protocol, scoring, dtype)
-        per_member[key].setdefault(milestone.n_edits, []).append({m: milestone.metrics[metric_key(m, scoring)] for m in METRICS})
-        for record in milestone.records:
-            rows.append({
-                "editor": editor, "model": plan.model, "dtype": dtype, "protocol": milestone.protocol, "scoring": scoring, "seed": seed, "order": order,
-                "T": milestone.n_edits, "chunk": record.chunk, "record_id": record.record_id,
-                **{m: record.metrics[metric_key(m, scoring)] for m in METRICS},
-                "inner_param": hparams.module_path, "edit_lr": hparams.edit_lr, "n_iter": hparams.n_iter, "threshold": getattr(hparams, "threshold", None),
-                "strip": plan.strip, "threads": plan.threads,
-            })
+    return [{
+        "editor": editor, "model": plan.model, "dtype": dtype, "protocol": milestone.protocol, "scoring": scoring, "seed": seed, "order": order,
+        "T": milestone.n_edits, "chunk": record.chunk, "record_id": record.record_id,
+        **{m: record.metrics[metric_key(m, scoring)] for m in METRICS},
+        "inner_param": hparams.module_path, "edit_lr": hparams.edit_lr, "n_iter": hparams.n_iter, "threshold": getattr(hparams, "threshold", None),
+        "strip": plan.strip, "threads": plan.threads,
+    } for scoring in plan.scorings for record in milestone.records]
+
+
+def member_cells(plan: ComparePlan, rows: list[dict[str, Any]]) -> dict[RowKey, dict[int, list[dict[str, float]]]]:
+    """row -> T -> one rel/gen/loc dict per repeat member (seed, order), in the order run: each
+    the mean over chunks of the mean over the chunk's records, as defer_core.trial computes a
+    milestone's metrics (fmean, so exactly its numbers), whether the rows were run now or read."""
+    grouped: dict[RowKey, dict[int, dict[tuple[int, int], dict[int, list[dict[str, Any]]]]]] = {key: {} for key in plan.row_keys()}
+    for row in rows:
+        member = grouped[(row["editor"], row["protocol"], row["scoring"], row["dtype"])].setdefault(row["T"], {}).setdefault((row["seed"], row["order"]), {})
+        member.setdefault(row["chunk"], []).append(row)
+    return {key: {n: [{m: fmean(fmean(r[m] for r in chunk) for chunk in chunks.values()) for m in METRICS} for chunks in members.values()]
+                  for n, members in by_t.items()} for key, by_t in grouped.items()}
 
 
 # -- output -------------------------------------------------------------------------------------------

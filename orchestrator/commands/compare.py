@@ -16,7 +16,8 @@ from .console import ExitCode
 def compare(args: argparse.Namespace) -> ExitCode:
     """`defer-sweep compare HPARAMS... --T 1,10,100 ...` (or `--editors defer,grace,wise`): each
     editor's configuration under every protocol × scoring × dtype asked; progress on stderr,
-    the table on stdout, the table and the per-record Parquet in --output."""
+    the table on stdout, the table and the per-record Parquet in --output. Run again with the
+    same --output, it reads the passes finished before instead of running them."""
     from defer_core.runtime import EMBEDDED_MODEL, require_device, stay_offline_by_default
 
     stay_offline_by_default()  # before transformers is imported
@@ -28,6 +29,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
     from defer_core.results import DTYPE_CHOICES, PROTOCOLS, SCORINGS, dtype_name
 
     from ..compare import ComparePlan, render, run_comparison, write_outputs  # light: torch is imported when it runs
+    from ..compare_passes import PASSES_DIR
 
     require_device(args.device, "--device")
     milestones = parse_int_list(args.T, "--T")
@@ -55,8 +57,9 @@ def compare(args: argparse.Namespace) -> ExitCode:
     print(f"compare: {plan.model}, {', '.join(f'{e} {h.module_path}' for e, h in zip(editors, hparams))}, T {list(milestones)}, protocols {','.join(plan.protocols)}, "
           f"scorings {','.join(plan.scorings)}, dtypes {','.join(dtypes)}, seeds {list(seeds)}"
           + (f", edit orders 0..{orders - 1}" if orders > 1 else "") + f", {plan.threads} torch thread(s), data {data_path}", file=sys.stderr, flush=True)
-    comparison = run_comparison(plan, records, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
+    comparison = run_comparison(plan, records, on_progress=lambda line: print(line, file=sys.stderr, flush=True), passes_from=output)
     table, per_record = write_outputs(comparison, args.format, output)
     print(render(comparison, args.format))
-    print(f"wrote {table} and {per_record} (wall {comparison.seconds:.0f}s)", file=sys.stderr, flush=True)
+    reused = f"; {comparison.reused_passes} pass(es) read from {output / PASSES_DIR}, finished before" if comparison.reused_passes else ""
+    print(f"wrote {table} and {per_record} (wall {comparison.seconds:.0f}s{reused})", file=sys.stderr, flush=True)
     return ExitCode.OK
