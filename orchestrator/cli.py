@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.set_defaults(handler=commands.trial)
 
     compare = sub.add_parser("compare", help="run one configuration per editor under every protocol x scoring x dtype asked and print a WISE-style table")
-    compare.add_argument("hparams", nargs="*", help="EasyEdit hparams YAML of DEFER, GRACE or WISE (by its alg_name), one per editor")
+    compare.add_argument("hparams", nargs="*", help="EasyEdit hparams YAML of DEFER, GRACE or WISE (by its alg_name); several of one editor are labelled \"editor (file)\" in the table")
     compare.add_argument("--editors", default=None, help="comma-separated editors (defer, grace, wise) run with EasyEdit's own llama-7b hparams files in hparams/, instead of HPARAMS")
     compare.add_argument("--T", required=True, dest="T", help="comma-separated edit counts, the table's columns (e.g. 1,10,100)")
     compare.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"comma-separated, default all: {_PROTOCOL_HELP}")

@@ -61,9 +61,9 @@ REPRODUCES = {
     ("defer", "stream", "tf", "float32"): "EasyEdit before 3c21b20 (WISE paper)",
     ("defer", "immediate", "tf", "float32"): "EasyEdit from 3c21b20 (HEAD)",
 }
-KEY_COLUMNS = ("editor", "protocol", "scoring", "dtype")  # a row's identity, the table's first columns
+KEY_COLUMNS = ("editor", "protocol", "scoring", "dtype")  # a row's identity, the table's first columns; "editor" shows the configuration's label
 
-RowKey = tuple[str, str, str, str]  # editor, protocol, scoring, dtype
+RowKey = tuple[str, str, str, str]  # configuration label (the editor's name unless it has several), protocol, scoring, dtype
 Progress = Callable[[str], None]
 
 
@@ -75,7 +75,9 @@ def _known(values: tuple[Any, ...], allowed: tuple[Any, ...], what: str) -> None
 
 @dataclass(frozen=True)
 class ComparePlan:
-    """One configuration per editor and every variant each is run under."""
+    """The configurations compared (one or more per editor) and every variant each is run under.
+    `labels` name them in the table: by default each editor's name, which is enough while every
+    editor has one configuration; with several of one editor each needs its own label."""
 
     hparams: tuple[EditorHParams, ...]
     model: str
@@ -90,13 +92,18 @@ class ComparePlan:
     data: str = ""  # where the records came from, for the record
     error_bars: bool = False  # show mean ± Student t half-width over the members (the CLI: when several)
     threads: int = DEFAULT_THREADS  # torch's intra-op thread count of every run (defer_core.runtime)
+    labels: tuple[str, ...] = ()  # one per configuration; empty: the editors' names
 
     def __post_init__(self) -> None:
         if not isinstance(self.hparams, tuple):
             object.__setattr__(self, "hparams", (self.hparams,))  # one configuration
-        editors = self.editors
-        if not editors or len(set(editors)) != len(editors):
-            raise DeferInputError(f"hparams: one configuration per editor, got editors {list(editors)}")
+        if not self.hparams:
+            raise DeferInputError("hparams: expected at least one configuration")
+        if not self.labels:
+            object.__setattr__(self, "labels", self.editors)
+        labels = self.labels
+        if len(labels) != len(self.hparams) or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
+            raise DeferInputError(f"labels: expected one distinct name per configuration, got {list(labels)} for editors {list(self.editors)}")
         _known(self.protocols, PROTOCOLS, "protocols")
         _known(self.scorings, SCORINGS, "scorings")
         _known(self.dtypes, tuple(sorted(set(DTYPE_SPELLINGS.values()))), "dtypes")
@@ -120,6 +127,15 @@ class ComparePlan:
     def editors(self) -> tuple[str, ...]:
         return tuple(editor_of(h) for h in self.hparams)
 
+    def configs(self) -> list[tuple[str, str, EditorHParams]]:
+        """(label, editor, hparams) of each configuration, in the order given."""
+        return list(zip(self.labels, self.editors, self.hparams))
+
+    def reproduces(self, key: RowKey) -> str:
+        """The published numbers a row's protocol, scoring and dtype match (REPRODUCES), by its editor."""
+        label, *variant = key
+        return REPRODUCES.get((dict(zip(self.labels, self.editors))[label], *variant), "")
+
     def edit_streams(self, editor: str) -> list[tuple[str, ...]]:
         """The runs one editor needs per dtype: for DEFER stream and immediate share one edit
         stream; every other protocol (and GRACE's and WISE's each) has its own."""
@@ -127,7 +143,7 @@ class ComparePlan:
         return ([shared] if shared else []) + [(p,) for p in self.protocols if p not in shared]
 
     def row_keys(self) -> list[RowKey]:
-        return [(e, p, s, d) for e in self.editors for p in self.protocols for s in self.scorings for d in self.dtypes]
+        return [(c, p, s, d) for c in self.labels for p in self.protocols for s in self.scorings for d in self.dtypes]
 
 
 @dataclass
@@ -164,15 +180,15 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
     for dtype in plan.dtypes:
         loaded = None  # loaded for the first pass that runs: a comparison read back whole loads no model
         unedited = UneditedLocality()  # per model: the unedited predictions depend on the dtype
-        for hparams, editor in zip(plan.hparams, plan.editors):
+        for config, editor, hparams in plan.configs():
             for protocols, order in ((p, o) for p in plan.edit_streams(editor) for o in range(plan.orders)):
-                label = f"{editor} {dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
+                label = f"{config} {dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
                 trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings, threads=plan.threads)
                 in_order = ordered_records(records, order, plan.total_records)
                 identity = pass_identity(model=plan.model, device=plan.device, dtype=dtype, hparams=hparams, trial_plan=trial_plan, seeds=plan.seeds,
                                          order=order, records=in_order)
                 kept = pass_file(passes_from, f"{editor}-{dtype}-{'+'.join(protocols)}-order{order}", identity) if passes_from else None
-                pass_rows = read_pass(kept, identity, records_schema()) if kept else None
+                pass_rows = read_pass(kept, identity, pass_schema()) if kept else None
                 if pass_rows is not None:
                     say(f"{label}: read from {kept}, finished before")
                     reused += 1
@@ -180,8 +196,8 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
                     loaded = loaded or load_model(plan.model, dtype=dtype, device=plan.device)
                     pass_rows = _run_pass(plan, hparams, dtype, protocols, trial_plan, in_order, (label, order), loaded, unedited, say)
                     if kept:
-                        write_pass(kept, identity, pass_rows, records_schema())
-                rows.extend(pass_rows)
+                        write_pass(kept, identity, pass_rows, pass_schema())
+                rows.extend({"config": config, **row} for row in pass_rows)
         del loaded
         gc.collect()
     intervals = {key: {n: {m: repeat_interval([v[m] for v in members], CONFIDENCE) for m in METRICS} for n, members in by_t.items()}
@@ -238,7 +254,7 @@ def member_cells(plan: ComparePlan, rows: list[dict[str, Any]]) -> dict[RowKey, 
     milestone's metrics (fmean, so exactly its numbers), whether the rows were run now or read."""
     grouped: dict[RowKey, dict[int, dict[tuple[int, int], dict[int, list[dict[str, Any]]]]]] = {key: {} for key in plan.row_keys()}
     for row in rows:
-        member = grouped[(row["editor"], row["protocol"], row["scoring"], row["dtype"])].setdefault(row["T"], {}).setdefault((row["seed"], row["order"]), {})
+        member = grouped[(row["config"], row["protocol"], row["scoring"], row["dtype"])].setdefault(row["T"], {}).setdefault((row["seed"], row["order"]), {})
         member.setdefault(row["chunk"], []).append(row)
     return {key: {n: [{m: fmean(fmean(r[m] for r in chunk) for chunk in chunks.values()) for m in METRICS} for chunks in members.values()]
                   for n, members in by_t.items()} for key, by_t in grouped.items()}
@@ -300,9 +316,9 @@ def _markdown(comparison: Comparison) -> str:
     header = [*KEY_COLUMNS, *(f"{METRIC_LABELS[m]} T={n}" for n in plan.milestones for m in METRICS), "reproduces"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(KEY_COLUMNS) + "---:|" * (len(header) - len(KEY_COLUMNS) - 1) + "---|"]
     for key in plan.row_keys():
-        lines.append("| " + " | ".join([*key, *_shown(comparison, key), REPRODUCES.get(key, "")]) + " |")
+        lines.append("| " + " | ".join([*key, *_shown(comparison, key), plan.reproduces(key)]) + " |")
     lines.append("")
-    lines.append(f"{plan.model}; {'; '.join(f'{e} {hparams_summary(h)}' for e, h in zip(plan.editors, plan.hparams))}; {_members_note(plan)}; "
+    lines.append(f"{plan.model}; {'; '.join(f'{c} {hparams_summary(h)}' for c, _, h in plan.configs())}; {_members_note(plan)}; "
                  f"text {'stripped' if plan.strip else 'as written'}; {plan.threads} torch thread(s); per-record rows in {RECORDS_FILE}")
     return "\n".join(lines)
 
@@ -343,7 +359,7 @@ def _json(comparison: Comparison) -> str:
     plan = comparison.plan
     return json.dumps({
         "model": plan.model,
-        "hparams": {editor: h.to_easyedit_dict() for editor, h in zip(plan.editors, plan.hparams)},
+        "hparams": {config: h.to_easyedit_dict() for config, _, h in plan.configs()},
         "data": plan.data,
         "strip": plan.strip,
         "threads": plan.threads,
@@ -359,7 +375,7 @@ def _json(comparison: Comparison) -> str:
 def _json_row(comparison: Comparison, key: RowKey) -> dict[str, Any]:
     """One row: `cells` the means; with error bars also `half_width` (same shape) and `n`."""
     plan = comparison.plan
-    row: dict[str, Any] = {**dict(zip(KEY_COLUMNS, key)), "reproduces": REPRODUCES.get(key),
+    row: dict[str, Any] = {**dict(zip(KEY_COLUMNS, key)), "reproduces": plan.reproduces(key) or None,
                            "cells": {str(n): comparison.cells[key][n] for n in plan.milestones}}
     if plan.error_bars:
         row["half_width"] = {str(n): {m: _half_width(i) for m, i in comparison.intervals[key][n].items()} for n in plan.milestones}
@@ -386,9 +402,17 @@ def write_outputs(comparison: Comparison, fmt: str, directory: Path) -> tuple[Pa
 
 
 def records_schema() -> Any:
-    """Columns of records.parquet: one row per editor, record, seed, edit order, protocol, scoring,
-    dtype and T (built on demand, so importing this module stays light); threshold is DEFER's
-    (null for the others)."""
+    """Columns of records.parquet: one row per configuration (`config`, its label in the table),
+    record, seed, edit order, protocol, scoring, dtype and T (built on demand, so importing this
+    module stays light); threshold is DEFER's (null for the others)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("config", pa.string()), *pass_schema()])
+
+
+def pass_schema() -> Any:
+    """A kept pass's columns (compare_passes): records.parquet's without `config`, so a pass is
+    read back whatever the configuration is called."""
     import pyarrow as pa
 
     return pa.schema([

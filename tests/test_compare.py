@@ -177,15 +177,42 @@ def test_editors_side_by_side_each_row_equal_to_that_editor_run_alone(zsre_recor
     assert {r["editor"] for r in result.records} == {"defer", "grace"} and all(r["threshold"] is None for r in result.records if r["editor"] == "grace")
     text = render(result, "md")
     assert "grace model.layers[2].mlp.down_proj.weight, edit_lr 1, n_iter 3, eps 20, val_init cold, replacement replace_last" in text
-    with pytest.raises(DeferInputError, match="one configuration per editor"):
+    with pytest.raises(DeferInputError, match=r"labels: expected one distinct name per configuration, got \['grace', 'grace'\]"):
         ComparePlan(hparams=(grace, grace), model="tiny-llama", milestones=T, protocols=protocols, scorings=("tf",), dtypes=("float32",))
+
+
+def test_two_configurations_of_one_editor_each_row_equal_to_it_alone(zsre_records, tmp_path):
+    """EasyEdit's hparams and a sweep's best, side by side: several files of one editor are
+    labelled "editor (file)", each row equals that configuration compared alone, and the
+    per-record rows carry the label."""
+    other = HPARAMS.replace(edit_lr=1e-2, threshold=0.6)
+    first, second = _hparams_file(tmp_path), tmp_path / "best.yaml"
+    second.write_text(yaml.safe_dump(other.to_easyedit_dict()))
+    out = tmp_path / "cmp"
+    done = _cli("compare", str(first), str(second), "--T", "1,2", "--model", "tiny-llama", "--protocols", "stream,immediate", "--scorings", "tf",
+                "--format", "json", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    labels = [f"defer ({first})", f"defer ({second})"]
+    data = json.loads(done.stdout)
+    assert [(r["editor"], r["protocol"]) for r in data["rows"]] == [(label, p) for label in labels for p in ("stream", "immediate")]
+    assert [r["reproduces"] for r in data["rows"]] == ["EasyEdit before 3c21b20 (WISE paper)", "EasyEdit from 3c21b20 (HEAD)"] * 2
+    assert set(data["hparams"]) == set(labels) and data["hparams"][labels[1]]["edit_lr"] == 1e-2
+    for label, hparams in zip(labels, (HPARAMS, other)):
+        plan = ComparePlan(hparams=hparams, model="tiny-llama", milestones=T, protocols=("stream", "immediate"), scorings=("tf",), dtypes=("float32",))
+        alone = run_comparison(plan, zsre_records[: T[-1]])
+        for protocol in ("stream", "immediate"):
+            row = next(r for r in data["rows"] if (r["editor"], r["protocol"]) == (label, protocol))
+            assert row["cells"] == {str(n): alone.cells[("defer", protocol, "tf", "float32")][n] for n in T}
+    records = pq.read_table(out / "records.parquet").to_pylist()
+    assert {r["config"] for r in records} == set(labels) and {r["editor"] for r in records} == {"defer"}
+    assert {r["edit_lr"] for r in records if r["config"] == labels[1]} == {1e-2}
 
 
 @pytest.mark.parametrize("files, editors, message", [
     (1, "defer,grace", "give HPARAMS files or --editors"),
     (0, None, "give HPARAMS files or --editors"),
     (0, "rome", "--editors: expected distinct comma-separated names among defer, grace, wise"),
-    (2, None, "one file per editor, got editors defer, defer"),
+    (2, None, "came twice; give each configuration once"),
 ])
 def test_editor_choices_are_checked_in_one_line_before_anything_runs(tmp_path, files, editors, message):
     hparams = [str(_hparams_file(tmp_path))] * files
