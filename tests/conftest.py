@@ -23,7 +23,7 @@ from defer_core.models import LoadedModel
 LONGEST_FIRST = (
     "test_output_folder_safety.py", "test_confirm.py", "test_checks_and_exits.py", "test_progress_and_interrupts.py", "test_report.py",
     "test_curve_sinks.py", "test_orchestrator_resume.py", "test_table.py", "test_storage_uri.py", "test_relocatable_output.py",
-    "test_repeats_sweep.py", "test_orchestrator_sweep.py", "test_compare.py", "test_repeats_groundwork.py", "test_scoring_batched.py",
+    "test_repeats_sweep.py", "test_orchestrator_sweep.py", "test_compare.py", "test_repeats_groundwork.py", "test_compare_passes.py", "test_scoring_batched.py",
     "test_curve_search.py", "test_crash_before_first_trial.py", "test_threshold_curve.py", "test_orchestrator_packing.py", "test_trial_command.py",
     "test_dtype_and_export.py", "test_cluster_config.py", "test_searcher_pickling.py", "test_protocols.py", "test_reference_equivalence.py",
 )
