@@ -21,7 +21,9 @@ evaluation forward may update the codebook, and GRACE's key position is sticky):
        it, as for DEFER: asking for genctx too can add forwards), one forward per token;
     2. if tf is asked: one forward of the probe's prompt + target.
   So tf after a generation keys on that prompt's last token (where the edit put its key), and tf
-  alone keys at the last edit's last prompt position (EasyEdit's sticky key_id).
+  alone keys at the last edit's last prompt position (EasyEdit's sticky key_id). With the plan's
+  `grace_key: prompt` every tf forward keys at its own prompt's last token instead (an explicit
+  option, not EasyEdit's behaviour).
 Which evaluations last. `immediate` scores each record straight after its edit and that
 evaluation is part of the stream, as in EasyEdit HEAD's edit loop (its draws move later cold
 values; in WISE-Merge its first forward folds the pending shard). A `stream` milestone's
@@ -89,10 +91,13 @@ LifelongEditor = GraceEditor | WiseEditor
 
 
 class RowPredictor:
-    """Predictions of one row at a time on the model as it stands."""
+    """Predictions of one row at a time on the model as it stands. With `grace_key: prompt` a
+    GRACE teacher-forced forward keys on the scored text's own last prompt token instead of
+    EasyEdit's sticky position."""
 
-    def __init__(self, editor: LifelongEditor) -> None:
+    def __init__(self, editor: LifelongEditor, grace_key: str = "sticky") -> None:
         self.editor = editor
+        self.key_at_prompt = isinstance(editor, GraceEditor) and grace_key == "prompt"
         model = editor.model
         self.eos = eos_token_ids(model.config, getattr(model, "generation_config", None), editor.loaded.tokenizer)
 
@@ -103,6 +108,8 @@ class RowPredictor:
     @torch.no_grad()
     def teacher_forced(self, probe: PromptTarget) -> list[int]:
         """The argmax at each target position given the true previous tokens (one forward)."""
+        if self.key_at_prompt:
+            self.editor.layer.key_id = probe.n_prompt - 1  # type: ignore[union-attr]
         return self._logits(probe.ids).argmax(dim=-1)[probe.n_prompt - 1 : len(probe.ids) - 1].tolist()
 
     @torch.no_grad()
@@ -126,7 +133,7 @@ class LifelongView:
 
     def __init__(self, editor: LifelongEditor, plan: "TrialPlan", unedited: UneditedLocality) -> None:
         self.editor, self.plan, self.unedited = editor, plan, unedited
-        self.rows = RowPredictor(editor)
+        self.rows = RowPredictor(editor, plan.grace_key)
 
     def edit(self, record: EditRecord, probe: RecordProbes) -> list[EditStats]:
         """GRACE edits the tokens of f"{prompt} {target}"; WISE gets the text, as EasyEdit's

@@ -12,6 +12,10 @@ from .results import DEFAULT_SCORINGS, GENERATION_SCORINGS, PROTOCOLS, SCORINGS,
 from .runtime import DEFAULT_THREADS
 
 EDIT_PATHS = ("fast", "plain")  # fast: suffix-only edit steps (an editor without one runs plain); plain: the full forward
+# Where GRACE reads its key in a teacher-forced evaluation forward (lifelong_view.RowPredictor):
+# sticky: EasyEdit's key_id, left at the last edit's (or generation's) prompt position;
+# prompt: the scored text's own last prompt token, where an edit of that text would put its key.
+GRACE_KEYS = ("sticky", "prompt")
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,8 @@ class TrialPlan:
     records), only gate rows and the grid. `threads`: torch's intra-op thread count for the
     trial (runtime.DEFAULT_THREADS, a sweep worker's default); it can move gates by an ulp.
     GRACE and WISE trials take neither a grid nor curve mode, and one protocol at a time
-    (lifelong_view.check_lifelong_plan says why)."""
+    (lifelong_view.check_lifelong_plan says why). `grace_key`: where GRACE keys a teacher-forced
+    evaluation (GRACE_KEYS; sticky is EasyEdit's), refused for the other editors."""
 
     protocol: str | tuple[str, ...] = "stream"
     milestones: tuple[int, ...] = (1,)
@@ -31,6 +36,7 @@ class TrialPlan:
     threshold_grid: tuple[float, ...] = ()
     threshold_scores: bool = True
     threads: int = DEFAULT_THREADS
+    grace_key: str = "sticky"
 
     def __post_init__(self) -> None:
         protocols = self.protocols
@@ -54,6 +60,8 @@ class TrialPlan:
             raise DeferInputError(f"threshold_scores must be true or false, got {self.threshold_scores!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise DeferInputError(f"threads must be a whole number >= 1, got {self.threads!r}")
+        if self.grace_key not in GRACE_KEYS:
+            raise DeferInputError(f"grace_key must be one of {', '.join(GRACE_KEYS)}, got {self.grace_key!r}")
 
     @property
     def protocols(self) -> tuple[str, ...]:

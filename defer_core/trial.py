@@ -149,6 +149,8 @@ def _trial_editor(hparams: Sequence[AnyHParams], plan: TrialPlan) -> str:
     if len(editors) != 1:
         raise DeferInputError(f"hparams: one call runs one editor, got {', '.join(sorted(editors))}")
     (editor,) = editors
+    if plan.grace_key != "sticky" and editor != "grace":
+        raise DeferInputError(f"grace_key: {plan.grace_key} is where GRACE reads its key; {editor.upper()} has none, so leave it at sticky")
     if editor != "defer":
         if len(hparams) > 1:  # run_trials runs them one at a time
             raise DeferInputError(f"hparams: packs of {len(hparams)} trials are DEFER only; run {editor.upper()} trials one at a time")

@@ -93,6 +93,7 @@ class ComparePlan:
     error_bars: bool = False  # show mean ± Student t half-width over the members (the CLI: when several)
     threads: int = DEFAULT_THREADS  # torch's intra-op thread count of every run (defer_core.runtime)
     labels: tuple[str, ...] = ()  # one per configuration; empty: the editors' names
+    grace_key: str = "sticky"  # where GRACE's configurations key a teacher-forced evaluation (defer_core.plan.GRACE_KEYS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.hparams, tuple):
@@ -105,6 +106,8 @@ class ComparePlan:
         if len(labels) != len(self.hparams) or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
             raise DeferInputError(f"labels: expected one distinct name per configuration, got {list(labels)} for editors {list(self.editors)}")
         _known(self.protocols, PROTOCOLS, "protocols")
+        if self.grace_key != "sticky" and "grace" not in self.editors:
+            raise DeferInputError(f"grace_key: {self.grace_key} is where GRACE reads its key, and no configuration is GRACE's (editors {', '.join(self.editors)})")
         _known(self.scorings, SCORINGS, "scorings")
         _known(self.dtypes, tuple(sorted(set(DTYPE_SPELLINGS.values()))), "dtypes")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -130,6 +133,10 @@ class ComparePlan:
     def configs(self) -> list[tuple[str, str, EditorHParams]]:
         """(label, editor, hparams) of each configuration, in the order given."""
         return list(zip(self.labels, self.editors, self.hparams))
+
+    def grace_key_of(self, editor: str) -> str | None:
+        """What a configuration's rows record as its GRACE key position (None: not GRACE)."""
+        return self.grace_key if editor == "grace" else None
 
     def reproduces(self, key: RowKey) -> str:
         """The published numbers a row's protocol, scoring and dtype match (REPRODUCES), by its editor."""
@@ -183,7 +190,8 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
         for config, editor, hparams in plan.configs():
             for protocols, order in ((p, o) for p in plan.edit_streams(editor) for o in range(plan.orders)):
                 label = f"{config} {dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
-                trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings, threads=plan.threads)
+                trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings,
+                                       threads=plan.threads, grace_key=plan.grace_key_of(editor) or "sticky")
                 in_order = ordered_records(records, order, plan.total_records)
                 identity = pass_identity(model=plan.model, device=plan.device, dtype=dtype, hparams=hparams, trial_plan=trial_plan, seeds=plan.seeds,
                                          order=order, records=in_order)
@@ -197,7 +205,7 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
                     pass_rows = _run_pass(plan, hparams, dtype, protocols, trial_plan, in_order, (label, order), loaded, unedited, say)
                     if kept:
                         write_pass(kept, identity, pass_rows, pass_schema())
-                rows.extend({"config": config, **row} for row in pass_rows)
+                rows.extend({"config": config, **row, "grace_key": plan.grace_key_of(editor)} for row in pass_rows)
         del loaded
         gc.collect()
     intervals = {key: {n: {m: repeat_interval([v[m] for v in members], CONFIDENCE) for m in METRICS} for n, members in by_t.items()}
@@ -318,9 +326,15 @@ def _markdown(comparison: Comparison) -> str:
     for key in plan.row_keys():
         lines.append("| " + " | ".join([*key, *_shown(comparison, key), plan.reproduces(key)]) + " |")
     lines.append("")
-    lines.append(f"{plan.model}; {'; '.join(f'{c} {hparams_summary(h)}' for c, _, h in plan.configs())}; {_members_note(plan)}; "
+    lines.append(f"{plan.model}; {'; '.join(f'{c} {hparams_summary(h)}{_key_note(plan, e)}' for c, e, h in plan.configs())}; {_members_note(plan)}; "
                  f"text {'stripped' if plan.strip else 'as written'}; {plan.threads} torch thread(s); per-record rows in {RECORDS_FILE}")
     return "\n".join(lines)
+
+
+def _key_note(plan: ComparePlan, editor: str) -> str:
+    """GRACE's key position, named when it is not EasyEdit's sticky one."""
+    key = plan.grace_key_of(editor)
+    return f", keyed at each scored prompt (grace_key {key})" if key not in (None, "sticky") else ""
 
 
 def _latex(comparison: Comparison) -> str:
@@ -363,6 +377,7 @@ def _json(comparison: Comparison) -> str:
         "data": plan.data,
         "strip": plan.strip,
         "threads": plan.threads,
+        **({"grace_key": plan.grace_key} if "grace" in plan.editors else {}),
         "seeds": list(plan.seeds),
         **({"orders": plan.orders} if plan.orders > 1 else {}),
         "T": list(plan.milestones),
@@ -404,10 +419,10 @@ def write_outputs(comparison: Comparison, fmt: str, directory: Path) -> tuple[Pa
 def records_schema() -> Any:
     """Columns of records.parquet: one row per configuration (`config`, its label in the table),
     record, seed, edit order, protocol, scoring, dtype and T (built on demand, so importing this
-    module stays light); threshold is DEFER's (null for the others)."""
+    module stays light); threshold is DEFER's and grace_key GRACE's (null for the others)."""
     import pyarrow as pa
 
-    return pa.schema([pa.field("config", pa.string()), *pass_schema()])
+    return pa.schema([pa.field("config", pa.string()), *pass_schema(), pa.field("grace_key", pa.string())])
 
 
 def pass_schema() -> Any:

@@ -29,6 +29,9 @@ from defer_core.files import atomic_write_bytes
 PASSES_DIR = "passes"  # OUT/passes/: one Parquet file per finished pass
 PASS_FORMAT = 1  # raised whenever a pass file's shape or identity changes
 _IDENTITY_KEY = b"defer_sweep.compare_pass"
+# Trial plan fields added after PASS_FORMAT 1, each with the default that every pass kept before
+# it ran with: left out of the identity at that default, so those passes are still read.
+_ADDED_AT_DEFAULT = {"grace_key": "sticky"}
 
 
 def pass_identity(*, model: str, device: str | None, dtype: str, hparams: Any, trial_plan: Any, seeds: Sequence[int], order: int,
@@ -41,7 +44,7 @@ def pass_identity(*, model: str, device: str | None, dtype: str, hparams: Any, t
         "format": PASS_FORMAT,
         "model": model, "device": device, "dtype": dtype,
         "hparams": {"class": type(hparams).__name__, **asdict(hparams)},
-        "trial_plan": asdict(trial_plan),
+        "trial_plan": {k: v for k, v in asdict(trial_plan).items() if k not in _ADDED_AT_DEFAULT or v != _ADDED_AT_DEFAULT[k]},
         "seeds": list(seeds), "order": order,
         "records": hashlib.sha256(json.dumps([asdict(r) for r in records], sort_keys=True).encode()).hexdigest(),
         "torch": version("torch"), "transformers": version("transformers"),

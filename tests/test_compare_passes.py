@@ -24,9 +24,9 @@ DEFER = tiny_hparams(edit_lr=5e-2, n_iter=3, threshold=0.3)
 GRACE = load_grace_hparams(ROOT / "hparams" / "GRACE" / "llama-7b.yaml").replace(inner_params=("model.layers[2].mlp.down_proj.weight",), n_iter=3, eps=20.0)
 
 
-def _plan(orders: int, defer=DEFER) -> ComparePlan:
+def _plan(orders: int, defer=DEFER, grace_key: str = "sticky") -> ComparePlan:
     return ComparePlan(hparams=(defer, GRACE), model="tiny-llama", milestones=T, protocols=("stream", "immediate"), scorings=("tf", "genctx"),
-                       dtypes=("float32",), orders=orders, error_bars=orders > 1)
+                       dtypes=("float32",), orders=orders, error_bars=orders > 1, grace_key=grace_key)
 
 
 def _run(plan: ComparePlan, records, out: Path | None):
@@ -80,6 +80,13 @@ def test_a_pass_stopped_midway_runs_again_and_other_settings_do_not_read_it(zsre
     assert ran == ["defer float32 stream+immediate order 0", "defer float32 stream+immediate order 1"], "another edit_lr is another pass"
     assert read == [label for label in _labels(2) if label.startswith("grace")]
     assert other.cells[("grace", "stream", "tf", "float32")] == uninterrupted.cells[("grace", "stream", "tf", "float32")]
+    keyed, ran, read = _run(_plan(orders=2, grace_key="prompt"), zsre_records, out)
+    assert ran == [label for label in _labels(2) if label.startswith("grace")], "GRACE keyed at each prompt is another pass"
+    assert read == [label for label in _labels(2) if label.startswith("defer")], "DEFER has no key position: its passes are read"
+    assert {r["grace_key"] for r in keyed.records} == {"prompt", None} and all(r["grace_key"] is None for r in keyed.records if r["editor"] == "defer")
+    assert "keyed at each scored prompt (grace_key prompt)" in render(keyed, "md") and '"grace_key": "prompt"' in render(keyed, "json")
+    with pytest.raises(DeferInputError, match="grace_key: prompt is where GRACE reads its key, and no configuration is GRACE's"):
+        ComparePlan(hparams=DEFER, model="tiny-llama", milestones=T, protocols=("stream",), scorings=("tf",), dtypes=("float32",), grace_key="prompt")
 
 
 def _labels(orders: int) -> list[str]:

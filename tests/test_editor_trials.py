@@ -72,6 +72,9 @@ class Naive:
     def before_generation(self) -> None:
         pass
 
+    def before_teacher_forced(self, prompt: str) -> None:
+        pass
+
     @contextlib.contextmanager
     def kept(self):
         yield
@@ -98,6 +101,7 @@ class Naive:
                 for scoring in generation:
                     predicted[scoring, kind] = sequence[: n_prompt + budgets[scoring]][-budgets[scoring] :]
             if "tf" in scorings:
+                self.before_teacher_forced(prompt)
                 predicted["tf", kind] = reference_teacher_forced(self.call, self.tok, prompt, target)[0]
         return predicted
 
@@ -114,14 +118,15 @@ class Naive:
 
     def success(self, record) -> float:
         with self.kept():
+            self.before_teacher_forced(record.prompt)
             predicted, expected = reference_teacher_forced(self.call, self.tok, record.prompt, record.target)
         return accuracy(predicted, expected)
 
 
 class NaiveGrace(Naive):
-    def __init__(self, hparams: GraceHParams) -> None:
+    def __init__(self, hparams: GraceHParams, key_at_prompt: bool = False) -> None:
         super().__init__()
-        self.hparams = hparams
+        self.hparams, self.key_at_prompt = hparams, key_at_prompt
         self.ref = attach_reference(
             self.model, LAYER, eps=hparams.eps, val_init=hparams.val_init, val_train=hparams.val_train,
             replacement=hparams.replacement, eps_expand=hparams.eps_expand,
@@ -134,6 +139,10 @@ class NaiveGrace(Naive):
 
     def before_generation(self) -> None:
         self.ref.key_id = -1  # GRACE.generate
+
+    def before_teacher_forced(self, prompt: str) -> None:
+        if self.key_at_prompt:  # grace_key: prompt, the scored prompt's own last token
+            self.ref.key_id = len(self.tok(prompt)["input_ids"]) - 1
 
     @contextlib.contextmanager
     def kept(self):
@@ -218,9 +227,9 @@ def naive_trial(make, records, protocol, scorings, milestones=MILESTONES):
     return metrics, rows_at, losses, successes
 
 
-def assert_trial_matches(hparams, make, records, protocol, scorings, edit_path="fast", milestones=MILESTONES):
+def assert_trial_matches(hparams, make, records, protocol, scorings, edit_path="fast", milestones=MILESTONES, grace_key="sticky"):
     records = records[:T]
-    plan = TrialPlan(protocol=protocol, milestones=milestones, scorings=scorings, edit_path=edit_path)
+    plan = TrialPlan(protocol=protocol, milestones=milestones, scorings=scorings, edit_path=edit_path, grace_key=grace_key)
     seed = GRACE_SEED if isinstance(hparams, GraceHParams) else WISE_SEED
     result = run_trial(tiny_llama(seed=0), records, hparams, plan, seed=seed)
     metrics, rows_at, losses, successes = naive_trial(make, records, protocol, scorings, milestones)
@@ -253,6 +262,29 @@ def test_grace_trial_equals_naive_loop(zsre_records, changes, protocol, scorings
     if changes.get("eps") == COVERING["eps"] and protocol == "immediate":
         assert any(v < 1.0 for m in result.milestones for k, v in m.metrics.items() if k.startswith("loc_")), "locality should move"
         assert any(v > 0.0 for m in result.milestones for k, v in m.metrics.items() if k.startswith("rel_"))
+
+
+@pytest.mark.parametrize("changes, protocol, scorings", [
+    ({"val_init": "cold"}, "stream", ("tf",)),  # new keys and splits: sticky keys most records at another position
+    ({"val_init": "cold"}, "immediate", ("tf", "gen")),
+    ({"val_init": "warm", **COVERING}, "chunks", ("tf",)),
+])
+def test_grace_keyed_at_each_prompt_equals_naive_loop(zsre_records, changes, protocol, scorings):
+    """grace_key: prompt, every teacher-forced forward keyed at its own last prompt token,
+    against the naive loop that sets key_id so before each one; in the stream it scores
+    otherwise than EasyEdit's sticky position."""
+    hparams = grace_hparams(**changes)
+    keyed = assert_trial_matches(hparams, lambda: NaiveGrace(hparams, key_at_prompt=True), zsre_records, protocol, scorings, grace_key="prompt")
+    if protocol == "stream":
+        sticky = run_trial(tiny_llama(seed=0), zsre_records[:T], hparams, TrialPlan(protocol=protocol, milestones=MILESTONES, scorings=scorings), seed=GRACE_SEED)
+        assert [m.metrics for m in keyed.milestones] != [m.metrics for m in sticky.milestones]
+        assert [e.final_loss for e in keyed.edits] == [e.final_loss for e in sticky.edits], "the key position at evaluation does not change the edits"
+
+
+def test_grace_key_is_refused_for_the_other_editors(tiny, zsre_records):
+    for hparams in (tiny_hparams(), wise_hparams()):
+        one_line_error(lambda: run_trial(tiny, zsre_records[:1], hparams, TrialPlan(grace_key="prompt")), "grace_key: prompt", "leave it at sticky")
+    one_line_error(lambda: TrialPlan(grace_key="own"), "grace_key must be one of sticky, prompt, got 'own'")
 
 
 def test_grace_plain_edit_path_equals_naive_loop(zsre_records):

@@ -65,3 +65,19 @@ def test_a_grace_or_wise_file_runs_its_editor(tmp_path):
         assert result["hparams"]["alg_name"] == name and result["hparams"]["n_iter"] == 2
         assert [m["n_edits"] for m in result["milestones"]] == [1, 2] and len(result["edits"]) == 2
         assert f"{name} trial: model tiny-llama" in done.stderr
+
+
+def test_grace_key_is_recorded_and_refused_for_defer(tmp_path):
+    """--grace-key prompt: the JSON and the table's footer name it; a DEFER file refuses it in one line."""
+    config = yaml.safe_load((ROOT / "hparams" / "GRACE" / "llama-7b.yaml").read_text())
+    config.update(inner_params=["model.layers[2].mlp.down_proj.weight"], n_iter=2)
+    grace = tmp_path / "GRACE.yaml"
+    grace.write_text(yaml.safe_dump(config))
+    done = _trial(str(grace), "--T", "2", "--model", "tiny-llama", "--scoring", "tf", "--grace-key", "prompt", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["grace_key"] == "prompt"
+    table = _trial(str(grace), "--T", "2", "--model", "tiny-llama", "--scoring", "tf", "--grace-key", "prompt")
+    assert table.returncode == 0 and "GRACE keyed at each scored prompt (prompt)" in table.stdout, table.stderr
+    refused = _trial(str(_hparams_file(tmp_path)), "--T", "1", "--model", "tiny-llama", "--grace-key", "prompt")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and lines[-1] == "defer-sweep: error: grace_key: prompt is where GRACE reads its key; DEFER has none, so leave it at sticky"

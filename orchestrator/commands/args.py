@@ -56,7 +56,7 @@ def parse_choices(text: str, flag: str, allowed: Sequence[str]) -> tuple[str, ..
 
 
 def trial_plan(args: argparse.Namespace) -> "TrialPlan":
-    """`trial`'s --T, --milestones, --protocol, --scoring, --edit-path and --threads."""
+    """`trial`'s --T, --milestones, --protocol, --scoring, --edit-path, --threads and --grace-key."""
     from defer_core.plan import TrialPlan
 
     milestones = parse_int_list(args.milestones, "--milestones") if args.milestones else default_milestones(args.T)
@@ -65,7 +65,8 @@ def trial_plan(args: argparse.Namespace) -> "TrialPlan":
     except ValueError as error:
         raise DeferInputError(f"--milestones (with --T {args.T}) {error}") from None
     scorings = tuple(part.strip() for part in args.scoring.split(",") if part.strip())
-    return TrialPlan(protocol=args.protocol, milestones=milestones, scorings=scorings, edit_path=args.edit_path, threads=args.threads)
+    return TrialPlan(protocol=args.protocol, milestones=milestones, scorings=scorings, edit_path=args.edit_path, threads=args.threads,
+                     grace_key=args.grace_key)
 
 
 def trial_seeds(args: argparse.Namespace) -> tuple[int, ...]:

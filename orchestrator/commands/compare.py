@@ -52,7 +52,7 @@ def compare(args: argparse.Namespace) -> ExitCode:
         hparams=hparams, model=args.model or EMBEDDED_MODEL, milestones=milestones,
         protocols=parse_choices(args.protocols, "--protocols", PROTOCOLS), scorings=parse_choices(args.scorings, "--scorings", SCORINGS),
         dtypes=dtypes, seeds=seeds, orders=orders, device=args.device, strip=args.strip, data=str(data_path), threads=args.threads,
-        error_bars=len(seeds) * orders > 1, labels=labels,
+        error_bars=len(seeds) * orders > 1, labels=labels, grace_key=args.grace_key,
     )
     records = load_records(data_path, limit=plan.total_records, strip=args.strip)
     output = Path(args.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()

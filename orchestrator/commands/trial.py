@@ -96,6 +96,7 @@ def trial(args: argparse.Namespace) -> ExitCode:
         "scorings": list(plan.scorings),
         "edit_path": plan.edit_path,
         "threads": plan.threads,
+        "grace_key": plan.grace_key,
         "seconds_per_edit": sum(edit_seconds) / len(edit_seconds),
         "wall_seconds": time.perf_counter() - started,
         "milestones": [asdict(m) for m in result.milestones],
@@ -105,8 +106,13 @@ def trial(args: argparse.Namespace) -> ExitCode:
         print(json.dumps(summary, indent=2))
     else:
         print(milestone_table(result.milestones, plan.scorings))
-        print(f"seconds per edit: {summary['seconds_per_edit']:.2f}  (wall {summary['wall_seconds']:.1f}s, {plan.edit_path} edit path)")
+        print(f"seconds per edit: {summary['seconds_per_edit']:.2f}  (wall {summary['wall_seconds']:.1f}s, {plan.edit_path} edit path{_grace_key_note(plan)})")
     return ExitCode.OK
+
+
+def _grace_key_note(plan: "TrialPlan") -> str:
+    """Named in the output when it is not EasyEdit's."""
+    return "" if plan.grace_key == "sticky" else f", GRACE keyed at each scored prompt ({plan.grace_key})"
 
 
 def _print_repeats(args: argparse.Namespace, model_name: str, hparams: "EditorHParams", dtype: str, plan: "TrialPlan",
@@ -122,11 +128,11 @@ def _print_repeats(args: argparse.Namespace, model_name: str, hparams: "EditorHP
         print(interval_table(rows, plan.scorings))
         print(f"mean ± Student t {TRIAL_CONFIDENCE:.0%} half-width over {len(members)} runs "
               f"(seeds {list(dict.fromkeys(s for s, _ in members))} x edit orders 0..{max(o for _, o in members)}; order 0 is the file's)")
-        print(f"seconds per edit: {sum(edit_seconds) / len(edit_seconds):.2f}  (wall {wall:.1f}s, {plan.edit_path} edit path)")
+        print(f"seconds per edit: {sum(edit_seconds) / len(edit_seconds):.2f}  (wall {wall:.1f}s, {plan.edit_path} edit path{_grace_key_note(plan)})")
         return ExitCode.OK
     summary = {
         "model": model_name, "hparams": hparams.to_easyedit_dict(), "dtype": dtype, "strip": args.strip, "protocol": plan.protocol,
-        "scorings": list(plan.scorings), "edit_path": plan.edit_path, "threads": plan.threads, "confidence": TRIAL_CONFIDENCE,
+        "scorings": list(plan.scorings), "edit_path": plan.edit_path, "threads": plan.threads, "grace_key": plan.grace_key, "confidence": TRIAL_CONFIDENCE,
         "seconds_per_edit": sum(edit_seconds) / len(edit_seconds), "wall_seconds": wall,
         "milestones": [{"n_edits": m.n_edits, "protocol": m.protocol, "metrics": {k: i.mean for k, i in intervals.items()},
                         "half_width": {k: i.half_width for k, i in intervals.items()}, "n": len(members)} for m, intervals in rows],
