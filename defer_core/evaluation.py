@@ -22,14 +22,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean
 from typing import Sequence
 
 from .adaptor import DeferAdaptor
 from .data import EditRecord
 from .files import atomic_write_text
 from .models import LoadedModel
-from .results import GENERATION_SCORINGS, METRICS, TF, GateRow, metric_key
+from .results import GENERATION_SCORINGS, METRICS, TF, GateRow, mean_metrics, metric_key
 from .scoring import (
     generated_sequences,
     generated_sequences_at,
@@ -238,11 +237,6 @@ def score_records(
             row[metric_key("loc", scoring)] = token_accuracy(predicted["loc"][scoring][index], unedited.predictions[scoring][record.record_id])
         rows.append(row)
     return rows
-
-
-def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The mean of each metric over records (the value a milestone reports)."""
-    return {key: fmean(row[key] for row in rows) for key in rows[0]}
 
 
 def evaluate(

@@ -9,6 +9,8 @@ the target's tokens in context), e.g. `rel_tf`, `loc_gen`, `gen_genctx`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Sequence
 
 from .errors import DeferInputError
 
@@ -148,3 +150,17 @@ class TrialResult:
     def milestones_of(self, protocol: str) -> list[MilestoneResult]:
         """The milestones of one protocol (a shared edit stream reports several)."""
         return [m for m in self.milestones if m.protocol == protocol]
+
+
+def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over records (the value a milestone reports)."""
+    return {key: fmean(row[key] for row in rows) for key in rows[0]}
+
+
+def mean_over_chunks(per_chunk: Sequence[Sequence[dict[str, float]]]) -> dict[str, float]:
+    """A milestone's metrics: the mean over chunks of each chunk's mean over records (one chunk:
+    the mean over records). Light, so compare recomputes a kept pass's cells with it exactly."""
+    if not per_chunk or not per_chunk[0]:
+        return {}
+    means = [mean_metrics(rows) for rows in per_chunk]
+    return {key: fmean(m[key] for m in means) for key in means[0]}

@@ -29,7 +29,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
 from typing import Callable, Sequence, TypeVar, Union
 
 from .data import EditRecord
@@ -37,7 +36,7 @@ from .defer_view import defer_view
 from .editors import editor_of
 from .errors import DeferInputError
 from .plan import TrialPlan
-from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, mean_metrics, unedited_cache_file
+from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, unedited_cache_file
 from .grace_hparams import GraceHParams
 from .hparams import DeferHParams
 from .lifelong_view import check_lifelong_plan, lifelong_view
@@ -49,6 +48,7 @@ from .results import (
     MilestoneResult,
     RecordScores,
     TrialResult,
+    mean_over_chunks,
 )
 from .trial_view import EditorView, Scored
 from .wise_hparams import WiseHParams
@@ -217,14 +217,6 @@ def _run_trials(
     return results
 
 
-def _over_chunks(per_chunk: Sequence[Sequence[dict[str, float]]]) -> dict[str, float]:
-    """The mean over chunks of each chunk's mean over records (one chunk: the mean over records)."""
-    if not per_chunk or not per_chunk[0]:
-        return {}
-    means = [mean_metrics(rows) for rows in per_chunk]
-    return {key: fmean(m[key] for m in means) for key in means[0]}
-
-
 def _record_scores(records: Sequence[EditRecord], rows: Sequence[dict[str, float]], chunk: int = 0) -> tuple[RecordScores, ...]:
     return tuple(RecordScores(record_id=r.record_id, metrics=row, chunk=chunk) for r, row in zip(records, rows))
 
@@ -269,13 +261,13 @@ class _Run:
         """Member k's result from its evaluation of each chunk's records (one chunk unless the
         protocol is chunks): means per chunk, then over chunks."""
         grid = tuple(
-            GridPoint(threshold=t, metrics=_over_chunks([scored.grid[i] for _, scored in chunks]))
+            GridPoint(threshold=t, metrics=mean_over_chunks([scored.grid[i] for _, scored in chunks]))
             for i, t in enumerate(self.plan.threshold_grid)
         ) if self.plan.grid_scorings else ()
         self.on_milestone(k, MilestoneResult(
             n_edits=n_edits,
             protocol=protocol,
-            metrics=_over_chunks([scored.rows for _, scored in chunks]),
+            metrics=mean_over_chunks([scored.rows for _, scored in chunks]),
             seconds=seconds,
             records=tuple(score for chunk, (records, scored) in enumerate(chunks) for score in _record_scores(records, scored.rows, chunk)),
             gates=tuple(row for _, scored in chunks for row in scored.gates),

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import time
-from statistics import fmean
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +39,7 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
 from defer_core.editors import EditorHParams, editor_of, hparams_summary
 from defer_core.orders import ordered_records
-from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, metric_key
+from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, mean_over_chunks, metric_key
 from defer_core.runtime import DEFAULT_THREADS
 
 from .compare_passes import pass_file, pass_identity, read_pass, write_pass
@@ -258,13 +257,13 @@ def _record_rows(plan: ComparePlan, hparams: EditorHParams, dtype: str, member: 
 
 def member_cells(plan: ComparePlan, rows: list[dict[str, Any]]) -> dict[RowKey, dict[int, list[dict[str, float]]]]:
     """row -> T -> one rel/gen/loc dict per repeat member (seed, order), in the order run: each
-    the mean over chunks of the mean over the chunk's records, as defer_core.trial computes a
-    milestone's metrics (fmean, so exactly its numbers), whether the rows were run now or read."""
+    computed from its rows by defer_core's mean_over_chunks, as a milestone's metrics are (so
+    exactly its numbers), whether the rows were run now or read."""
     grouped: dict[RowKey, dict[int, dict[tuple[int, int], dict[int, list[dict[str, Any]]]]]] = {key: {} for key in plan.row_keys()}
     for row in rows:
         member = grouped[(row["config"], row["protocol"], row["scoring"], row["dtype"])].setdefault(row["T"], {}).setdefault((row["seed"], row["order"]), {})
         member.setdefault(row["chunk"], []).append(row)
-    return {key: {n: [{m: fmean(fmean(r[m] for r in chunk) for chunk in chunks.values()) for m in METRICS} for chunks in members.values()]
+    return {key: {n: [mean_over_chunks([[{m: r[m] for m in METRICS} for r in chunk] for chunk in chunks.values()]) for chunks in members.values()]
                   for n, members in by_t.items()} for key, by_t in grouped.items()}
 
 
