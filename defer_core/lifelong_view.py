@@ -64,7 +64,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -75,6 +75,7 @@ from .evaluation import RecordProbes, Scorer, UneditedLocality
 from .grace import GraceEditor
 from .grace_hparams import GraceHParams
 from .models import LoadedModel
+from .plan import DEFAULT_GRACE_KEY, TrialPlan
 from .results import GENERATION_SCORINGS, METRICS, TF, metric_key
 from .scoring import token_accuracy, window
 from .tokens import PromptTarget, eos_token_ids
@@ -82,9 +83,6 @@ from .trial_view import EditCheck, Scored
 from .wise import WiseEditor
 from .wise_batch import WiseRequest, read_irrelevant_prompts
 from .wise_hparams import WiseHParams
-
-if TYPE_CHECKING:
-    from .plan import TrialPlan
 
 
 LifelongEditor = GraceEditor | WiseEditor
@@ -95,7 +93,7 @@ class RowPredictor:
     GRACE teacher-forced forward keys on the scored text's own last prompt token instead of
     EasyEdit's sticky position."""
 
-    def __init__(self, editor: LifelongEditor, grace_key: str = "sticky") -> None:
+    def __init__(self, editor: LifelongEditor, grace_key: str = DEFAULT_GRACE_KEY) -> None:
         self.editor = editor
         self.key_at_prompt = isinstance(editor, GraceEditor) and grace_key == "prompt"
         model = editor.model

@@ -16,6 +16,13 @@ EDIT_PATHS = ("fast", "plain")  # fast: suffix-only edit steps (an editor withou
 # sticky: EasyEdit's key_id, left at the last edit's (or generation's) prompt position;
 # prompt: the scored text's own last prompt token, where an edit of that text would put its key.
 GRACE_KEYS = ("sticky", "prompt")
+DEFAULT_GRACE_KEY = "sticky"  # EasyEdit's
+
+
+def grace_key_note(key: str | None) -> str:
+    """How every output names GRACE's key position: nothing at EasyEdit's sticky one (or where
+    no GRACE ran), else this phrase."""
+    return "" if key in (None, DEFAULT_GRACE_KEY) else f"GRACE keyed at each scored prompt (grace_key {key})"
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class TrialPlan:
     threshold_grid: tuple[float, ...] = ()
     threshold_scores: bool = True
     threads: int = DEFAULT_THREADS
-    grace_key: str = "sticky"
+    grace_key: str = DEFAULT_GRACE_KEY
 
     def __post_init__(self) -> None:
         protocols = self.protocols

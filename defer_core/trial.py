@@ -35,7 +35,7 @@ from .data import EditRecord
 from .defer_view import defer_view
 from .editors import editor_of
 from .errors import DeferInputError
-from .plan import TrialPlan
+from .plan import DEFAULT_GRACE_KEY, TrialPlan
 from .evaluation import RecordProbes, Scorer, UneditedLocality, build_probes, unedited_cache_file
 from .grace_hparams import GraceHParams
 from .hparams import DeferHParams
@@ -149,7 +149,7 @@ def _trial_editor(hparams: Sequence[AnyHParams], plan: TrialPlan) -> str:
     if len(editors) != 1:
         raise DeferInputError(f"hparams: one call runs one editor, got {', '.join(sorted(editors))}")
     (editor,) = editors
-    if plan.grace_key != "sticky" and editor != "grace":
+    if plan.grace_key != DEFAULT_GRACE_KEY and editor != "grace":
         raise DeferInputError(f"grace_key: {plan.grace_key} is where GRACE reads its key; {editor.upper()} has none, so leave it at sticky")
     if editor != "defer":
         if len(hparams) > 1:  # run_trials runs them one at a time

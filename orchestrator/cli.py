@@ -9,7 +9,7 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from defer_core.errors import DeferInputError
-from defer_core.plan import GRACE_KEYS
+from defer_core.plan import DEFAULT_GRACE_KEY, GRACE_KEYS
 from defer_core.results import DEFAULT_DTYPE, DEFAULT_SCORINGS, DTYPE_CHOICES, PROTOCOLS, SCORINGS
 from defer_core.runtime import DEFAULT_THREADS
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--orders", type=int, default=1, help="edit orders 0..N-1 (0: file order; k: a fixed shuffle of the same records), each run with every seed (default 1)")
     trial.add_argument("--edit-path", choices=("fast", "plain"), default="fast", help="fast: suffix-only edit steps; plain: the reference's full forward")
     trial.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS, help=_THREADS_HELP)
-    trial.add_argument("--grace-key", choices=GRACE_KEYS, default="sticky", help=_GRACE_KEY_HELP)
+    trial.add_argument("--grace-key", choices=GRACE_KEYS, default=DEFAULT_GRACE_KEY, help=_GRACE_KEY_HELP)
     trial.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     trial.set_defaults(handler=commands.trial)
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cuda if available, else cpu)")
     compare.add_argument("--strip", action="store_true", help=_STRIP_HELP)
     compare.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS, help=_THREADS_HELP)
-    compare.add_argument("--grace-key", choices=GRACE_KEYS, default="sticky", help=_GRACE_KEY_HELP)
+    compare.add_argument("--grace-key", choices=GRACE_KEYS, default=DEFAULT_GRACE_KEY, help=_GRACE_KEY_HELP)
     compare.add_argument("--format", choices=COMPARE_FORMATS, default="md", help="table format on stdout and in OUTPUT (default md)")
     compare.add_argument("--output", default=None, help="directory for the table, records.parquet and each finished pass (default runs/compare-DATE-TIME); run again with the same --output to read the passes finished before instead of running them")
     compare.set_defaults(handler=commands.compare)

@@ -39,6 +39,7 @@ from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes, atomic_write_text, make_dirs
 from defer_core.editors import EditorHParams, editor_of, hparams_summary
 from defer_core.orders import ordered_records
+from defer_core.plan import DEFAULT_GRACE_KEY, grace_key_note
 from defer_core.results import DTYPE_SPELLINGS, METRICS, PROTOCOLS, SCORINGS, SHARED_STREAM, MilestoneResult, mean_over_chunks, metric_key
 from defer_core.runtime import DEFAULT_THREADS
 
@@ -92,7 +93,7 @@ class ComparePlan:
     error_bars: bool = False  # show mean ± Student t half-width over the members (the CLI: when several)
     threads: int = DEFAULT_THREADS  # torch's intra-op thread count of every run (defer_core.runtime)
     labels: tuple[str, ...] = ()  # one per configuration; empty: the editors' names
-    grace_key: str = "sticky"  # where GRACE's configurations key a teacher-forced evaluation (defer_core.plan.GRACE_KEYS)
+    grace_key: str = DEFAULT_GRACE_KEY  # where GRACE's configurations key a teacher-forced evaluation (defer_core.plan.GRACE_KEYS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.hparams, tuple):
@@ -105,7 +106,7 @@ class ComparePlan:
         if len(labels) != len(self.hparams) or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
             raise DeferInputError(f"labels: expected one distinct name per configuration, got {list(labels)} for editors {list(self.editors)}")
         _known(self.protocols, PROTOCOLS, "protocols")
-        if self.grace_key != "sticky" and "grace" not in self.editors:
+        if self.grace_key != DEFAULT_GRACE_KEY and "grace" not in self.editors:
             raise DeferInputError(f"grace_key: {self.grace_key} is where GRACE reads its key, and no configuration is GRACE's (editors {', '.join(self.editors)})")
         _known(self.scorings, SCORINGS, "scorings")
         _known(self.dtypes, tuple(sorted(set(DTYPE_SPELLINGS.values()))), "dtypes")
@@ -190,7 +191,7 @@ def run_comparison(plan: ComparePlan, records: list[EditRecord], on_progress: Pr
             for protocols, order in ((p, o) for p in plan.edit_streams(editor) for o in range(plan.orders)):
                 label = f"{config} {dtype} {'+'.join(protocols)}" + (f" order {order}" if plan.orders > 1 else "")
                 trial_plan = TrialPlan(protocol=protocols if len(protocols) > 1 else protocols[0], milestones=plan.milestones, scorings=plan.scorings,
-                                       threads=plan.threads, grace_key=plan.grace_key_of(editor) or "sticky")
+                                       threads=plan.threads, grace_key=plan.grace_key_of(editor) or DEFAULT_GRACE_KEY)
                 in_order = ordered_records(records, order, plan.total_records)
                 identity = pass_identity(model=plan.model, device=plan.device, dtype=dtype, hparams=hparams, trial_plan=trial_plan, seeds=plan.seeds,
                                          order=order, records=in_order)
@@ -332,8 +333,8 @@ def _markdown(comparison: Comparison) -> str:
 
 def _key_note(plan: ComparePlan, editor: str) -> str:
     """GRACE's key position, named when it is not EasyEdit's sticky one."""
-    key = plan.grace_key_of(editor)
-    return f", keyed at each scored prompt (grace_key {key})" if key not in (None, "sticky") else ""
+    note = grace_key_note(plan.grace_key_of(editor))
+    return f", {note}" if note else ""
 
 
 def _latex(comparison: Comparison) -> str:

@@ -25,13 +25,14 @@ from typing import Any, Sequence
 from defer_core.data import EditRecord
 from defer_core.errors import DeferInputError
 from defer_core.files import atomic_write_bytes
+from defer_core.plan import DEFAULT_GRACE_KEY
 
 PASSES_DIR = "passes"  # OUT/passes/: one Parquet file per finished pass
 PASS_FORMAT = 1  # raised whenever a pass file's shape or identity changes
 _IDENTITY_KEY = b"defer_sweep.compare_pass"
 # Trial plan fields added after PASS_FORMAT 1, each with the default that every pass kept before
 # it ran with: left out of the identity at that default, so those passes are still read.
-_ADDED_AT_DEFAULT = {"grace_key": "sticky"}
+_ADDED_AT_DEFAULT = {"grace_key": DEFAULT_GRACE_KEY}
 
 
 def pass_identity(*, model: str, device: str | None, dtype: str, hparams: Any, trial_plan: Any, seeds: Sequence[int], order: int,

@@ -23,6 +23,7 @@ from defer_core.curve import TF, SafeThreshold
 from defer_core.errors import DeferInputError
 from defer_core.editors import EditorHParams, dump_editor_hparams, editor_of, hparams_summary, save_editor_hparams
 from defer_core.hparams import EASYEDIT_MODEL_FAMILIES, easyedit_family
+from defer_core.plan import grace_key_note
 from defer_core.results import DEFAULT_DTYPE, METRICS, metric_key
 
 from .results import query
@@ -44,7 +45,17 @@ def yaml_text(chosen: ChosenTrial) -> str:
 def yaml_notes(chosen: ChosenTrial) -> list[str]:
     """The YAML's comment lines after the dtype line: why the threshold is what it is, and
     whether EasyEdit's editor can load the model it names."""
-    return margin_notes(chosen.margin, chosen.row) + easyedit_notes(chosen.hparams)
+    return margin_notes(chosen.margin, chosen.row) + grace_key_notes(chosen.row) + easyedit_notes(chosen.hparams)
+
+
+def grace_key_notes(row: dict[str, Any]) -> list[str]:
+    """A comment when the sweep scored GRACE keyed off EasyEdit's position: the hparams carry no
+    key position, so EasyEdit's own evaluation of this file keys where it always does."""
+    note = grace_key_note(row.get("grace_key"))
+    if not note:
+        return []
+    return [f"chosen by a sweep that scored {note}; EasyEdit's evaluation keys at the last edited prompt's position (sticky), "
+            "so its numbers for these hparams can differ from the sweep's."]
 
 
 def easyedit_notes(hparams: EditorHParams) -> list[str]:

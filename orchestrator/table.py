@@ -343,6 +343,17 @@ def hparam_text(row: TableRow, column: str) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _grace_key_text(table: SweepTable) -> str:
+    """GRACE's key position where a sweep shown set it off EasyEdit's (spec.grace_key)."""
+    from defer_core.plan import grace_key_note
+
+    keyed = [spec for spec in table.specs if grace_key_note(spec.grace_key)]
+    if not keyed:
+        return ""
+    where = "" if not table.joined else " in " + ", ".join(f"'{spec.name}'" for spec in keyed)
+    return ", " + ", ".join(dict.fromkeys(grace_key_note(spec.grace_key) for spec in keyed)) + where
+
+
 def caption(table: SweepTable) -> str:
     """What the table shows and how its intervals were made: kind, confidence and n."""
     rows = table.rows
@@ -353,7 +364,7 @@ def caption(table: SweepTable) -> str:
     sweeps = f"'{table.spec.name}'" if not table.joined else "sweeps " + ", ".join(f"'{spec.name}'" for spec in table.specs)
     missing = "; – where a sweep did not record that column" if table.joined and any((c.key, c.n_edits) not in r.cells for r in rows for c in table.columns) else ""
     parts = [
-        f"defer-sweep {sweeps}: {table.selection.what}; {models}, edited module {module}, {protocol}, "
+        f"defer-sweep {sweeps}: {table.selection.what}; {models}, edited module {module}, {protocol}{_grace_key_text(table)}, "
         f"{DEFER_METRICS} at each number of edits, mean over repeat members{missing}."
     ]
     t_rows = [r for r in rows if table.interval == T_INTERVAL and not r.fallback]

@@ -55,6 +55,8 @@ def refusal(data: dict) -> str:
         (spec_data("wise", mask_ratio=1.5), "key 'search_space.mask_ratio' must lie in (0, 1]"),
         (spec_data("grace", eps=0), "key 'search_space.eps' must be > 0"),
         ({**spec_data("grace"), "pack_size": 2}, "key 'pack_size' = 2 is DEFER's"),
+        ({**spec_data("defer", threshold=0.5), "grace_key": "prompt"}, "key 'grace_key' = prompt is where GRACE reads its key; editor: defer has none, so leave it out (or at sticky)"),
+        ({**spec_data("grace"), "grace_key": "first"}, "key 'grace_key' must be one of sticky, prompt, got 'first'"),
         ({**spec_data("grace"), "initial_points": [{"layer": 2, "edit_lr": 0.1, "n_iter": 2, "threshold": 0.5}]}, "key 'initial_points[0].threshold' is not a parameter of this search space"),
     ],
 )

@@ -50,6 +50,7 @@ def test_trial_rows_name_the_editor_and_its_parameters(sweeps: dict[str, Path], 
         assert trial["threshold"] is None and trial["rel_tf"] is not None and trial["loc_tf"] is not None
         assert all(trial[name] is not None for name in searched), trial
         assert all(trial[name] is None for name in OTHER_EDITORS_PARAMS if name not in SPACES[editor])
+    assert {t["grace_key"] for t in trials} == {"sticky" if editor == "grace" else None}  # EasyEdit's key position unless the spec says otherwise
     assert not parquet_rows(sweeps[editor], "gates")  # DEFER's gates: no threshold read at inference here
     edits = parquet_rows(sweeps[editor], "edits")
     assert len(edits) == 2 * 4 and all(e["gate"] is None and e["final_loss"] is not None for e in edits)
@@ -139,3 +140,43 @@ def test_confirm_reruns_the_editors_best_with_repeats(sweeps: dict[str, Path], e
     assert main(["table", str(out), "--format", "csv"]) == 0  # default: the confirmed trials
     (row,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["stage"] == "confirm" and row["members"] == "2" and row["interval"] == "t"
+
+
+def test_grace_key_prompt_is_what_the_trials_scored_and_every_output_names_it(local_ray: None, tmp_path: Path, tiny, capsys: pytest.CaptureFixture[str]) -> None:
+    """`grace_key: prompt` in a GRACE spec: the trial's milestones are run_trial's with that key
+    (not the sticky key's: on this stream they differ), the trials column and MLflow param say
+    prompt, and the table's caption, the report and best.yaml's comment name it."""
+    from dataclasses import replace
+
+    from defer_core import run_trial
+    from defer_core.plan import TrialPlan, grace_key_note
+    from orchestrator.spec.trial_config import hparams_for
+    from orchestrator.sweep.preflight import load_spec_records
+
+    space = {**COMMON, "edit_lr": 0.5, "n_iter": [3, 4], "eps": 5.0, "val_init": "warm"}
+    spec = load_spec(tiny_spec(tmp_path, name="tiny-grace-prompt", editor="grace", grace_key="prompt", search_space=space, initial_points=[], T=4,
+                               milestones=[2, 4], num_trials=1, concurrency=1, early_stopping=False, objectives=[{"metric": "rel_tf", "direction": "maximize"}]))
+    assert execute(spec, prepare(spec)).finished
+    out = spec.output_dir
+    (trial,) = parquet_rows(out, "trials")
+    assert trial["status"] == "complete" and trial["grace_key"] == "prompt"
+    swept = {m["n_edits"]: (m["rel_tf"], m["gen_tf"], m["loc_tf"]) for m in parquet_rows(out, "milestones")}
+    hparams, records = hparams_for(spec, trial), load_spec_records(spec)
+    plan = TrialPlan(protocol="stream", milestones=(2, 4), scorings=("tf",), grace_key="prompt")
+
+    def metrics(plan: TrialPlan) -> dict[int, tuple[float, float, float]]:
+        result = run_trial(tiny, records, hparams, plan, seed=spec.seed)
+        return {m.n_edits: tuple(m.metrics[k] for k in ("rel_tf", "gen_tf", "loc_tf")) for m in result.milestones}
+
+    assert swept == metrics(plan)
+    assert swept != metrics(replace(plan, grace_key="sticky")), "the key position must matter on this stream for the test to tell them apart"
+    _, children, _ = mlflow_runs(out)
+    assert children[0].data.params["grace_key"] == "prompt"
+    note = grace_key_note("prompt")
+    assert main(["table", str(out), "--trials", "best"]) == 0
+    assert note in capsys.readouterr().out.splitlines()[-1]
+    assert main(["report", str(out)]) == 0 and note in (out / "report" / "report.html").read_text()
+    capsys.readouterr()
+    comments = [line for line in (out / "best.yaml").read_text().splitlines() if line.startswith("#")]
+    assert any(note in line and "sticky" in line for line in comments), comments
+    assert load_grace_hparams(out / "best.yaml") == hparams  # the key is the evaluation's, not an hparam: the file is EasyEdit's as ever

@@ -77,7 +77,7 @@ def test_grace_key_is_recorded_and_refused_for_defer(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["grace_key"] == "prompt"
     table = _trial(str(grace), "--T", "2", "--model", "tiny-llama", "--scoring", "tf", "--grace-key", "prompt")
-    assert table.returncode == 0 and "GRACE keyed at each scored prompt (prompt)" in table.stdout, table.stderr
+    assert table.returncode == 0 and "GRACE keyed at each scored prompt (grace_key prompt)" in table.stdout, table.stderr
     refused = _trial(str(_hparams_file(tmp_path)), "--T", "1", "--model", "tiny-llama", "--grace-key", "prompt")
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and lines[-1] == "defer-sweep: error: grace_key: prompt is where GRACE reads its key; DEFER has none, so leave it at sticky"

@@ -112,7 +112,10 @@ def trial(args: argparse.Namespace) -> ExitCode:
 
 def _grace_key_note(plan: "TrialPlan") -> str:
     """Named in the output when it is not EasyEdit's."""
-    return "" if plan.grace_key == "sticky" else f", GRACE keyed at each scored prompt ({plan.grace_key})"
+    from defer_core.plan import grace_key_note
+
+    note = grace_key_note(plan.grace_key)
+    return f", {note}" if note else ""
 
 
 def _print_repeats(args: argparse.Namespace, model_name: str, hparams: "EditorHParams", dtype: str, plan: "TrialPlan",

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import jinja2
 
+from defer_core.plan import grace_key_note
 from defer_core.results import METRICS, metric_key
 
 from ..results.rows import Status
@@ -197,7 +198,8 @@ def _meta(data: SweepData) -> list[tuple[str, str | TrialRef]]:
         best = _trial_ref(data.choice.row, data.choice.reason)
     return [
         ("model", f"{spec.model.name} ({spec.model.dtype}, {spec.model.device or 'auto'})"),
-        ("edits", f"T={spec.T}, milestones {', '.join(map(str, spec.milestones))}, protocol {spec.protocol}, scorings {', '.join(spec.scorings)}"),
+        ("edits", f"T={spec.T}, milestones {', '.join(map(str, spec.milestones))}, protocol {spec.protocol}, scorings {', '.join(spec.scorings)}"
+                  + "".join(f", {note}" for note in [grace_key_note(spec.grace_key)] if note)),
         ("threshold", "curve: every training read at every threshold; candidates are (training, threshold) points" if spec.curve_mode
          else f"{threshold_mode(spec)}: each trial read at its own"),
         ("objectives", ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)),

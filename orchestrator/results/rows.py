@@ -112,6 +112,7 @@ class TrialRow:
     T: int = _param()
     strip: bool = _param()  # text fields stripped of surrounding whitespace (data.strip)
     threads: int = _param()  # torch's intra-op thread count the trial ran with (resources_per_trial.cpu)
+    grace_key: str | None = _param()  # GRACE: where its teacher-forced evaluation read the key (spec.grace_key); null for the other editors
     n_edits: int | None
     metrics: Metrics
     seconds: float | None

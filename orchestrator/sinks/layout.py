@@ -44,7 +44,7 @@ PARQUET_DIR = "parquet"
 CONFIRM_EXPERIMENTS = "tune-confirm"  # beside Tune's `tune`: one confirm experiment per protocol
 REPORT_DIR = "report"
 LOCK_FILE = ".lock"  # the driver's OS file lock (sweep/lock.py)
-SWEEP_FORMAT = 3  # sweep.json's "format": raised whenever a sweep folder's files change shape (2: a pack's Tune config lists its members under "pack"; 3: trials name their editor and its parameters)
+SWEEP_FORMAT = 4  # sweep.json's "format": raised whenever a sweep folder's files change shape (2: a pack's Tune config lists its members under "pack"; 3: trials name their editor and its parameters; 4: and GRACE's key position)
 _FORMAT_KEY, _WRITER_KEY = "format", "written_by"
 
 

@@ -32,6 +32,7 @@ def spec_columns(spec: SweepSpec) -> dict[str, Any]:
         "threads": spec.resources_per_trial.threads,
         "threshold_mode": threshold_mode(spec),
         "editor": spec.editor,
+        "grace_key": spec.grace_key if spec.editor == "grace" else None,
     }
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable
 
 from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from defer_core.plan import DEFAULT_GRACE_KEY, GRACE_KEYS
 from defer_core.results import DEFAULT_SCORINGS, PROTOCOLS, SCORINGS, default_milestones, milestones_ending_at
 
 from ..protocol import METRIC_RANGES, THRESHOLD_CURVE, metric_names
@@ -112,6 +113,8 @@ class SweepSpec(Section):
     protocol: Annotated[str, one_of(PROTOCOLS), enum(PROTOCOLS)] = "stream"
     scorings: Annotated[tuple[Scoring, ...], BeforeValidator(_scorings)] = Field(DEFAULT_SCORINGS, json_schema_extra=or_shorthand({"enum": list(SCORINGS)}))
     editor: Annotated[str, one_of(EDITORS), enum(EDITORS)] = Field("defer", description="the lifelong editor swept: DEFER, GRACE or WISE (EasyEdit's restated)")
+    grace_key: Annotated[str, one_of(GRACE_KEYS), enum(GRACE_KEYS)] = Field(
+        DEFAULT_GRACE_KEY, description="GRACE: where a teacher-forced evaluation reads its key; sticky (EasyEdit's) or prompt (each scored prompt's last token)")
     search_space: SearchSpace
     initial_points: Annotated[tuple[Point, ...], BeforeValidator(_point_list)] = ()
     curve: CurveSpec = Field(CurveSpec(), description=f"only with search_space.threshold: {THRESHOLD_CURVE}")
@@ -170,6 +173,14 @@ class SweepSpec(Section):
             return milestones_ending_at(counts(value), total)
         except ValueError as error:
             raise fail(str(error)) from None
+
+    @field_validator("grace_key")
+    @classmethod
+    def _grace_keys_only(cls, key: str, info: ValidationInfo) -> str:
+        editor = info.data.get("editor")
+        if key != DEFAULT_GRACE_KEY and editor not in (None, "grace"):
+            raise fail(f"= {key} is where GRACE reads its key; editor: {editor} has none, so leave it out (or at sticky)")
+        return key
 
     @field_validator("search_space")
     @classmethod

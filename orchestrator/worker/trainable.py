@@ -150,13 +150,15 @@ def curve_report(spec: SweepSpec, milestone: MilestoneResult, edits: list[EditOu
 
 def training_plan(spec: SweepSpec) -> TrialPlan:
     """Curve mode reads metrics from the gate rows and the grid, not at the adaptor's own
-    threshold. The thread count is the spec's (resources_per_trial.threads), set by run_trials."""
+    threshold (DEFER's only, so no GRACE key there). The thread count is the spec's
+    (resources_per_trial.threads), set by run_trials."""
     from defer_core.plan import TrialPlan
 
     threads = spec.resources_per_trial.threads
     if not spec.curve_mode:
-        return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threads=threads)
-    return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threshold_grid=generation_grid(spec), threshold_scores=False, threads=threads)
+        return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threads=threads, grace_key=spec.grace_key)
+    return TrialPlan(protocol=spec.protocol, milestones=spec.milestones, scorings=spec.scorings, threshold_grid=generation_grid(spec), threshold_scores=False,
+                     threads=threads)
 
 
 def _node_id() -> str | None:
