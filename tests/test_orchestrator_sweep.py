@@ -197,6 +197,35 @@ def test_results_of_a_trial_tune_never_saved_are_dropped_on_resume(finished_swee
     assert "lost0001" not in children_by_trial(mlflow_runs(finished_sweep)[1])
 
 
+def test_a_trial_run_again_by_a_later_driver_gets_a_fresh_run_with_only_its_own_points(finished_sweep: Path) -> None:
+    """A driver killed mid-trial leaves a run holding the milestones that attempt reached. The
+    resumed sweep runs the trial again from its first edit, and the scheduler may stop it sooner
+    this time: the trial's one run then holds that attempt's points alone (the killed attempt's
+    run soft-deleted), never a milestone its record does not have."""
+    from orchestrator.results.rows import Status
+
+    info = state(finished_sweep)
+
+    def driver() -> MlflowSink:
+        return MlflowSink(info["mlflow_tracking_uri"], info["mlflow_experiment"], info["sweep_id"])
+
+    killed = driver()
+    first = killed.start_trial("again001", "again", {"layer": 1})
+    killed.log_metrics("again001", [("rel_tf", 0.5, 2), ("rel_tf", 0.6, 4), ("rel_tf", 0.7, 6)])
+    resumed = driver()
+    second = resumed.start_trial("again001", "again", {"layer": 1})
+    assert second != first and resumed.start_trial("again001", "again", {"layer": 1}) == second  # a driver keeps the run it opened
+    assert resumed.log_metrics("again001", [("rel_tf", 0.5, 2), ("rel_tf", 0.6, 4)]) == 2
+    resumed.finish_trial("again001", Status.PRUNED, None, None)
+    _, children, client = mlflow_runs(finished_sweep)
+    run = children_by_trial(children)["again001"]
+    assert run.info.run_id == second and run.data.tags["status"] == "pruned"
+    assert [(m.step, m.value) for m in client.get_metric_history(second, "rel_tf")] == [(2, 0.5), (4, 0.6)]
+    assert client.get_run(first).info.lifecycle_stage == "deleted"
+    resumed.delete_pack_runs("again001")  # leave the shared sweep as it was
+    assert "again001" not in children_by_trial(mlflow_runs(finished_sweep)[1])
+
+
 def test_a_different_spec_in_the_same_output_dir_is_refused(finished_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tiny_spec(tmp_path, num_trials=9, output_dir=str(finished_sweep))
     assert main(["run", str(other)]) == 2

@@ -146,7 +146,7 @@ def test_resume_finishes_every_trial_once(sweep: Sweep) -> None:
     parent, children, _ = mlflow_runs(sweep.out)
     runs = children_by_trial(children)
     assert set(runs) == {t["trial_id"] for t in trials} and parent.info.status == "FINISHED"
-    for trial in trials:  # the interrupted trial's run was reopened and finished
+    for trial in trials:  # the interrupted trial ran again in a fresh run and finished
         assert (runs[trial["trial_id"]].info.status, runs[trial["trial_id"]].data.tags["status"]) == ("FINISHED", "complete")
     before = {t["trial_id"] for t in sweep.after_interrupt if t["status"] != "running"}
     resumed_ids = {m.group(5) for m in trial_lines(sweep.resume.stdout)}

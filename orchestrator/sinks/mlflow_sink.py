@@ -1,8 +1,9 @@
 """MLflow: one parent run per sweep, one nested run per trial.
 
 Runs are found again by tags (`defer_sweep.sweep_id`, `defer_sweep.trial_id`) rather than
-created blindly, and each (metric, step) is logged once, so a resumed sweep that re-runs an
-interrupted trial neither duplicates the run nor its metric points. Uses MlflowClient only
+created blindly, and each (metric, step) is logged once. A resumed sweep re-runs an interrupted
+trial from its first edit in a fresh run, the interrupted attempt's run soft-deleted, so the
+trial has one run, holding only the points of the attempt its record describes. Uses MlflowClient only
 (no fluent active-run state), so nothing depends on which run is "current" in the process.
 """
 
@@ -224,23 +225,32 @@ class MlflowSink:
     # -- nested trial runs --------------------------------------------------------------------
 
     def start_trial(self, trial_id: str, run_name: str, params: Mapping[str, Any], pack_id: str | None = None) -> str:
+        """The trial's run, opened for a start from its first edit (trials keep no checkpoint).
+        A run an earlier driver left (killed or interrupted mid-trial) is that attempt's: its
+        points can reach milestones this attempt will not (the scheduler may prune it sooner
+        this time), so it is soft-deleted and the attempt gets a fresh run."""
         run_id = self._trial_run(trial_id)
-        if run_id is None:
-            tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_PACK: pack_id or trial_id,
-                    TAG_ROLE: "trial", TAG_STATUS: Status.RUNNING.value}
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-            run_id = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
-            self._created.add(run_id)
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, TAG_STATUS, Status.RUNNING.value)
+        if run_id is not None and run_id in self._created:
+            return run_id
+        if run_id is not None:
+            self.client.delete_run(run_id)
+            self._forget(trial_id, run_id)
+        tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_PACK: pack_id or trial_id,
+                TAG_ROLE: "trial", TAG_STATUS: Status.RUNNING.value}
+        run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        self._created.add(run_id)
         self._trial_runs[trial_id] = run_id
         return run_id
 
+    def _forget(self, trial_id: str, run_id: str) -> None:
+        self._trial_runs.pop(trial_id, None)
+        self._logged.pop(run_id, None)
+        self._history_loaded.pop(run_id, None)
+
     def interrupt_running_trials(self) -> int:
         """After Ctrl-C: the sweep's trial runs still RUNNING end KILLED with status
-        `interrupted` (start_trial reopens them when a resume runs the trial again)."""
+        `interrupted` (a resume runs the trial again in a fresh run: start_trial)."""
         runs = self._find_runs(f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'RUNNING'")
         for run in runs:
             self.client.set_tag(run.info.run_id, TAG_STATUS, Status.INTERRUPTED.value)
