@@ -19,10 +19,10 @@ GRACE_KEYS = ("sticky", "prompt")
 DEFAULT_GRACE_KEY = "sticky"  # EasyEdit's
 
 
-def grace_key_note(key: str | None) -> str:
+def grace_key_note(key: str | None, lead: str = "") -> str:
     """How every output names GRACE's key position: nothing at EasyEdit's sticky one (or where
-    no GRACE ran), else this phrase."""
-    return "" if key in (None, DEFAULT_GRACE_KEY) else f"GRACE keyed at each scored prompt (grace_key {key})"
+    no GRACE ran), else `lead` and this phrase."""
+    return "" if key in (None, DEFAULT_GRACE_KEY) else f"{lead}GRACE keyed at each scored prompt (grace_key {key})"
 
 
 @dataclass(frozen=True)

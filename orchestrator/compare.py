@@ -333,8 +333,7 @@ def _markdown(comparison: Comparison) -> str:
 
 def _key_note(plan: ComparePlan, editor: str) -> str:
     """GRACE's key position, named when it is not EasyEdit's sticky one."""
-    note = grace_key_note(plan.grace_key_of(editor))
-    return f", {note}" if note else ""
+    return grace_key_note(plan.grace_key_of(editor), lead=", ")
 
 
 def _latex(comparison: Comparison) -> str:

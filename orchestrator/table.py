@@ -351,7 +351,7 @@ def _grace_key_text(table: SweepTable) -> str:
     if not keyed:
         return ""
     where = "" if not table.joined else " in " + ", ".join(f"'{spec.name}'" for spec in keyed)
-    return ", " + ", ".join(dict.fromkeys(grace_key_note(spec.grace_key) for spec in keyed)) + where
+    return "".join(dict.fromkeys(grace_key_note(spec.grace_key, lead=", ") for spec in keyed)) + where
 
 
 def caption(table: SweepTable) -> str:

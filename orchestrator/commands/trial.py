@@ -114,8 +114,7 @@ def _grace_key_note(plan: "TrialPlan") -> str:
     """Named in the output when it is not EasyEdit's."""
     from defer_core.plan import grace_key_note
 
-    note = grace_key_note(plan.grace_key)
-    return f", {note}" if note else ""
+    return grace_key_note(plan.grace_key, lead=", ")
 
 
 def _print_repeats(args: argparse.Namespace, model_name: str, hparams: "EditorHParams", dtype: str, plan: "TrialPlan",

@@ -199,7 +199,7 @@ def _meta(data: SweepData) -> list[tuple[str, str | TrialRef]]:
     return [
         ("model", f"{spec.model.name} ({spec.model.dtype}, {spec.model.device or 'auto'})"),
         ("edits", f"T={spec.T}, milestones {', '.join(map(str, spec.milestones))}, protocol {spec.protocol}, scorings {', '.join(spec.scorings)}"
-                  + "".join(f", {note}" for note in [grace_key_note(spec.grace_key)] if note)),
+                  + grace_key_note(spec.grace_key, lead=", ")),
         ("threshold", "curve: every training read at every threshold; candidates are (training, threshold) points" if spec.curve_mode
          else f"{threshold_mode(spec)}: each trial read at its own"),
         ("objectives", ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives)),

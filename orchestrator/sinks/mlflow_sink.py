@@ -81,8 +81,7 @@ class MlflowSink:
         self._experiment_id: str | None = None
         self._parent_id: str | None = None
         self._trial_runs: dict[str, str] = {}
-        self._logged: dict[str, set[tuple[str, int]]] = {}
-        self._history_loaded: dict[str, set[str]] = {}
+        self._logged: dict[str, set[tuple[str, int]]] = {}  # per run this driver opened: the (key, step) points logged
         self._created: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -246,7 +245,6 @@ class MlflowSink:
     def _forget(self, trial_id: str, run_id: str) -> None:
         self._trial_runs.pop(trial_id, None)
         self._logged.pop(run_id, None)
-        self._history_loaded.pop(run_id, None)
 
     def interrupt_running_trials(self) -> int:
         """After Ctrl-C: the sweep's trial runs still RUNNING end KILLED with status
@@ -267,25 +265,14 @@ class MlflowSink:
         self._trial_runs[trial_id] = run_id
         return run_id
 
-    def _already_logged(self, run_id: str, keys: Iterable[str]) -> set[tuple[str, int]]:
-        """(key, step) pairs already in the store; a key's history is read once per process,
-        and never for a run this process created."""
-        logged = self._logged.setdefault(run_id, set())
-        if run_id in self._created:
-            return logged
-        loaded = self._history_loaded.setdefault(run_id, set())
-        for key in set(keys) - loaded:
-            logged.update((key, int(point.step)) for point in self.client.get_metric_history(run_id, key))
-            loaded.add(key)
-        return logged
-
     def log_metrics(self, trial_id: str, points: Iterable[tuple[str, float, int]]) -> int:
-        """Logs (key, value, step) points not logged before; returns how many were new."""
+        """Logs (key, value, step) points not logged before to the run this driver opened for
+        the trial (start_trial: an earlier driver's run is never written to); returns how many were new."""
         run_id = self._trial_run(trial_id)
-        if run_id is None:
-            raise RuntimeError(f"no MLflow run for trial {trial_id}")
+        if run_id is None or run_id not in self._created:
+            raise RuntimeError(f"no MLflow run opened by this driver for trial {trial_id}; call start_trial first")
         points = [(k, float(v), int(s)) for k, v, s in points if v is not None]
-        logged = self._already_logged(run_id, {k for k, _, _ in points})
+        logged = self._logged.setdefault(run_id, set())
         now = int(time.time() * 1000)
         new = [Metric(k, v, now, s) for k, v, s in points if (k, s) not in logged]
         for start in range(0, len(new), _BATCH):
