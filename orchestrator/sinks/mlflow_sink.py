@@ -233,7 +233,6 @@ class MlflowSink:
             return run_id
         if run_id is not None:
             self.client.delete_run(run_id)
-            self._forget(trial_id, run_id)
         tags = {MLFLOW_PARENT_RUN_ID: self.parent_id, TAG_SWEEP: self.sweep_id, TAG_TRIAL: trial_id, TAG_PACK: pack_id or trial_id,
                 TAG_ROLE: "trial", TAG_STATUS: Status.RUNNING.value}
         run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -241,10 +240,6 @@ class MlflowSink:
         self._created.add(run_id)
         self._trial_runs[trial_id] = run_id
         return run_id
-
-    def _forget(self, trial_id: str, run_id: str) -> None:
-        self._trial_runs.pop(trial_id, None)
-        self._logged.pop(run_id, None)
 
     def interrupt_running_trials(self) -> int:
         """After Ctrl-C: the sweep's trial runs still RUNNING end KILLED with status
